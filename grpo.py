@@ -1,0 +1,309 @@
+"""Structure-aware GRPO for the guide: the reward (DESIGN 5) and the update (DESIGN 6).
+
+One training step (grpo_step):
+1. Rollouts: G strategies per prompt, sampled from one prefill of the prompt (model.generate_group), with the
+   log-probs of the sampled tokens at the sampling temperature ("old" log-probs).
+2. Rewards: every strategy goes to the live core once, all in one CoreClient.chat_many call (compute_rewards).
+   The reward is the weighted sum of validity, execution, leakage, harm and cost; each part is also kept apart.
+   A core call that fails for good gives no reward (NaN), never 0, and is counted.
+3. Advantages per group of G: A = (r - mean) / (std + 1e-4), mean and *population* std (divide by n) over the
+   group's non-NaN rewards. A NaN reward gets A = 0 and is left out of the mean and std. A group whose non-NaN
+   rewards are all equal (or that has fewer than two) gets A = 0 everywhere: it has nothing to teach.
+4. Per completion token: -min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A), ratio = exp(new - old), eps = 0.2,
+   plus beta * k3 KL to a frozen reference, kl = exp(ref - new) - (ref - new) - 1; beta = 0 by default.
+5. The loss is the sum over every completion token of the step (EOS in; prompt and padding out) divided by the
+   step's total completion-token count, so any micro-batch split gives the same gradient. Each update pass is one
+   optimizer step with gradient clipping.
+
+A per-task constant added to every reward of a group (say "improvement over the core alone") cancels in the
+group-normalized advantage; only terms that differ between a task's samples, such as harm, change the gradient.
+"""
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+import model as guide_model
+import tasks
+
+STOP = "</strategy>"  # the guide's completion ends here (or at EOS)
+
+
+# ----------------------------------------------------------------------------------------------- reward
+
+
+@dataclass
+class RewardWeights:
+    invalid: float = -1.0      # validity: the strategy does not parse (the core is then not called)
+    execution: float = 1.0     # the core's answer is correct
+    leakage: float = -0.5      # the strategy states the answer
+    harm: float = -0.5         # the core alone usually solves this task but fails with the strategy
+    cost_lambda: float = 0.1   # cost = -cost_lambda * (core dollars with the strategy / core dollars alone)
+
+
+@dataclass
+class Reward:
+    """One strategy's reward. The five parts are already weighted: total = their sum (NaN if the core failed)."""
+    validity: float = 0.0
+    execution: float = 0.0
+    leakage: float = 0.0
+    harm: float = 0.0
+    cost: float = 0.0
+    total: float = 0.0
+    valid: bool = False
+    correct: bool = False
+    leaked: bool = False
+    harmed: bool = False
+    core_dollars: float | None = None   # None: not run, failed, or the core's price is unknown
+    failed: bool = False
+
+
+def request_dollars(client, reply):
+    """What the core charges for this request, from its tokens and the client's price (None if unknown).
+
+    Not reply.cost: a cache hit reports 0 spent, but the reward prices the strategy, not our cache.
+    """
+    if client.price_in is None or client.price_out is None:
+        return None
+    return (reply.input_tokens * client.price_in + reply.output_tokens * client.price_out) / 1e6
+
+
+def compute_rewards(task_list, strategies, client, alone_stats=None, weights=None, kind="structure", draw=0):
+    """Score strategies[i] for task_list[i] with the core behind `client`; returns one Reward each.
+
+    kind="structure": the ExecTune reward of DESIGN 5. An invalid strategy scores `weights.invalid` and is never
+      sent to the core. alone_stats[task.id] = {"alone_majority_correct": bool, "alone_dollars": float | None},
+      from the core-alone runs of the baselines stage. The cost term is left at 0 when either dollar figure is
+      unknown (a core with no known price) or the alone cost is 0.
+    kind="outcome": the advisor-style baseline, `weights.execution` when the core's answer is correct, else 0.
+      Every strategy goes to the core; the core ignores an invalid one and solves alone.
+    Sample i is drawn with seed `draw + i`, so distinct samples of one request are independent draws.
+    """
+    weights = weights or RewardWeights()
+    if kind not in ("structure", "outcome"):
+        raise ValueError(f"unknown reward kind {kind!r}: use 'structure' or 'outcome'")
+    if len(task_list) != len(strategies):
+        raise ValueError(f"{len(task_list)} tasks but {len(strategies)} strategies")
+    alone_stats = alone_stats or {}
+    if kind == "structure":
+        missing = [t.id for t in task_list if t.id not in alone_stats]
+        if missing:
+            raise ValueError(f"no core-alone stats for task {missing[0]!r} (and {len(missing) - 1} more); "
+                             "run the baselines stage first")
+
+    valid = [tasks.parse_strategy(s).valid for s in strategies]
+    to_run = [i for i in range(len(strategies)) if valid[i] or kind == "outcome"]
+    replies = client.chat_many([tasks.core_messages(task_list[i].problem, strategies[i]) for i in to_run],
+                               draws=[draw + i for i in to_run], desc="reward")
+    reply_of = dict(zip(to_run, replies))
+
+    rewards = []
+    for i, (task, strategy) in enumerate(zip(task_list, strategies)):
+        alone = alone_stats.get(task.id, {})
+        r = Reward(valid=valid[i], leaked=tasks.leaks(strategy, task.problem, task.answer))
+        reply = reply_of.get(i)
+        if reply is None:                       # invalid, structure reward: scored without the core
+            r.validity = weights.invalid
+        elif isinstance(reply, Exception):      # chat_many puts a CoreError where a call failed for good
+            r.failed = True
+        else:
+            r.correct = tasks.extract_answer(reply.text) == task.answer
+            r.harmed = bool(alone.get("alone_majority_correct")) and not r.correct
+            r.core_dollars = request_dollars(client, reply)
+            r.execution = weights.execution * r.correct
+            if kind == "structure":
+                r.leakage = weights.leakage * r.leaked
+                r.harm = weights.harm * r.harmed
+                alone_dollars = alone.get("alone_dollars")
+                if r.core_dollars is not None and alone_dollars:
+                    r.cost = -weights.cost_lambda * r.core_dollars / alone_dollars
+        r.total = math.nan if r.failed else r.validity + r.execution + r.leakage + r.harm + r.cost
+        rewards.append(r)
+    return rewards
+
+
+# ----------------------------------------------------------------------------------------------- update
+
+
+def group_advantages(rewards):
+    """(N, G) rewards, NaN where the core failed -> (N, G) advantages (see the module docstring, step 3)."""
+    ok = ~torch.isnan(rewards)                                              # (N, G)
+    n = ok.sum(dim=1, keepdim=True).clamp(min=1)                           # (N, 1)
+    mean = torch.where(ok, rewards, 0.0).sum(dim=1, keepdim=True) / n      # (N, 1)
+    dev = torch.where(ok, rewards - mean, 0.0)                              # (N, G)
+    std = (dev.pow(2).sum(dim=1, keepdim=True) / n).sqrt()                  # (N, 1) population std
+    hi = torch.where(ok, rewards, -math.inf).amax(dim=1, keepdim=True)
+    lo = torch.where(ok, rewards, math.inf).amin(dim=1, keepdim=True)
+    informative = ok & (hi > lo)     # exact test, so equal rewards give exactly 0 whatever the rounding of the mean
+    return torch.where(informative, dev / (std + 1e-4), 0.0)
+
+
+def grpo_loss(new_logprobs, old_logprobs, advantages, mask, n_tokens, ref_logprobs=None, clip_eps=0.2, kl_beta=0.0):
+    """Clipped surrogate (+ optional k3 KL) summed over the masked tokens and divided by n_tokens.
+
+    new/old/ref_logprobs, mask: (B, T); advantages: (B,); n_tokens: completion tokens in the whole step.
+    Returns (loss, stats); stats are means over this call's masked tokens: clip_frac (share of tokens whose
+    clipped branch is taken, i.e. whose gradient is cut), ratio, kl (None without a reference), and tokens.
+    """
+    mask = mask.bool()
+    # Padding may hold anything (even -inf); zero it first so no inf or NaN reaches the loss or its gradient.
+    new = torch.where(mask, new_logprobs, 0.0)
+    old = torch.where(mask, old_logprobs, 0.0)
+    adv = advantages[:, None].to(new.dtype)                                  # (B, 1)
+    ratio = torch.exp(new - old)                                             # (B, T)
+    per_token = -torch.minimum(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)
+    kl = None
+    if ref_logprobs is not None:
+        d = torch.where(mask, ref_logprobs, 0.0) - new                      # (B, T)
+        kl = torch.exp(d) - d - 1
+        per_token = per_token + kl_beta * kl
+    loss = torch.where(mask, per_token, 0.0).sum() / n_tokens
+
+    with torch.no_grad():
+        m = mask.float()
+        count = m.sum().clamp(min=1)
+        clipped = ((ratio > 1 + clip_eps) & (adv > 0)) | ((ratio < 1 - clip_eps) & (adv < 0))
+        stats = {"tokens": int(m.sum()),
+                 "clip_frac": float((clipped * m).sum() / count),
+                 "ratio": float((ratio * m).sum() / count),
+                 "kl": None if kl is None else float((kl * m).sum() / count)}
+    return loss, stats
+
+
+@dataclass
+class GRPOConfig:
+    prompts_per_step: int = 8
+    group_size: int = 8
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    lr: float = 5e-5
+    clip_eps: float = 0.2
+    kl_beta: float = 0.0
+    update_passes: int = 1
+    micro_batch_size: int = 16
+    grad_clip: float = 1.0
+
+
+def prompt_tokens(tokenizer, problem):
+    """The guide's prompt as token ids (the same text the supervised stage trains on)."""
+    return tokenizer.encode(tasks.guide_prompt(problem), allowed_special="all")
+
+
+def _pad(rows, value):
+    """Right-pad a list of (b_i, T_i) tensors to one (sum b_i, max T_i) tensor."""
+    width = max(r.shape[1] for r in rows)
+    return torch.cat([torch.nn.functional.pad(r, (0, width - r.shape[1]), value=value) for r in rows])
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def accumulate_gradients(model, prompts, tokens, old_logprobs, mask, advantages, cfg, ref_model=None):
+    """Backpropagate the step's loss into model's .grad, cfg.micro_batch_size rows at a time.
+
+    prompts: B token lists; tokens, old_logprobs, mask: (B, T); advantages: (B,); ref_model: frozen or None.
+    Every micro-batch divides by the step's total token count, so the gradient does not depend on the split.
+    Returns the loss stats of each micro-batch.
+    """
+    n_tokens = max(int(mask.sum()), 1)
+    lengths = mask.sum(dim=1)                                    # (B,)
+    all_stats = []
+    for s in range(0, len(prompts), cfg.micro_batch_size):
+        sl = slice(s, s + cfg.micro_batch_size)
+        width = max(int(lengths[sl].max()), 1)                   # drop this micro-batch's all-padding columns
+        new = guide_model.completion_logprobs(model, prompts[sl], tokens[sl, :width], temperature=cfg.temperature)
+        ref = None
+        if ref_model is not None:
+            with torch.no_grad():
+                ref = guide_model.completion_logprobs(ref_model, prompts[sl], tokens[sl, :width],
+                                                      temperature=cfg.temperature)
+        loss, stats = grpo_loss(new, old_logprobs[sl, :width], advantages[sl], mask[sl, :width], n_tokens,
+                                ref, cfg.clip_eps, cfg.kl_beta)
+        loss.backward()
+        all_stats.append(stats)
+    return all_stats
+
+
+def grpo_step(model, optimizer, tokenizer, tasks_batch, client, alone_stats, cfg, weights=None, kind="structure",
+              generator=None, ref_model=None, step=0):
+    """One GRPO step on tasks_batch (module docstring); returns the step's metrics (DESIGN 6) as one flat dict.
+
+    A frozen ref_model, when given, is used for the logged KL even with kl_beta = 0.
+    """
+    weights = weights or RewardWeights()
+    G = cfg.group_size
+    eos_id = tokenizer.encode_single_token("<|eos|>")
+
+    # 1. Rollouts: G samples per task from one prefill.
+    t0 = time.perf_counter()
+    model.eval()
+    prompts, rollouts = [], []
+    with torch.no_grad():
+        for task in tasks_batch:
+            prompt = prompt_tokens(tokenizer, task.problem)
+            rollouts.append(guide_model.generate_group(
+                model, prompt, G, cfg.max_new_tokens, eos_id, temperature=cfg.temperature, generator=generator,
+                stop_strings=[STOP], tokenizer=tokenizer))
+            prompts += [prompt] * G
+    tokens = _pad([r.tokens for r in rollouts], 0)              # (B, T), B = len(tasks_batch) * G
+    old_logprobs = _pad([r.logprobs for r in rollouts], 0.0)    # (B, T)
+    mask = _pad([r.mask for r in rollouts], False)              # (B, T)
+    texts = [t for r in rollouts for t in r.texts]
+    lengths = mask.sum(dim=1)                                   # (B,)
+    # Truncated: ran to max_new_tokens without reaching EOS or the stop string.
+    ended = [STOP in text or (n > 0 and int(row[n - 1]) == eos_id)
+             for text, row, n in zip(texts, tokens, lengths.tolist())]
+    t1 = time.perf_counter()
+
+    # 2. Rewards: the whole step in one chat_many. Draws start at step * B, so every request of every step is a
+    # fresh sample, and a resumed step asks exactly the same requests again.
+    # The strategy is the completion as written (stop string included): exactly what the core sees at inference.
+    rewards = compute_rewards([t for t in tasks_batch for _ in range(G)], texts, client, alone_stats, weights,
+                              kind, draw=step * len(texts))
+    t2 = time.perf_counter()
+
+    # 3. Advantages, 4-5. update passes over micro-batches, one optimizer step per pass.
+    totals = torch.tensor([r.total for r in rewards], dtype=torch.float32).view(-1, G)   # (N, G)
+    advantages = group_advantages(totals).flatten()                                       # (B,)
+    model.train()
+    loss_stats, grad_norm = [], 0.0
+    for _ in range(cfg.update_passes):
+        optimizer.zero_grad(set_to_none=True)
+        loss_stats += accumulate_gradients(model, prompts, tokens, old_logprobs, mask, advantages, cfg, ref_model)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    model.eval()
+    t3 = time.perf_counter()
+
+    def token_mean(key):   # mean over every token of every pass, each micro-batch weighted by its token count
+        pairs = [(s[key], s["tokens"]) for s in loss_stats if s[key] is not None]
+        return sum(v * n for v, n in pairs) / max(sum(n for _, n in pairs), 1) if pairs else None
+
+    done = [r for r in rewards if not r.failed]   # samples that have a reward
+    return {
+        "step": step,
+        "reward": _mean([r.total for r in done]),
+        **{f"reward_{part}": _mean([getattr(r, part) for r in done])
+           for part in ("validity", "execution", "leakage", "harm", "cost")},
+        "validity_rate": _mean([r.valid for r in rewards]),
+        "success_rate": _mean([r.correct for r in done]),   # the core's answer was right (invalid counts as wrong
+        "leak_rate": _mean([r.leaked for r in rewards]),      # under the structure reward: the core never ran)
+        "harm_rate": _mean([r.harmed for r in done]),
+        "zero_std_groups": float((advantages.view(-1, G) == 0).all(dim=1).float().mean()),
+        "completion_tokens": float(lengths.float().mean()),
+        "truncation_rate": 1 - _mean(ended),
+        "kl": token_mean("kl"),
+        "clip_frac": token_mean("clip_frac"),
+        "ratio": token_mean("ratio"),
+        "grad_norm": grad_norm,
+        "core_dollars": sum(r.core_dollars or 0.0 for r in rewards),
+        "core_failures": sum(r.failed for r in rewards),
+        "samples": len(rewards),
+        "seconds_rollout": t1 - t0,
+        "seconds_core": t2 - t1,
+        "seconds_update": t3 - t2,
+    }
