@@ -1,0 +1,471 @@
+"""A thin, robust HTTP client for a black-box core or teacher: OpenAI chat completions or Anthropic messages.
+
+Every stage of ExecTune talks to the core (acceptance sampling, RL rewards, evaluation); in a real run these are paid
+calls that fail, rate-limit and cost money. This client decides whether a run survives a bad minute of the provider,
+whether a reward is honest, and what the bill is.
+
+1. One request shape per API (DESIGN 7). OpenAI: POST `{base}/chat/completions`, Bearer key. Anthropic: POST
+   `{base}/v1/messages`, `x-api-key`, `anthropic-version: 2023-06-01`, the system prompt in `system`, `max_tokens`
+   always sent. Request params pass through verbatim (defaults temperature=1.0, max_tokens=512).
+2. Faults that may clear (connection errors, timeouts, 408, 409, 429, 5xx, 529) are retried up to `max_retries` times
+   with exponential backoff and full jitter, or after the server's `retry-after-ms` / `retry-after` (capped). Faults
+   that would repeat (400, 401, 403, 404, 413, other 4xx, a 429 that names quota, billing or a spend limit, and a 200
+   whose body is not the API's shape, which means a wrong `api` or base URL) fail at once. Either way the caller gets
+   a CoreError with the status, the server's message and what to do.
+3. `chat_many` runs requests on a bounded thread pool (one keep-alive Session per thread) and returns results in input
+   order, a CoreError in place of each request that failed for good, so one bad request never loses the others.
+4. An optional sqlite cache (WAL, one connection per thread, busy timeout: safe for several processes) keyed by a hash
+   of (base_url, api, model, messages, params, draw), never the key. A hit sends nothing, costs 0 and says so
+   (`cached=True`). `draw` asks for an independent sample of the same request: it enters the cache key and, for
+   OpenAI, the request's `seed` (params' seed, default 0, plus draw). Anthropic has no seed field, so independent
+   draws there rely on temperature > 0.
+5. Cost is tokens x the model's price (PRICES, or price_in / price_out); an unknown price is None, never 0.
+6. `python core_client.py --base-url URL --model M [--api anthropic] "message"` checks a key and an endpoint by hand.
+"""
+import argparse
+import email.utils
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import sqlite3
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+
+import requests
+from tqdm import tqdm
+
+log = logging.getLogger("core_client")
+
+# $ per million input / output tokens. Sim prices follow DESIGN 4.3-4.4 (they mirror Claude 3.5 Haiku / Sonnet).
+PRICES: dict[str, tuple[float, float]] = {
+    "claude-3-5-haiku": (0.80, 4.0),
+    "claude-3-5-sonnet": (3.0, 15.0),
+    "claude-sonnet-4": (3.0, 15.0),
+    "sim-core": (0.80, 4.0),
+    "sim-core-large": (3.0, 15.0),
+    "sim-teacher": (3.0, 15.0),
+    "gpt-4o": (2.5, 10.0),
+    "gpt-4o-mini": (0.15, 0.6),
+    "gpt-4.1": (2.0, 8.0),
+    "gpt-4.1-mini": (0.4, 1.6),
+}
+# A dated or aliased name (claude-3-5-haiku-20241022, gpt-4o-2024-08-06, claude-3-5-haiku-latest) costs what its
+# base name costs; any other suffix is another model (gpt-4.1-nano is not gpt-4.1), whose price is unknown.
+_VERSION_SUFFIX = re.compile(r"[-@](\d{8}|\d{4}-\d{2}-\d{2}|latest)")
+DEFAULT_PARAMS = {"temperature": 1.0, "max_tokens": 512}
+ANTHROPIC_VERSION = "2023-06-01"
+BACKOFF_BASE_S = 0.5      # first retry waits up to this, doubling each time...
+BACKOFF_CAP_S = 30.0      # ...up to this
+RETRY_AFTER_CAP_S = 60.0  # a server's retry-after is honoured up to this
+_QUOTA = re.compile(r"quota|billing|spend(ing)? limit|credit balance", re.IGNORECASE)
+
+
+@dataclass
+class Completion:
+    text: str
+    input_tokens: int
+    output_tokens: int
+    cost: float | None      # dollars; None when the model's price is unknown; 0.0 for a cache hit
+    cached: bool
+    latency_s: float        # wall time of the call, retries and waits included
+    finish_reason: str | None
+
+
+class CoreError(Exception):
+    """A request that failed for good: HTTP status (None when no response came), the server's message, what to do."""
+
+    def __init__(self, status: int | None, message: str, hint: str):
+        self.status, self.message, self.hint = status, _one_line(message), _one_line(hint)
+        super().__init__(str(self))
+
+    def __str__(self):
+        where = f"HTTP {self.status}" if self.status is not None else "no response"
+        return f"{where}: {self.message} -> {self.hint}"
+
+
+class _Transient(CoreError):
+    """A fault worth retrying; `wait` is the server's retry-after in seconds, if it sent one."""
+
+    def __init__(self, status, message, hint, wait=None):
+        super().__init__(status, message, hint)
+        self.wait = wait
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def model_price(model: str) -> tuple[float, float] | None:
+    """$/M (input, output) for a model: its exact name, else its longest known base name plus a date suffix."""
+    if model in PRICES:
+        return PRICES[model]
+    bases = [b for b in PRICES if model.startswith(b) and _VERSION_SUFFIX.fullmatch(model[len(b):])]
+    return PRICES[max(bases, key=len)] if bases else None
+
+
+def retry_after_s(headers) -> float | None:
+    """The server's requested wait in seconds from retry-after-ms, else retry-after (seconds or an HTTP date)."""
+    try:
+        if headers.get("retry-after-ms") is not None:
+            return max(0.0, float(headers["retry-after-ms"]) / 1000)
+        value = headers.get("retry-after")
+        if value is None:
+            return None
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, OverflowError):
+        return None  # an unreadable header: fall back to our own backoff
+
+
+def _check_messages(messages):
+    if (not isinstance(messages, list) or not messages
+            or not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages)):
+        raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts, "
+                         f"got {_one_line(repr(messages), 120)}")
+
+
+class _Cache:
+    """sqlite store of completions by request hash. One connection per thread; WAL lets readers and a writer (in
+    any process) share the file, and the busy timeout waits out another writer's lock instead of failing."""
+
+    def __init__(self, path: str):
+        self.path = path
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._local = threading.local()
+        self._db()  # fail early on an unusable path
+
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, text TEXT NOT NULL, "
+                       "input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, finish_reason TEXT)")
+            self._local.db = db
+        return db
+
+    def get(self, key: str):
+        try:
+            return self._db().execute("SELECT text, input_tokens, output_tokens, finish_reason FROM completions "
+                                      "WHERE key = ?", (key,)).fetchone()
+        except sqlite3.Error as exc:  # the cache only saves money: a broken cache must not fail the call
+            log.warning("cache read failed (%s): asking the server", exc)
+            return None
+
+    def put(self, key: str, text: str, input_tokens: int, output_tokens: int, finish_reason):
+        try:
+            self._db().execute("INSERT OR REPLACE INTO completions VALUES (?, ?, ?, ?, ?)",
+                               (key, text, input_tokens, output_tokens, finish_reason))
+        except sqlite3.Error as exc:
+            log.warning("cache write failed (%s): the answer is not cached", exc)
+
+
+class CoreClient:
+    def __init__(self, base_url, model, api="openai", api_key=None, concurrency=16, timeout=60, max_retries=6,
+                 cache_path=None, price_in=None, price_out=None, progress=None,
+                 backoff_base=BACKOFF_BASE_S, backoff_cap=BACKOFF_CAP_S, retry_after_cap=RETRY_AFTER_CAP_S):
+        if api not in ("openai", "anthropic"):
+            raise ValueError(f"api must be 'openai' or 'anthropic', got {api!r}")
+        if not isinstance(base_url, str) or not re.match(r"https?://[^/]", base_url):
+            raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
+        if not model or not isinstance(model, str):
+            raise ValueError(f"model must be a non-empty name, got {model!r}")
+        if int(concurrency) < 1 or int(max_retries) < 0 or not timeout > 0:
+            raise ValueError("need concurrency >= 1, max_retries >= 0 and timeout > 0")
+        self.base_url, self.model, self.api = base_url.rstrip("/"), model, api
+        self.concurrency, self.timeout, self.max_retries = int(concurrency), timeout, int(max_retries)
+        self.progress = progress  # None: a bar only on a terminal
+        self.backoff_base, self.backoff_cap, self.retry_after_cap = backoff_base, backoff_cap, retry_after_cap
+        self.key_var = "ANTHROPIC_API_KEY" if api == "anthropic" else "OPENAI_API_KEY"
+        self._key = api_key or os.environ.get("CORE_API_KEY") or os.environ.get(self.key_var) or None
+        table = model_price(model) or (None, None)
+        self.price_in = price_in if price_in is not None else table[0]
+        self.price_out = price_out if price_out is not None else table[1]
+        self._cache = _Cache(cache_path) if cache_path else None
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._pool = None
+        self._rng = random.Random()
+        self._totals = dict(calls=0, cache_hits=0, requests=0, retries=0, failures=0, input_tokens=0, output_tokens=0)
+        if api == "openai":
+            self._url = self.base_url + "/chat/completions"
+            self._headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
+        else:
+            self._url = self.base_url + "/v1/messages"
+            self._headers = {"anthropic-version": ANTHROPIC_VERSION, **({"x-api-key": self._key} if self._key else {})}
+
+    def __repr__(self):  # never shows the key
+        return f"CoreClient({self.base_url!r}, {self.model!r}, api={self.api!r})"
+
+    # ---- public API ----
+    def chat(self, messages, draw=0, **params) -> Completion:
+        """One completion; raises CoreError when the request fails for good (after retries where they can help)."""
+        _check_messages(messages)
+        if not isinstance(draw, int) or draw < 0:
+            raise ValueError(f"draw must be an integer >= 0, got {draw!r}")
+        params = {**DEFAULT_PARAMS, **params}
+        start = time.monotonic()
+        self._add(calls=1)
+        key = self._cache_key(messages, params, draw)
+        hit = self._cache.get(key) if self._cache else None
+        if hit:
+            self._add(cache_hits=1)
+            text, tin, tout, finish = hit
+            return Completion(text, tin, tout, 0.0, True, time.monotonic() - start, finish)
+        try:
+            text, tin, tout, finish = self._read_reply(self._request(self._body(messages, params, draw)))
+        except CoreError:
+            self._add(failures=1)
+            raise
+        self._add(input_tokens=tin, output_tokens=tout)
+        if self._cache:
+            self._cache.put(key, text, tin, tout, finish)
+        return Completion(text, tin, tout, self._cost(tin, tout), False, time.monotonic() - start, finish)
+
+    def chat_many(self, list_of_messages, draws=None, desc="core", **params) -> list:
+        """Many completions at once, in input order; an entry that failed for good is its CoreError."""
+        list_of_messages = list(list_of_messages)
+        draws = [0] * len(list_of_messages) if draws is None else list(draws)
+        if len(draws) != len(list_of_messages):
+            raise ValueError(f"draws has {len(draws)} entries for {len(list_of_messages)} requests")
+        for messages in list_of_messages:  # a malformed input is the caller's bug: say so before spending anything
+            _check_messages(messages)
+
+        def one(i):
+            try:
+                return self.chat(list_of_messages[i], draw=draws[i], **params)
+            except CoreError as exc:
+                return exc
+            except Exception as exc:  # a bug must not throw away the other results of a long run
+                self._add(failures=1)
+                return CoreError(None, f"{type(exc).__name__}: {exc}", "unexpected error in core_client")
+
+        results = [None] * len(list_of_messages)
+        disable = None if self.progress is None else not self.progress
+        futures = {self._executor().submit(one, i): i for i in range(len(results))}
+        try:
+            with tqdm(total=len(results), desc=desc, disable=disable, dynamic_ncols=True) as bar:
+                for future in as_completed(futures):
+                    results[futures[future]] = future.result()
+                    bar.update(1)
+        finally:
+            for future in futures:  # on Ctrl-C, drop the queued requests instead of sending them
+                future.cancel()
+        return results
+
+    def close(self):
+        """Stop the worker threads (their keep-alive connections close with them)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def stats(self) -> dict:
+        """Running totals. Tokens and dollars count what the server billed (cache hits are free and not included)."""
+        with self._lock:
+            totals = dict(self._totals)
+        totals["dollars"] = self._cost(totals["input_tokens"], totals["output_tokens"])
+        return totals
+
+    # ---- internals ----
+    def _add(self, **counts):
+        with self._lock:
+            for name, n in counts.items():
+                self._totals[name] += n
+
+    def _cost(self, input_tokens, output_tokens) -> float | None:
+        if self.price_in is None or self.price_out is None:
+            return None
+        return (input_tokens * self.price_in + output_tokens * self.price_out) / 1e6
+
+    def _cache_key(self, messages, params, draw) -> str:
+        request = {"base_url": self.base_url, "api": self.api, "model": self.model, "messages": messages,
+                   "params": params, "draw": draw}
+        canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def _body(self, messages, params, draw) -> dict:
+        if self.api == "openai":
+            return {"model": self.model, "messages": messages, **params, "seed": params.get("seed", 0) + draw}
+        system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+        body = {"model": self.model, "messages": [m for m in messages if m["role"] != "system"],
+                **{k: v for k, v in params.items() if k != "seed"}}  # the Messages API has no seed and rejects it
+        if system:
+            body["system"] = system
+        return body
+
+    def _executor(self) -> ThreadPoolExecutor:
+        # One pool for the client's life: its threads keep their Sessions, so connections stay open between batches.
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="core")
+            return self._pool
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+        return session
+
+    def _request(self, body) -> dict:
+        for attempt in range(self.max_retries + 1):
+            try:
+                return self._post(body)
+            except _Transient as fault:
+                if attempt == self.max_retries:
+                    hint = fault.hint + (f" (gave up after {attempt} retries)" if attempt else "")
+                    raise CoreError(fault.status, fault.message, hint) from None
+                if fault.wait is not None:
+                    wait = min(fault.wait, self.retry_after_cap)
+                else:
+                    wait = self._rng.uniform(0, min(self.backoff_cap, self.backoff_base * 2 ** attempt))
+                self._add(retries=1)
+                log.info("%s: retry %d in %.2f s after %s", self.model, attempt + 1, wait, fault)
+                time.sleep(wait)
+
+    def _post(self, body) -> dict:
+        """One HTTP attempt: the parsed JSON reply, or a _Transient / CoreError."""
+        self._add(requests=1)
+        try:
+            response = self._session().post(self._url, json=body, headers=self._headers, timeout=self.timeout)
+        except requests.Timeout:
+            raise _Transient(None, f"no answer within {self.timeout} s",
+                             f"is the server at {self.base_url} overloaded? raise timeout if answers are long")
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            raise _Transient(None, _connection_problem(exc), f"is the server at {self.base_url} running?")
+        except requests.RequestException as exc:
+            raise CoreError(None, f"{type(exc).__name__}: {exc}", f"check the base URL {self.base_url}")
+        status = response.status_code
+        if 200 <= status < 300:
+            try:
+                return response.json()
+            except ValueError:
+                raise CoreError(status, f"the reply is not JSON: {response.text[:120]!r}", self._shape_hint())
+        message = self._scrub(_server_message(response))
+        if status == 429 and _QUOTA.search(response.text):
+            raise CoreError(status, message, f"the account behind {self.key_var} is out of quota or over its "
+                                             "spend limit: check its billing")
+        if status in (408, 409, 429) or 500 <= status <= 599:
+            hint = ("rate limited: lower concurrency or wait" if status == 429
+                    else f"the server at {self.base_url} is failing or overloaded: try again later")
+            raise _Transient(status, message, hint, wait=retry_after_s(response.headers))
+        raise CoreError(status, message, self._status_hint(status))
+
+    def _read_reply(self, reply) -> tuple[str, int, int, str | None]:
+        """(text, input tokens, output tokens, finish reason) from a 200 body; a wrong shape is a CoreError."""
+        try:
+            if self.api == "openai":
+                choice = reply["choices"][0]
+                text, finish = choice["message"]["content"] or "", choice.get("finish_reason")
+                tin, tout = reply["usage"]["prompt_tokens"], reply["usage"]["completion_tokens"]
+            else:
+                text = "".join(b["text"] for b in reply["content"] if b.get("type") == "text")
+                finish = reply.get("stop_reason")
+                tin, tout = reply["usage"]["input_tokens"], reply["usage"]["output_tokens"]
+            if not (isinstance(text, str) and isinstance(tin, int) and isinstance(tout, int)):
+                raise TypeError("wrong field types")
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise CoreError(200, f"the reply is not in the {self.api} shape: {_one_line(json.dumps(reply), 120)}",
+                            self._shape_hint()) from None
+        return text, tin, tout, finish
+
+    def _shape_hint(self) -> str:
+        return f"is {self.base_url} an {self.api} endpoint? check --api and the base URL"
+
+    def _status_hint(self, status) -> str:
+        key_fix = f"set {self.key_var} (or CORE_API_KEY)"
+        if status == 401:
+            return f"check the key: {key_fix}" if self._key else f"no key was sent: {key_fix}"
+        if status == 403:
+            return f"the key in {self.key_var} (or CORE_API_KEY) may not use model {self.model!r}: check its access"
+        if status == 404:
+            slash_v1 = "end in /v1" if self.api == "openai" else "not end in /v1"
+            return f"check the model name {self.model!r} and the base URL {self.base_url} (it should usually {slash_v1})"
+        if status == 413:
+            return "the request is too large: shorten the messages"
+        return "the server refused the request: check the messages and params"
+
+    def _scrub(self, text: str) -> str:  # some servers echo the key they received (real keys are long)
+        return text.replace(self._key, "***") if self._key and len(self._key) >= 8 else text
+
+
+def _server_message(response) -> str:
+    """The error message in OpenAI's or Anthropic's error shape, else the start of the body."""
+    try:
+        error = response.json().get("error")
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])
+        if isinstance(error, str):
+            return error
+    except (ValueError, AttributeError):
+        pass
+    return response.text[:200] or response.reason or "(empty body)"
+
+
+def _connection_problem(exc) -> str:
+    text = str(exc)
+    if "refused" in text.lower():
+        return "connection refused"
+    if "RemoteDisconnected" in text or "aborted" in text.lower() or "reset" in text.lower():
+        return "the server closed the connection without a full reply"
+    if "resolve" in text.lower() or "name or service" in text.lower():
+        return "the host name does not resolve"
+    return f"connection failed: {text}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Send one message to a core or teacher: checks a key and an "
+                                                 "endpoint. The key comes from CORE_API_KEY, ANTHROPIC_API_KEY or "
+                                                 "OPENAI_API_KEY, never from the command line.")
+    parser.add_argument("message")
+    parser.add_argument("--base-url", required=True, help="e.g. http://127.0.0.1:8000/v1 (openai) or "
+                                                          "https://api.anthropic.com (anthropic)")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--api", choices=["openai", "anthropic"], default="openai")
+    parser.add_argument("--system", help="optional system prompt")
+    parser.add_argument("--max-tokens", type=int, default=DEFAULT_PARAMS["max_tokens"])
+    parser.add_argument("--temperature", type=float, default=DEFAULT_PARAMS["temperature"])
+    parser.add_argument("--timeout", type=float, default=60)
+    parser.add_argument("--max-retries", type=int, default=2, help="fewer than the library's 6: answer a person fast")
+    parser.add_argument("--price-in", type=float, help="$ per million input tokens (overrides the table)")
+    parser.add_argument("--price-out", type=float, help="$ per million output tokens (overrides the table)")
+    args = parser.parse_args(argv)
+    if args.max_tokens < 1 or args.max_retries < 0 or args.timeout <= 0:
+        parser.error("need --max-tokens >= 1, --max-retries >= 0 and --timeout > 0")
+    try:
+        client = CoreClient(args.base_url, args.model, api=args.api, timeout=args.timeout,
+                            max_retries=args.max_retries, price_in=args.price_in, price_out=args.price_out)
+    except ValueError as exc:
+        parser.error(str(exc))
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+        {"role": "user", "content": args.message}]
+    try:
+        reply = client.chat(messages, max_tokens=args.max_tokens, temperature=args.temperature)
+    except CoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    cost = "unknown (no price for this model: pass --price-in and --price-out)" if reply.cost is None \
+        else f"${reply.cost:.6f}"
+    print(reply.text)
+    print(f"-- {args.model}: {reply.input_tokens} input + {reply.output_tokens} output tokens, cost {cost}, "
+          f"finish {reply.finish_reason}, {reply.latency_s:.2f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

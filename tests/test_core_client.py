@@ -1,0 +1,368 @@
+"""core_client against live local servers: small scripted fakes for precise faults, sim_core for the real shapes."""
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+import core_client
+from core_client import Completion, CoreClient, CoreError, model_price, retry_after_s
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST = dict(backoff_base=0.01, backoff_cap=0.05, progress=False)  # real retries, short waits
+USER = [{"role": "user", "content": "hello"}]
+
+
+# ---- a scripted fake server: request n gets script[min(n, len - 1)] ----
+def ok(handler, body, latency=0.0):
+    """A well-formed reply in the shape of the path that was asked; the text echoes the last user message."""
+    time.sleep(latency)
+    text = "echo: " + body["messages"][-1]["content"]
+    if handler.path.endswith("/messages"):
+        reply = {"type": "message", "role": "assistant", "content": [{"type": "text", "text": text}],
+                 "stop_reason": "end_turn", "usage": {"input_tokens": 11, "output_tokens": 7}}
+    else:
+        reply = {"object": "chat.completion", "choices": [{"index": 0, "finish_reason": "stop",
+                 "message": {"role": "assistant", "content": text}}],
+                 "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}}
+    send(handler, 200, json.dumps(reply).encode())
+
+
+def slow(latency):
+    return lambda handler, body: ok(handler, body, latency)
+
+
+def fail(status, message="boom", headers=None):
+    def action(handler, body):
+        send(handler, status, json.dumps({"error": {"type": "x", "message": message}}).encode(), headers)
+    return action
+
+
+def raw(status, payload: bytes):
+    return lambda handler, body: send(handler, status, payload)
+
+
+def cut(handler, body):
+    handler.close_connection = True  # close the socket without a reply
+
+
+def hang(seconds):
+    def action(handler, body):
+        time.sleep(seconds)
+        cut(handler, body)
+    return action
+
+
+def send(handler, status, payload, headers=None):
+    try:
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(payload)))
+        for name, value in (headers or {}).items():
+            handler.send_header(name, value)
+        handler.end_headers()
+        handler.wfile.write(payload)
+    except OSError:
+        pass  # the client gave up (a timeout test)
+
+
+class Server(ThreadingHTTPServer):
+    request_queue_size = 128  # the default backlog of 5 drops a burst of connects, which then wait 1 s to retry
+
+
+class Fake:
+    def __init__(self, script):
+        self.script, self.hits, self.lock = list(script), [], threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as real APIs do
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with fake.lock:
+                    n = len(fake.hits)
+                    fake.hits.append((self.path, dict(self.headers), body))
+                fake.script[min(n, len(fake.script) - 1)](self, body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+
+@pytest.fixture
+def fake():
+    servers = []
+
+    def start(*script):
+        servers.append(Fake(script or [ok]))
+        return servers[-1]
+    yield start
+    for server in servers:
+        server.server.shutdown()
+        server.server.server_close()
+
+
+# ---- retries ----
+def test_retry_after_ms_is_waited_for(fake):
+    server = fake(fail(429, "slow down", {"retry-after-ms": "300"}), ok)
+    client = CoreClient(server.url + "/v1", "sim-core", **FAST)
+    start = time.monotonic()
+    reply = client.chat(USER)
+    assert time.monotonic() - start >= 0.3
+    assert reply.text == "echo: hello" and len(server.hits) == 2 and client.stats()["retries"] == 1
+
+
+def test_retry_after_header_forms():
+    assert retry_after_s({"retry-after-ms": "250"}) == 0.25
+    assert retry_after_s({"retry-after": "2"}) == 2.0
+    in_5s = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 5))
+    assert 3.5 < retry_after_s({"retry-after": in_5s}) <= 5.0
+    assert retry_after_s({"retry-after": "soon"}) is None and retry_after_s({}) is None
+
+
+def test_retry_after_is_capped(fake):
+    server = fake(fail(503, "busy", {"retry-after": "3600"}), ok)
+    client = CoreClient(server.url + "/v1", "sim-core", retry_after_cap=0.2, **FAST)
+    start = time.monotonic()
+    assert client.chat(USER).text == "echo: hello"
+    assert 0.2 <= time.monotonic() - start < 2
+
+
+def test_5xx_and_529_retried_then_succeed(fake):
+    server = fake(fail(500), fail(529, "overloaded"), fail(503), ok)
+    client = CoreClient(server.url + "/v1", "sim-core", **FAST)
+    assert client.chat(USER).text == "echo: hello"
+    assert len(server.hits) == 4 and client.stats()["retries"] == 3 and client.stats()["failures"] == 0
+
+
+def test_gives_up_after_max_retries_with_the_last_status(fake):
+    server = fake(fail(500, "database on fire"))
+    client = CoreClient(server.url + "/v1", "sim-core", max_retries=2, **FAST)
+    with pytest.raises(CoreError) as info:
+        client.chat(USER)
+    assert len(server.hits) == 3 and info.value.status == 500
+    assert "database on fire" in str(info.value) and "after 2 retries" in str(info.value)
+    assert client.stats()["failures"] == 1
+
+
+@pytest.mark.parametrize("api,var", [("openai", "OPENAI_API_KEY"), ("anthropic", "ANTHROPIC_API_KEY")])
+def test_401_fails_at_once_naming_the_key_variable(fake, api, var):
+    server = fake(fail(401, "invalid x-api-key"))
+    client = CoreClient(server.url + ("/v1" if api == "openai" else ""), "m", api=api, api_key="sk-test-0123", **FAST)
+    with pytest.raises(CoreError) as info:
+        client.chat(USER)
+    assert len(server.hits) == 1 and info.value.status == 401
+    assert var in str(info.value) and "invalid x-api-key" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_quota_429_is_not_retried(fake):
+    server = fake(fail(429, "You exceeded your current quota, please check your plan and billing details."))
+    client = CoreClient(server.url + "/v1", "sim-core", **FAST)
+    with pytest.raises(CoreError) as info:
+        client.chat(USER)
+    assert len(server.hits) == 1 and info.value.status == 429 and "billing" in info.value.hint
+
+
+@pytest.mark.parametrize("status,hint_word", [(400, "messages"), (403, "access"), (404, "model name"),
+                                              (413, "shorten")])
+def test_client_errors_are_not_retried(fake, status, hint_word):
+    server = fake(fail(status, "nope"))
+    client = CoreClient(server.url + "/v1", "sim-core", **FAST)
+    with pytest.raises(CoreError) as info:
+        client.chat(USER)
+    assert len(server.hits) == 1 and info.value.status == status and hint_word in info.value.hint
+
+
+def test_timeouts_and_cut_connections_are_retried(fake):
+    server = fake(hang(0.6), cut, ok)
+    client = CoreClient(server.url + "/v1", "sim-core", timeout=0.2, **FAST)
+    assert client.chat(USER).text == "echo: hello"
+    assert len(server.hits) == 3 and client.stats()["retries"] == 2
+
+
+def test_connection_refused_says_to_start_the_server(fake):
+    server = fake()
+    url = server.url + "/v1"
+    server.server.shutdown()
+    server.server.server_close()
+    client = CoreClient(url, "sim-core", max_retries=1, **FAST)
+    with pytest.raises(CoreError) as info:
+        client.chat(USER)
+    assert info.value.status is None and "refused" in info.value.message and f"{url} running" in info.value.hint
+
+
+@pytest.mark.parametrize("payload", [b"<html>502 Bad Gateway</html>", b'{"id": "x", "choices": []}', b"[1, 2]"])
+def test_garbage_200_is_an_error_in_its_place_not_a_crash(fake, payload):
+    server = fake(ok, raw(200, payload), ok)
+    client = CoreClient(server.url + "/v1", "sim-core", concurrency=1, **FAST)
+    results = client.chat_many([[{"role": "user", "content": f"q{i}"}] for i in range(3)])
+    assert isinstance(results[0], Completion) and isinstance(results[2], Completion)
+    assert isinstance(results[1], CoreError) and results[1].status == 200 and "--api" in results[1].hint
+    assert len(server.hits) == 3  # not retried: the same endpoint would answer the same
+    assert client.stats()["failures"] == 1
+
+
+# ---- wire formats ----
+def test_openai_wire_format(fake):
+    server = fake()
+    client = CoreClient(server.url + "/v1/", "gpt-4o", api_key="sk-abc", **FAST)
+    client.chat([{"role": "system", "content": "be brief"}] + USER, draw=3, top_p=0.9)
+    path, headers, body = server.hits[0]
+    assert path == "/v1/chat/completions" and headers["Authorization"] == "Bearer sk-abc"
+    assert body == {"model": "gpt-4o", "messages": [{"role": "system", "content": "be brief"}] + USER,
+                    "temperature": 1.0, "max_tokens": 512, "top_p": 0.9, "seed": 3}
+
+
+def test_anthropic_wire_format(fake):
+    server = fake()
+    client = CoreClient(server.url, "claude-3-5-haiku-20241022", api="anthropic", api_key="sk-ant", **FAST)
+    reply = client.chat([{"role": "system", "content": "be brief"}] + USER, draw=2, max_tokens=64, seed=5)
+    path, headers, body = server.hits[0]
+    assert path == "/v1/messages" and headers["x-api-key"] == "sk-ant" and "Authorization" not in headers
+    assert headers["anthropic-version"] == "2023-06-01"
+    assert body == {"model": "claude-3-5-haiku-20241022", "system": "be brief", "messages": USER,
+                    "temperature": 1.0, "max_tokens": 64}
+    assert (reply.text, reply.input_tokens, reply.output_tokens, reply.finish_reason) == ("echo: hello", 11, 7,
+                                                                                          "end_turn")
+
+
+def test_no_key_sends_no_auth_header(fake, monkeypatch):
+    for var in ("CORE_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    server = fake()
+    CoreClient(server.url + "/v1", "sim-core", **FAST).chat(USER)
+    CoreClient(server.url, "sim-core", api="anthropic", **FAST).chat(USER)
+    assert not any(h.get("Authorization") or h.get("x-api-key") for _, h, _ in server.hits)
+
+
+def test_key_precedence(fake, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "from-openai")
+    monkeypatch.setenv("CORE_API_KEY", "from-core")
+    server = fake()
+    CoreClient(server.url + "/v1", "m", **FAST).chat(USER)
+    CoreClient(server.url + "/v1", "m", api_key="from-arg", **FAST).chat(USER)
+    monkeypatch.delenv("CORE_API_KEY")
+    CoreClient(server.url + "/v1", "m", **FAST).chat(USER)
+    assert [h["Authorization"] for _, h, _ in server.hits] == ["Bearer from-core", "Bearer from-arg",
+                                                               "Bearer from-openai"]
+
+
+# ---- concurrency, order, cache ----
+def test_64_requests_at_200ms_with_concurrency_16_take_under_1_5s(fake):
+    server = fake(slow(0.2))
+    client = CoreClient(server.url + "/v1", "sim-core", concurrency=16, **FAST)
+    start = time.monotonic()
+    results = client.chat_many([[{"role": "user", "content": f"q{i}"}] for i in range(64)])
+    assert time.monotonic() - start < 1.5
+    assert [r.text for r in results] == [f"echo: q{i}" for i in range(64)]
+
+
+def test_cache_hits_skip_the_network_and_cost_nothing(fake, tmp_path):
+    server = fake()
+    path = str(tmp_path / "cache.sqlite")
+    batch = [[{"role": "user", "content": f"q{i}"}] for i in range(5)]
+    first = CoreClient(server.url + "/v1", "sim-core", cache_path=path, **FAST).chat_many(batch)
+    again = CoreClient(server.url + "/v1", "sim-core", cache_path=path, **FAST)  # a fresh client: hits from disk
+    second = again.chat_many(batch)
+    assert len(server.hits) == 5
+    assert [r.text for r in second] == [r.text for r in first] and all(r.cached and r.cost == 0.0 for r in second)
+    assert (second[0].input_tokens, second[0].output_tokens, second[0].finish_reason) == (11, 7, "stop")
+    assert again.stats()["cache_hits"] == 5 and again.stats()["requests"] == 0 and again.stats()["dollars"] == 0
+    again.chat(batch[0], draw=1)              # another draw is another sample
+    again.chat(batch[0], temperature=0.5)     # other params, another request
+    assert len(server.hits) == 7 and server.hits[-2][2]["seed"] == 1
+
+
+def test_cache_is_shared_by_processes(tmp_path):
+    path = str(tmp_path / "shared.sqlite")
+    writer = ("import core_client, sys; c = core_client._Cache(sys.argv[1]); "
+              "[c.put(f'{sys.argv[2]}-{i}', 'text', i, 1, 'stop') for i in range(300)]")
+    procs = [subprocess.Popen([sys.executable, "-c", writer, path, name], cwd=ROOT) for name in "ab"]
+    assert [p.wait(timeout=30) for p in procs] == [0, 0]
+    cache = core_client._Cache(path)
+    assert all(cache.get(f"{name}-{i}") == ("text", i, 1, "stop") for name in "ab" for i in range(300))
+
+
+# ---- money and keys ----
+def test_dollars_equal_usage_times_price_exactly(fake):
+    server = fake()
+    client = CoreClient(server.url + "/v1", "sim-core", **FAST)
+    replies = client.chat_many([[{"role": "user", "content": f"q{i}"}] for i in range(3)])
+    assert all(r.cost == (11 * 0.80 + 7 * 4.0) / 1e6 for r in replies)
+    assert client.stats()["dollars"] == (33 * 0.80 + 21 * 4.0) / 1e6
+    assert client.stats()["input_tokens"] == 33 and client.stats()["output_tokens"] == 21
+    custom = CoreClient(server.url + "/v1", "sim-core", price_in=1.5, price_out=2.5, **FAST)
+    assert custom.chat(USER).cost == (11 * 1.5 + 7 * 2.5) / 1e6
+    unknown = CoreClient(server.url + "/v1", "my-local-llama", **FAST)
+    assert unknown.chat(USER).cost is None and unknown.stats()["dollars"] is None
+
+
+def test_price_table_lookup():
+    assert model_price("claude-3-5-haiku-20241022") == (0.80, 4.0)
+    assert model_price("claude-3-5-sonnet-latest") == (3.0, 15.0)
+    assert model_price("claude-sonnet-4-20250514") == (3.0, 15.0)
+    assert model_price("gpt-4o-mini-2024-07-18") == (0.15, 0.6)
+    assert model_price("sim-core-large") == (3.0, 15.0) and model_price("sim-teacher") == (3.0, 15.0)
+    assert model_price("gpt-4.1-nano") is None  # a longer name is another model, not a dated one
+
+
+def test_key_never_in_cache_file_logs_or_errors(fake, tmp_path, caplog, capfd):
+    secret = "sk-SECRET-7f3a9c"
+    server = fake(fail(500), ok, fail(401, f"Incorrect API key provided: {secret}"))
+    path = str(tmp_path / "cache.sqlite")
+    client = CoreClient(server.url + "/v1", "sim-core", api_key=secret, cache_path=path, **FAST)
+    caplog.set_level(logging.DEBUG)
+    client.chat(USER)
+    results = client.chat_many([[{"role": "user", "content": "other"}]])
+    assert server.hits[0][1]["Authorization"] == f"Bearer {secret}"  # it was sent...
+    assert isinstance(results[0], CoreError) and secret not in str(results[0]) and secret not in repr(client)
+    stored = b"".join(open(p, "rb").read() for p in (path, path + "-wal") if os.path.exists(p))
+    assert b"echo: hello" in stored or client.chat(USER).cached  # ...the cache holds the answer...
+    out, err = capfd.readouterr()
+    assert "retry" in caplog.text  # ...the logs saw the retry...
+    assert secret.encode() not in stored and secret not in caplog.text + out + err  # ...and never the key
+
+
+def test_chat_many_checks_its_input():
+    client = CoreClient("http://127.0.0.1:9/v1", "sim-core", **FAST)
+    with pytest.raises(ValueError):
+        client.chat_many([USER, "not a list of messages"])
+    with pytest.raises(ValueError):
+        client.chat_many([USER, USER], draws=[0])
+    with pytest.raises(ValueError):
+        CoreClient("localhost:8000", "sim-core")
+    with pytest.raises(ValueError):
+        CoreClient("http://127.0.0.1:9", "sim-core", api="gemini")
+
+
+# ---- command line ----
+def run_cli(*args, env_extra=None):
+    env = {k: v for k, v in os.environ.items() if not k.endswith("API_KEY")} | (env_extra or {})
+    return subprocess.run([sys.executable, "core_client.py", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=30)
+
+
+def test_cli_prints_reply_tokens_and_cost(fake):
+    server = fake()
+    result = run_cli("--base-url", server.url, "--model", "sim-core", "--api", "anthropic", "hi there")
+    assert result.returncode == 0, result.stderr
+    assert "echo: hi there" in result.stdout and "11 input + 7 output tokens" in result.stdout
+    assert f"${(11 * 0.8 + 7 * 4) / 1e6:.6f}" in result.stdout
+
+
+def test_cli_failure_is_one_line_and_exit_1(fake):
+    server = fake(fail(401, "invalid key"))
+    result = run_cli("--base-url", server.url + "/v1", "--model", "sim-core", "hi",
+                     env_extra={"OPENAI_API_KEY": "sk-cli-secret"})
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "OPENAI_API_KEY" in result.stderr and "sk-cli-secret" not in result.stderr
+    assert run_cli("--model", "sim-core", "hi").returncode == 2  # argparse: --base-url missing
