@@ -21,6 +21,7 @@ import argparse
 import base64
 import heapq
 import json
+import math
 import os
 import re
 import tempfile
@@ -44,13 +45,15 @@ class GuideConfig:
     n_head: int = 4
     n_kv_head: int = 2            # grouped-query attention: each key/value head serves n_head // n_kv_head queries
     n_embd: int = 256
-    ffn_hidden: int = 704         # SwiGLU width, about 8/3 * n_embd rounded up to a multiple of 64
+    ffn_hidden: int | None = None  # SwiGLU width; None: about 8/3 * n_embd, rounded up to a multiple of 64
     max_seq_len: int = 512
     rope_theta: float = 10000.0
     tie_embeddings: bool = True   # the output layer reuses the token embedding (saves vocab_size * n_embd weights)
     qkv_bias: bool = False
 
     def __post_init__(self):
+        if self.ffn_hidden is None:
+            self.ffn_hidden = 64 * math.ceil(8 * self.n_embd / 3 / 64)
         if self.n_embd % self.n_head or self.n_head % self.n_kv_head or (self.n_embd // self.n_head) % 2:
             raise ValueError(f"GuideConfig: need n_embd % n_head == 0, n_head % n_kv_head == 0 and an even head "
                              f"size; got n_embd={self.n_embd}, n_head={self.n_head}, n_kv_head={self.n_kv_head}")

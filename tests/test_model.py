@@ -13,7 +13,7 @@ import torch
 
 import model as M
 
-TINY = dict(n_layer=2, n_head=4, n_kv_head=2, n_embd=64, ffn_hidden=128, max_seq_len=96,
+TINY = dict(n_layer=2, n_head=4, n_kv_head=2, n_embd=64, max_seq_len=96,
             tie_embeddings=False)   # a tied model at random init mostly repeats its last token: too easy a test
 TEXT = ("Tom has 12 apples and buys 7 more. How many apples does Tom have now? #### 19\n"
         "<strategy>\n1. Add 12 to 7.\n2. Multiply the result of step 1 by 3.\n</strategy>\n") * 20 + \
