@@ -1,0 +1,890 @@
+"""ExecTune, the recipe: every stage of the paper's pipeline as a subcommand over one run directory.
+
+  1. data       seeded train / val / test tasks (tasks.py; the test split holds out sentence templates).
+  2. tokenizer  the guide's byte-level BPE, trained on the training text.
+  3. baselines  the cheap core alone and the large core alone on test (two table rows), and R core-alone runs of
+                every training task: the harm term of the reward needs "does the core usually solve this alone?".
+  4. sample     teacher-guided acceptance sampling: K teacher strategies per training task, each executed M times by
+                the cheap core; a strategy is accepted when it is valid, leaks no answer and all M runs are correct;
+                the cheapest `keep` accepted strategies of a task are kept (accepted.jsonl). raw.jsonl keeps every
+                teacher strategy: the supervised-GCoP baseline trains on it.
+  5. sft        supervised fine-tuning of a fresh guide on accepted (ExecTune init) or raw (baseline) strategies;
+                loss on strategy tokens only; AdamW, warmup + cosine, clipping, best-on-val checkpoint.
+  6. grpo       structure-aware GRPO against the live core (grpo.py), or the outcome-only advisor baseline.
+  7. eval       one system (a guide checkpoint, the teacher, or no guide) with one core on the test split; appends
+                a row to results.json and rewrites results.md.
+
+Every stage reads and writes inside runs/<name>/, can be re-run alone, and resumes instead of redoing finished
+work: a stage whose outputs exist is skipped; sample and sft pick up where an interrupted run stopped. A run
+directory remembers each stage's configuration and refuses to mix in another one.
+"""
+import argparse
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, asdict
+
+import torch
+from tqdm import tqdm
+
+import tasks
+import model as guide_model
+import grpo
+from core_client import CoreClient, CoreError
+
+
+class UserError(Exception):
+    """A problem the user can fix; main() prints it as one line and exits 1."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# stage configurations (one dataclass per stage; QUICK shrinks each to a smoke test)
+
+@dataclass
+class DataConfig:
+    family: str = "mathsim"
+    n_train: int = 4000
+    n_val: int = 200
+    n_test: int = 500
+    seed: int = 0
+
+
+@dataclass
+class TokenizerConfig:
+    vocab_size: int = 2048
+
+
+@dataclass
+class BaselineConfig:
+    alone_runs: int = 3          # R core-alone runs per training task (majority decides "the core solves it alone")
+
+
+@dataclass
+class SampleConfig:
+    k: int = 4                   # teacher strategies per task
+    m: int = 2                   # cheap-core executions per strategy; accept only when all are correct
+    keep: int = 2                # cheapest accepted strategies kept per task
+    chunk: int = 500             # tasks per resumable chunk
+
+
+@dataclass
+class SFTConfig:
+    steps: int = 1200
+    batch_size: int = 32
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 60
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 200
+    seed: int = 0
+    n_layer: int = 4
+    n_embd: int = 128
+    n_head: int = 4
+    n_kv_head: int = 2
+    max_seq_len: int = 1024
+
+
+@dataclass
+class GRPOStageConfig:
+    steps: int = 40
+    prompts_per_step: int = 8
+    group_size: int = 8
+    max_new_tokens: int = 160
+    temperature: float = 1.0
+    lr: float = 2e-4
+    kl_beta: float = 0.0
+    eval_every: int = 10
+    n_val_eval: int = 200
+    seed: int = 0
+
+
+@dataclass
+class EvalConfig:
+    max_new_tokens: int = 160
+    batch_size: int = 64
+
+
+QUICK = {
+    "data": dict(n_train=80, n_val=24, n_test=60),
+    "sample": dict(k=2, chunk=40),
+    "sft": dict(steps=30, batch_size=8, eval_every=15, n_layer=2, n_embd=64, n_head=2, n_kv_head=1),
+    "grpo": dict(steps=3, prompts_per_step=4, group_size=4, max_new_tokens=96, eval_every=3, n_val_eval=24),
+    "eval": dict(max_new_tokens=96),
+}
+
+
+def stage_config(cls, args, stage):
+    """The stage's dataclass: defaults, then QUICK overrides, then flags the user set explicitly."""
+    cfg = cls(**(QUICK.get(stage, {}) if args.quick else {}))
+    for f in dataclasses.fields(cls):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            setattr(cfg, f.name, value)
+    return cfg
+
+
+def add_config_flags(parser, cls):
+    for f in dataclasses.fields(cls):
+        kind = type(f.default)
+        parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None,
+                            help=f"default {f.default}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# run directory: files, configs, metrics
+
+class Run:
+    def __init__(self, path):
+        self.path = path
+        os.makedirs(path, exist_ok=True)
+
+    def file(self, *parts):
+        return os.path.join(self.path, *parts)
+
+    def check_config(self, stage, cfg):
+        """Remember a stage's configuration; refuse to resume a stage that was started with another one."""
+        path = self.file("config.json")
+        configs = read_json(path) if os.path.exists(path) else {}
+        cfg = asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+        old = configs.get(stage)
+        if old is not None and old != cfg:
+            diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in cfg.items() if old.get(k) != v)
+            raise UserError(f"{self.path} was made with another {stage} configuration ({diff}); "
+                            f"use another --run, or delete {path} entries and outputs to redo it")
+        configs[stage] = cfg
+        write_json(path, configs)
+
+    def log(self, stage, **values):
+        with open(self.file("metrics.jsonl"), "a") as f:
+            f.write(json.dumps({"stage": stage, "time": round(time.time(), 3), **values}) + "\n")
+
+
+def write_json(path, obj):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file")
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: malformed JSON at line {e.lineno}: {e.msg}")
+
+
+def write_jsonl(path, rows):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    os.replace(tmp, path)
+
+
+def read_jsonl(path, required=()):
+    """Rows of a JSON-lines file; a malformed line or a missing field names the file and the line."""
+    rows = []
+    try:
+        f = open(path)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file (run the stage that writes it first)")
+    with f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{lineno}: malformed JSON ({e.msg})")
+            if not isinstance(row, dict):
+                raise UserError(f"{path}:{lineno}: expected a JSON object")
+            missing = [k for k in required if k not in row]
+            if missing:
+                raise UserError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}")
+            rows.append(row)
+    return rows
+
+
+def load_tasks(run, split):
+    path = run.file("data", f"{split}.jsonl")
+    rows = read_jsonl(path, required=("id", "problem", "answer"))
+    try:
+        return [tasks.MathTask.from_json(r) for r in rows]
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path}: a task could not be read ({e})")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# cores and teacher
+
+def client_for(args, role, run):
+    """A CoreClient for role in core|large|teacher, all sharing the run's request cache."""
+    url = args.teacher_url if role == "teacher" else args.core_url
+    url = url or args.core_url
+    if not url:
+        raise UserError("no core configured: pass --core-url or set CORE_URL "
+                        "(bash train.sh starts the local simulated core for you)")
+    model = {"core": args.core_model, "large": args.large_core_model, "teacher": args.teacher_model}[role]
+    api = args.teacher_api if role == "teacher" else args.core_api
+    return CoreClient(url, model, api=api or args.core_api, concurrency=args.concurrency,
+                      max_retries=args.max_retries, cache_path=run.file("cache.sqlite"))
+
+
+def run_requests(client, messages, what, draws=None, **params):
+    """chat_many with failure accounting: a few failures after retries are counted and left out, but a stage
+    in which most requests fail (wrong key, dead endpoint) stops with the first error."""
+    draws = draws or [0] * len(messages)
+    # one request first: a dead endpoint or a wrong key stops here with one clear line, before a thousand retries
+    first = client.chat_many(messages[:1], draws=draws[:1], desc=what, **params)
+    if first and isinstance(first[0], CoreError):
+        raise UserError(f"{what}: {first[0]}")
+    out = first + client.chat_many(messages[1:], draws=draws[1:], desc=what, **params)
+    failures = [r for r in out if isinstance(r, CoreError)]
+    if failures and (len(failures) > 0.2 * len(out) or len(failures) == len(out)):
+        raise UserError(f"{what}: {len(failures)}/{len(out)} requests failed; first: {failures[0]}")
+    if failures:
+        print(f"warning: {what}: {len(failures)} requests failed after retries and are left out", file=sys.stderr)
+    return out
+
+
+def core_params(args):
+    return dict(temperature=args.core_temperature, max_tokens=args.core_max_tokens)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 1. data
+
+def stage_data(args, run):
+    cfg = stage_config(DataConfig, args, "data")
+    if cfg.family != "mathsim":
+        raise UserError(f"unknown task family {cfg.family!r} (available: mathsim)")
+    run.check_config("data", cfg)
+    os.makedirs(run.file("data"), exist_ok=True)
+    for i, (split, n) in enumerate([("train", cfg.n_train), ("val", cfg.n_val), ("test", cfg.n_test)]):
+        path = run.file("data", f"{split}.jsonl")
+        if os.path.exists(path):
+            print(f"data: {path} exists, kept")
+            continue
+        rows = [t.to_json() for t in tasks.generate_tasks(n, seed=cfg.seed * 1000 + i, split=split)]
+        write_jsonl(path, rows)
+        print(f"data: {len(rows)} {split} tasks -> {path}")
+    run.log("data", **asdict(cfg))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 2. tokenizer
+
+def training_text(train_tasks):
+    """What the guide reads and writes: prompts and canonical strategies (every verb form of the grammar once,
+    so teacher paraphrases tokenize sensibly too)."""
+    for t in train_tasks:
+        yield tasks.guide_prompt(t.problem)
+        yield tasks.canonical_strategy(t)
+
+
+def stage_tokenizer(args, run):
+    cfg = stage_config(TokenizerConfig, args, "tokenizer")
+    run.check_config("tokenizer", cfg)
+    path = run.file("tokenizer.tiktoken")
+    if os.path.exists(path):
+        print(f"tokenizer: {path} exists, kept")
+        return
+    t0 = time.time()
+    ranks = guide_model.train_tokenizer(list(training_text(load_tasks(run, "train"))), cfg.vocab_size)
+    guide_model.save_tokenizer(ranks, path)
+    run.log("tokenizer", vocab_size=len(ranks), seconds=round(time.time() - t0, 2))
+    print(f"tokenizer: {len(ranks)} tokens in {time.time() - t0:.1f}s -> {path}")
+
+
+def load_tokenizer(run):
+    path = run.file("tokenizer.tiktoken")
+    if not os.path.exists(path):
+        raise UserError(f"{path}: no such file (run `exectune.py tokenizer` first)")
+    return guide_model.load_tokenizer(path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 3. baselines
+
+def alone_stats_path(run):
+    return run.file("alone_train.jsonl")
+
+
+def stage_baselines(args, run):
+    cfg = stage_config(BaselineConfig, args, "baselines")
+    run.check_config("baselines", cfg)
+    evaluate(args, run, "core alone", guide="none", role="core")
+    evaluate(args, run, "large core alone", guide="none", role="large")
+    path = alone_stats_path(run)
+    if os.path.exists(path):
+        print(f"baselines: {path} exists, kept")
+        return
+    train = load_tasks(run, "train")
+    client = client_for(args, "core", run)
+    messages = [tasks.core_messages(t.problem, None) for t in train for _ in range(cfg.alone_runs)]
+    draws = [d for _ in train for d in range(cfg.alone_runs)]
+    out = run_requests(client, messages, "core alone on train", draws=draws, **core_params(args))
+    rows = []
+    for i, t in enumerate(train):
+        runs = [r for r in out[i * cfg.alone_runs:(i + 1) * cfg.alone_runs] if not isinstance(r, CoreError)]
+        correct = [tasks.extract_answer(r.text) == t.answer for r in runs]
+        dollars = [r.cost for r in runs if r.cost is not None]
+        rows.append(dict(id=t.id, runs=len(runs), correct=sum(correct),
+                         majority_correct=bool(runs) and 2 * sum(correct) > len(runs),
+                         dollars=sum(dollars) / len(dollars) if dollars else None))
+    write_jsonl(path, rows)
+    solved = sum(r["majority_correct"] for r in rows) / max(1, len(rows))
+    run.log("baselines", train_tasks=len(rows), alone_majority_correct=round(solved, 4), **client.stats())
+    print(f"baselines: core alone solves {solved:.1%} of training tasks by majority of {cfg.alone_runs} runs")
+
+
+def load_alone_stats(run):
+    rows = read_jsonl(alone_stats_path(run), required=("id", "majority_correct", "dollars"))
+    return {r["id"]: r for r in rows}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 4. sample: teacher-guided acceptance sampling
+
+def stage_sample(args, run):
+    cfg = stage_config(SampleConfig, args, "sample")
+    run.check_config("sample", cfg)
+    raw_path, accepted_path = run.file("raw.jsonl"), run.file("accepted.jsonl")
+    train = load_tasks(run, "train")
+    # resume: chunks already in raw.jsonl are not redone (a torn last line from a kill is dropped)
+    done = set()
+    if os.path.exists(raw_path):
+        keep_lines = []
+        with open(raw_path) as f:
+            for line in f:
+                try:
+                    done.add(json.loads(line)["task_id"])
+                    keep_lines.append(line)
+                except (json.JSONDecodeError, KeyError):
+                    break
+        with open(raw_path, "w") as f:
+            f.writelines(keep_lines)
+    todo = [t for t in train if t.id not in done]
+    if not todo and os.path.exists(accepted_path):
+        print(f"sample: {accepted_path} exists, kept")
+        return
+    teacher, core = client_for(args, "teacher", run), client_for(args, "core", run)
+    for start in tqdm(range(0, len(todo), cfg.chunk), desc="sample chunks", disable=len(todo) <= cfg.chunk):
+        chunk = todo[start:start + cfg.chunk]
+        rows = sample_chunk(args, chunk, cfg, teacher, core)
+        with open(raw_path, "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+    raw = read_jsonl(raw_path, required=("task_id", "strategy", "accepted", "dollars"))
+    accepted = select_accepted(raw, cfg.keep)
+    write_jsonl(accepted_path, accepted)
+    n_tasks = len({r["task_id"] for r in raw})
+    covered = len({r["task_id"] for r in accepted})
+    rate = sum(r["accepted"] for r in raw) / max(1, len(raw))
+    teacher_dollars = teacher.stats()["dollars"]
+    run.log("sample", strategies=len(raw), acceptance_rate=round(rate, 4), accepted_kept=len(accepted),
+            tasks_covered=covered, teacher=teacher.stats(), core=core.stats())
+    print(f"sample: {len(raw)} teacher strategies for {n_tasks} tasks; acceptance rate {rate:.1%}; kept "
+          f"{len(accepted)} covering {covered} tasks; teacher dollars this call "
+          f"{'unknown' if teacher_dollars is None else f'${teacher_dollars:.4f}'}")
+
+
+def sample_chunk(args, chunk, cfg, teacher, core):
+    """K teacher strategies per task, each valid one run M times by the cheap core. One row per strategy."""
+    replies = run_requests(teacher, [tasks.teacher_messages(t.problem) for t in chunk for _ in range(cfg.k)],
+                           "teacher", draws=[d for _ in chunk for d in range(cfg.k)],
+                           temperature=1.0, max_tokens=args.core_max_tokens)
+    rows, runs_needed = [], []
+    for i, t in enumerate(chunk):
+        for d in range(cfg.k):
+            reply = replies[i * cfg.k + d]
+            if isinstance(reply, CoreError):
+                continue
+            strategy = tasks.extract_strategy(reply.text) or reply.text.strip()
+            parsed = tasks.parse_strategy(strategy)
+            rows.append(dict(task_id=t.id, draw=d, strategy=strategy, valid=parsed.valid,
+                             invalid_reason=None if parsed.valid else parsed.error,
+                             leaks=tasks.leaks(strategy, t.problem, t.answer),
+                             teacher_dollars=reply.cost, runs=[], _task=t))
+            if parsed.valid:
+                runs_needed.extend((len(rows) - 1, m) for m in range(cfg.m))
+    executions = run_requests(core, [tasks.core_messages(rows[i]["_task"].problem, rows[i]["strategy"])
+                                     for i, _ in runs_needed],
+                              "cheap core executes", draws=[m for _, m in runs_needed], **core_params(args))
+    for (i, _), out in zip(runs_needed, executions):
+        if not isinstance(out, CoreError):
+            rows[i]["runs"].append(dict(correct=tasks.extract_answer(out.text) == rows[i]["_task"].answer,
+                                        dollars=out.cost, output_tokens=out.output_tokens))
+    for r in rows:
+        del r["_task"]
+        costs = [x["dollars"] for x in r["runs"] if x["dollars"] is not None]
+        r["dollars"] = sum(costs) / len(costs) if costs else None
+        r["accepted"] = is_accepted(r, cfg.m)
+    return rows
+
+
+def is_accepted(row, m):
+    """The acceptance rule: valid, leaks nothing, and all M executions ran and were correct."""
+    return bool(row["valid"] and not row["leaks"] and len(row["runs"]) == m and all(x["correct"] for x in row["runs"]))
+
+
+def select_accepted(raw, keep):
+    """Per task, the `keep` cheapest accepted strategies (core dollars, then output tokens as a tie-break)."""
+    by_task = {}
+    for r in raw:
+        if r["accepted"]:
+            by_task.setdefault(r["task_id"], []).append(r)
+    out = []
+    for task_id, rows in by_task.items():
+        rows.sort(key=lambda r: (r["dollars"] if r["dollars"] is not None else 0.0, len(r["strategy"])))
+        seen = set()
+        for r in rows:
+            if r["strategy"] not in seen and len(seen) < keep:
+                seen.add(r["strategy"])
+                out.append(dict(task_id=task_id, strategy=r["strategy"], dollars=r["dollars"]))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 5. sft
+
+def sft_examples(run, tok, data, split_tasks, max_len):
+    """(prompt tokens, strategy tokens + EOS) pairs; strategies come from accepted.jsonl or raw.jsonl."""
+    path = run.file(f"{data}.jsonl")
+    rows = read_jsonl(path, required=("task_id", "strategy"))
+    by_id = {t.id: t for t in split_tasks}
+    eos = tok.encode_single_token("<|eos|>")
+    examples, dropped = [], 0
+    for r in rows:
+        t = by_id.get(r["task_id"])
+        if t is None:
+            continue
+        prompt = grpo.prompt_tokens(tok, t.problem)
+        completion = tok.encode(r["strategy"], disallowed_special=()) + [eos]
+        if len(prompt) + len(completion) > max_len:
+            dropped += 1
+            continue
+        examples.append((prompt, completion))
+    if dropped:
+        print(f"sft: {dropped} examples longer than {max_len} tokens dropped", file=sys.stderr)
+    return examples
+
+
+def sft_batch(examples, pad_id):
+    """Pad (prompt + completion) pairs into inputs / targets; the loss mask covers completion tokens only."""
+    T = max(len(p) + len(c) for p, c in examples) - 1
+    inputs = torch.full((len(examples), T), pad_id, dtype=torch.long)      # (B, T)
+    targets = torch.full((len(examples), T), pad_id, dtype=torch.long)     # (B, T)
+    loss_mask = torch.zeros((len(examples), T), dtype=torch.bool)          # (B, T)
+    for i, (p, c) in enumerate(examples):
+        seq = torch.tensor(p + c)
+        n = len(seq) - 1
+        inputs[i, :n], targets[i, :n] = seq[:-1], seq[1:]
+        loss_mask[i, len(p) - 1:n] = True        # targets from the first strategy token through EOS
+    return inputs, targets, loss_mask
+
+
+def sft_loss(model, inputs, targets, loss_mask):
+    """Mean cross-entropy over strategy tokens (prompt and padding carry no loss)."""
+    logits = model(inputs)                                                  # (B, T, V)
+    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
+    mask = loss_mask.flatten().float()
+    return (ce * mask).sum() / mask.sum()
+
+
+@torch.no_grad()
+def sft_val_loss(model, examples, pad_id, batch_size):
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        inputs, targets, loss_mask = sft_batch(examples[i:i + batch_size], pad_id)
+        n = loss_mask.sum().item()
+        total += sft_loss(model, inputs, targets, loss_mask).item() * n
+        count += n
+    model.train()
+    return total / max(1, count)
+
+
+def lr_at(step, cfg, base_lr):
+    """Linear warmup, then cosine decay to min_lr_ratio * base_lr."""
+    if step < cfg.warmup:
+        return base_lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return base_lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def stage_sft(args, run):
+    cfg = stage_config(SFTConfig, args, "sft")
+    data = args.data
+    run.check_config(f"sft-{data}", cfg)
+    out_dir = run.file(f"sft-{data}")
+    best_dir, last_dir = os.path.join(out_dir, "best"), os.path.join(out_dir, "last")
+    tok = load_tokenizer(run)
+    pad = tok.encode_single_token("<|pad|>")
+    train = sft_examples(run, tok, data, load_tasks(run, "train"), cfg.max_seq_len)
+    if not train:
+        raise UserError(f"{run.file(data + '.jsonl')} holds no usable strategies")
+    # validation: the same kind of strategies would need teacher calls on val; canonical strategies of val tasks
+    # measure what matters (can the guide write a clear plan for an unseen problem) at no cost.
+    eos = tok.encode_single_token("<|eos|>")
+    val = [(p, c) for p, c in ((grpo.prompt_tokens(tok, t.problem),
+                                 tok.encode(tasks.canonical_strategy(t), disallowed_special=()) + [eos])
+                                for t in load_tasks(run, "val")) if len(p) + len(c) <= cfg.max_seq_len]
+
+    torch.manual_seed(cfg.seed)
+    start_step, best_val = 0, float("inf")
+    if os.path.exists(os.path.join(last_dir, "config.json")):
+        net = guide_model.load_checkpoint(last_dir)
+        state = read_json(os.path.join(last_dir, "state.json"))
+        start_step, best_val = state["step"], state["best_val"]
+        if start_step >= cfg.steps:
+            print(f"sft: {out_dir} finished ({start_step} steps), kept")
+            return
+        print(f"sft: resuming {out_dir} from step {start_step}")
+    else:
+        net = guide_model.Guide(guide_model.GuideConfig(
+            vocab_size=tok.n_vocab, n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_head=cfg.n_head,
+            n_kv_head=cfg.n_kv_head, max_seq_len=cfg.max_seq_len))
+    optimizer = make_optimizer(net, cfg.lr, cfg.weight_decay)
+    if start_step:
+        optimizer.load_state_dict(torch.load(os.path.join(last_dir, "optimizer.pt")))
+    n_params = sum(p.numel() for p in net.parameters())
+    print(f"sft: {len(train)} {data} examples, {len(val)} val, guide {n_params / 1e6:.2f}M params")
+    net.train()
+    t0, tokens = time.time(), 0
+    bar = tqdm(range(start_step, cfg.steps), desc=f"sft {data}", initial=start_step, total=cfg.steps)
+    for step in bar:
+        for g in optimizer.param_groups:
+            g["lr"] = lr_at(step, cfg, cfg.lr)
+        # the batch is a function of (seed, step), so a resumed run sees exactly the batches it would have seen
+        batch = random.Random(cfg.seed * 1_000_003 + step).sample(train, min(cfg.batch_size, len(train)))
+        inputs, targets, loss_mask = sft_batch(batch, pad)
+        loss = sft_loss(net, inputs, targets, loss_mask)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip).item()
+        optimizer.step()
+        tokens += inputs.numel()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            val_loss = sft_val_loss(net, val, pad, 64)
+            if val_loss < best_val:
+                best_val = val_loss
+                guide_model.save_checkpoint(net, best_dir, extra=dict(step=step + 1, val_loss=val_loss))
+            guide_model.save_checkpoint(net, last_dir)
+            torch.save(optimizer.state_dict(), os.path.join(last_dir, "optimizer.pt.tmp"))
+            os.replace(os.path.join(last_dir, "optimizer.pt.tmp"), os.path.join(last_dir, "optimizer.pt"))
+            write_json(os.path.join(last_dir, "state.json"), dict(step=step + 1, best_val=best_val))
+            run.log(f"sft-{data}", step=step + 1, loss=round(loss.item(), 4), val_loss=round(val_loss, 4),
+                    lr=optimizer.param_groups[0]["lr"], grad_norm=round(grad_norm, 3),
+                    tokens_per_s=round(tokens / (time.time() - t0)))
+            bar.write(f"sft {data} step {step + 1}: train {loss.item():.3f} val {val_loss:.3f} (best {best_val:.3f})")
+
+
+def make_optimizer(net, lr, weight_decay):
+    """AdamW; no weight decay on norms and biases (1-D parameters)."""
+    decay = [p for p in net.parameters() if p.dim() >= 2]
+    no_decay = [p for p in net.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)],
+                             lr=lr, betas=(0.9, 0.95))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 6. grpo
+
+def stage_grpo(args, run):
+    """GRPO from an SFT checkpoint; evaluates greedy accuracy on val every eval_every steps and keeps the best
+    (the starting checkpoint included, so RL that does not help leaves the guide as it was)."""
+    cfg = stage_config(GRPOStageConfig, args, "grpo")
+    name = f"grpo-{args.reward}"
+    run.check_config(name, dict(asdict(cfg), init=args.init))
+    out_dir = run.file(name)
+    best_dir, last_dir = os.path.join(out_dir, "best"), os.path.join(out_dir, "last")
+    tok = load_tokenizer(run)
+    train, val = load_tasks(run, "train"), load_tasks(run, "val")[:cfg.n_val_eval]
+    alone = {i: dict(alone_majority_correct=r["majority_correct"], alone_dollars=r["dollars"])
+             for i, r in load_alone_stats(run).items()}
+    client = client_for(args, "core", run)
+    if os.path.exists(os.path.join(last_dir, "state.json")):
+        net, state = load_guide(run, last_dir), read_json(os.path.join(last_dir, "state.json"))
+        if state["step"] >= cfg.steps:
+            print(f"grpo: {out_dir} finished ({state['step']} steps), kept")
+            return
+        print(f"grpo: resuming {out_dir} from step {state['step']}")
+    else:
+        net = load_guide(run, args.init)
+        state = dict(step=0, best_accuracy=-1.0)
+    rl = grpo.GRPOConfig(prompts_per_step=cfg.prompts_per_step, group_size=cfg.group_size,
+                         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, lr=cfg.lr,
+                         kl_beta=cfg.kl_beta)
+    optimizer = make_optimizer(net, cfg.lr, weight_decay=0.0)
+    if state["step"]:
+        optimizer.load_state_dict(torch.load(os.path.join(last_dir, "optimizer.pt")))
+    ref_model = None
+    if cfg.kl_beta > 0:
+        ref_model = load_guide(run, args.init).eval().requires_grad_(False)
+    order = random.Random(cfg.seed).sample(train, len(train))   # a fixed pass order, so a resume sees the same tasks
+
+    def validate(step):
+        texts, _ = guide_strategies(net, tok, [t.problem for t in val], cfg.max_new_tokens, 64, desc="grpo val")
+        replies = run_requests(client, [tasks.core_messages(t.problem, s) for t, s in zip(val, texts)],
+                               "grpo val core", **core_params(args))
+        ok = [tasks.extract_answer(r.text) == t.answer for t, r in zip(val, replies) if not isinstance(r, CoreError)]
+        accuracy = sum(ok) / max(1, len(ok))
+        if accuracy > state["best_accuracy"]:
+            state["best_accuracy"] = accuracy
+            guide_model.save_checkpoint(net, best_dir, extra=dict(step=step, val_accuracy=accuracy))
+        run.log(name, step=step, val_accuracy=round(accuracy, 4), best_val_accuracy=round(state["best_accuracy"], 4))
+        return accuracy
+
+    if state["step"] == 0:
+        validate(0)
+    bar = tqdm(range(state["step"], cfg.steps), desc=name, initial=state["step"], total=cfg.steps)
+    for step in bar:
+        start = step * cfg.prompts_per_step % len(order)
+        batch = (order + order)[start:start + cfg.prompts_per_step]
+        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + step)
+        metrics = grpo.grpo_step(net, optimizer, tok, batch, client, alone, rl, kind=args.reward,
+                                 generator=generator, ref_model=ref_model, step=step)
+        run.log(name, **metrics)
+        bar.set_postfix(reward=f"{metrics['reward']:.3f}", valid=f"{metrics['validity_rate']:.2f}",
+                        success=f"{metrics['success_rate']:.2f}")
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            accuracy = validate(step + 1)
+            bar.write(f"{name} step {step + 1}: reward {metrics['reward']:.3f}, val accuracy {accuracy:.3f} "
+                      f"(best {state['best_accuracy']:.3f})")
+            state["step"] = step + 1
+            guide_model.save_checkpoint(net, last_dir)
+            torch.save(optimizer.state_dict(), os.path.join(last_dir, "optimizer.pt.tmp"))
+            os.replace(os.path.join(last_dir, "optimizer.pt.tmp"), os.path.join(last_dir, "optimizer.pt"))
+            write_json(os.path.join(last_dir, "state.json"), state)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 7. eval
+
+def load_guide(run, guide):
+    path = guide if os.path.isabs(guide) or os.path.exists(guide) else run.file(guide)
+    try:
+        return guide_model.load_checkpoint(path)
+    except guide_model.CheckpointError as e:
+        raise UserError(str(e))
+
+
+@torch.no_grad()
+def guide_strategies(net, tok, problems, max_new_tokens, batch_size, desc="guide writes"):
+    """Greedy strategies for each problem; returns (texts, completion token counts)."""
+    net.eval()
+    eos = tok.encode_single_token("<|eos|>")
+    texts, lengths = [], []
+    for i in tqdm(range(0, len(problems), batch_size), desc=desc):
+        prompts = [grpo.prompt_tokens(tok, p) for p in problems[i:i + batch_size]]
+        out = guide_model.generate(net, prompts, max_new_tokens, eos_id=eos, temperature=0.0,
+                                   stop_strings=[grpo.STOP], tokenizer=tok)
+        texts.extend(out.texts)
+        lengths.extend(out.mask.sum(1).tolist())
+    return texts, lengths
+
+
+def wilson(k, n, z=1.96):
+    if n == 0:
+        return 0.0, 0.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def evaluate(args, run, name, guide, role="core"):
+    """One system on the test split: guide (checkpoint path, 'teacher' or 'none') + core (role core|large)."""
+    results_path = run.file("results.json")
+    results = read_json(results_path) if os.path.exists(results_path) else []
+    cfg = stage_config(EvalConfig, args, "eval")
+    spec = dict(name=name, guide=guide, core_role=role, **asdict(cfg))
+    if any(r["spec"] == spec for r in results):
+        print(f"eval: {name!r} already in {results_path}, kept")
+        return
+    test = load_tasks(run, "test")
+    client = client_for(args, role, run)
+    guide_tokens, teacher_dollars = [0] * len(test), [0.0] * len(test)
+    if guide == "none":
+        strategies = [None] * len(test)
+    elif guide == "teacher":
+        teacher = client_for(args, "teacher", run)
+        replies = run_requests(teacher, [tasks.teacher_messages(t.problem) for t in test], "teacher on test",
+                               temperature=1.0, max_tokens=args.core_max_tokens)
+        strategies = [None if isinstance(r, CoreError) else (tasks.extract_strategy(r.text) or r.text.strip())
+                      for r in replies]
+        teacher_dollars = [0.0 if isinstance(r, CoreError) or r.cost is None else r.cost for r in replies]
+    else:
+        tok = load_tokenizer(run)
+        strategies, guide_tokens = guide_strategies(load_guide(run, guide), tok, [t.problem for t in test],
+                                                    cfg.max_new_tokens, cfg.batch_size)
+    replies = run_requests(client, [tasks.core_messages(t.problem, s) for t, s in zip(test, strategies)],
+                           f"{name}: core", **core_params(args))
+    per_task = []
+    for t, s, r, g, td in zip(test, strategies, replies, guide_tokens, teacher_dollars):
+        row = dict(id=t.id, strategy=s, guide_tokens=g, teacher_dollars=td)
+        if isinstance(r, CoreError):
+            row.update(failed=True)
+        else:
+            row.update(failed=False, correct=tasks.extract_answer(r.text) == t.answer, dollars=r.cost,
+                       input_tokens=r.input_tokens, output_tokens=r.output_tokens)
+        if s is not None:
+            row.update(valid=tasks.parse_strategy(s).valid, leaks=tasks.leaks(s, t.problem, t.answer))
+        per_task.append(row)
+    os.makedirs(run.file("eval"), exist_ok=True)
+    slug = "".join(c if c.isalnum() else "-" for c in name.lower())
+    write_jsonl(run.file("eval", f"{slug}.jsonl"), per_task)
+    summary = summarize(name, role, client.model, guide, per_task, run)
+    results = [r for r in results if r["name"] != name] + [dict(name=name, spec=spec, **summary)]
+    write_json(results_path, results)
+    write_table(run, results)
+    run.log("eval", **summary)
+    print(f"eval: {name}: accuracy {summary['accuracy']:.3f} "
+          f"[{summary['accuracy_ci'][0]:.3f}, {summary['accuracy_ci'][1]:.3f}]")
+
+
+def summarize(name, role, core_model, guide, per_task, run):
+    done = [r for r in per_task if not r["failed"]]
+    n = len(done)
+    k = sum(r["correct"] for r in done)
+    with_strategy = [r for r in done if "valid" in r]
+    valid = [r for r in with_strategy if r["valid"]]
+    alone_path = run.file("eval", "core-alone.jsonl")
+    harm = None
+    if os.path.exists(alone_path) and guide != "none":
+        alone = {r["id"]: r for r in read_jsonl(alone_path)}
+        harmed = [r for r in done if alone.get(r["id"], {}).get("correct") and not r["correct"]]
+        harm = len(harmed) / max(1, n)
+    dollars = [r["dollars"] for r in done]
+    core_dollars = None if any(d is None for d in dollars) else sum(dollars) / max(1, n)
+    teacher_dollars = sum(r["teacher_dollars"] for r in done) / max(1, n)
+    return dict(
+        core=core_model, guide=guide, n=n, core_failures=len(per_task) - n,
+        accuracy=k / max(1, n), accuracy_ci=wilson(k, n),
+        validity=len(valid) / len(with_strategy) if with_strategy else None,
+        success_given_valid=sum(r["correct"] for r in valid) / len(valid) if valid else None,
+        leak_rate=sum(r["leaks"] for r in with_strategy) / len(with_strategy) if with_strategy else None,
+        harm_rate=harm,
+        core_input_tokens=sum(r["input_tokens"] for r in done) / max(1, n),
+        core_output_tokens=sum(r["output_tokens"] for r in done) / max(1, n),
+        core_dollars_per_1k=None if core_dollars is None else 1000 * core_dollars,
+        teacher_dollars_per_1k=1000 * teacher_dollars,
+        guide_tokens=sum(r["guide_tokens"] for r in done) / max(1, n),
+    )
+
+
+def write_table(run, results):
+    """results.md: the paper's kind of table, cost relative to the large core alone."""
+    large = next((r for r in results if r["spec"]["core_role"] == "large" and r["guide"] == "none"), None)
+    large_cost = large and large["core_dollars_per_1k"]
+    fmt = lambda v, f="{:.3f}": "—" if v is None else f.format(v)
+    lines = ["| system | accuracy (95% CI) | valid | success given valid | leak | harm | core in tok | "
+             "core out tok | $ / 1k tasks | guide tok | cost vs large |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        total = None if r["core_dollars_per_1k"] is None else r["core_dollars_per_1k"] + r["teacher_dollars_per_1k"]
+        rel = None if not (total is not None and large_cost) else total / large_cost
+        lo, hi = r["accuracy_ci"]
+        lines.append(f"| {r['name']} | {r['accuracy']:.3f} ({lo:.3f}–{hi:.3f}) | {fmt(r['validity'])} | "
+                     f"{fmt(r['success_given_valid'])} | {fmt(r['leak_rate'])} | {fmt(r['harm_rate'])} | "
+                     f"{r['core_input_tokens']:.0f} | {r['core_output_tokens']:.0f} | {fmt(total, '{:.3f}')} | "
+                     f"{r['guide_tokens']:.1f} | {fmt(rel, '{:.2f}×')} |")
+    text = "\n".join(lines) + "\n"
+    tmp = run.file("results.md.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, run.file("results.md"))
+    return text
+
+
+def stage_eval(args, run):
+    if args.guide not in ("none", "teacher"):
+        load_guide(run, args.guide)  # fail early with a clear line on a bad path
+    evaluate(args, run, args.name or args.guide, args.guide, role=args.core_role)
+
+
+def stage_table(args, run):
+    """Print results.md, then one JSON summary line (what train.sh ends with)."""
+    results = read_json(run.file("results.json"))
+    print(write_table(run, results), end="")
+    summary = dict(run=run.path, wall_s=args.wall_s, tasks=results[0]["n"] if results else 0,
+                   accuracy={r["name"]: round(r["accuracy"], 4) for r in results},
+                   dollars_per_1k={r["name"]: None if r["core_dollars_per_1k"] is None else
+                                   round(r["core_dollars_per_1k"] + r["teacher_dollars_per_1k"], 4) for r in results})
+    print(json.dumps(summary))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# command line
+
+STAGES = {
+    "data": (stage_data, [DataConfig]),
+    "tokenizer": (stage_tokenizer, [TokenizerConfig]),
+    "baselines": (stage_baselines, [BaselineConfig]),
+    "sample": (stage_sample, [SampleConfig]),
+    "sft": (stage_sft, [SFTConfig]),
+    "grpo": (stage_grpo, [GRPOStageConfig]),
+    "eval": (stage_eval, [EvalConfig]),
+    "table": (stage_table, []),
+}
+
+
+def build_parser():
+    env = os.environ.get
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="stage", required=True)
+    for name, (_, configs) in STAGES.items():
+        s = sub.add_parser(name, help=f"the {name} stage")
+        s.add_argument("--run", default=env("RUN", "runs/default"), help="run directory (default runs/default)")
+        s.add_argument("--quick", action="store_true", default=env("QUICK") == "1", help="smoke-test sizes")
+        s.add_argument("--core-url", default=env("CORE_URL"), help="core base URL (env CORE_URL)")
+        s.add_argument("--core-model", default=env("CORE_MODEL", "sim-core"))
+        s.add_argument("--core-api", default=env("CORE_API", "openai"), choices=["openai", "anthropic"])
+        s.add_argument("--large-core-model", default=env("LARGE_CORE_MODEL", "sim-core-large"))
+        s.add_argument("--teacher-url", default=env("TEACHER_URL"), help="defaults to the core URL")
+        s.add_argument("--teacher-model", default=env("TEACHER_MODEL", "sim-teacher"))
+        s.add_argument("--teacher-api", default=env("TEACHER_API"), choices=["openai", "anthropic"])
+        s.add_argument("--concurrency", type=int, default=16, help="requests in flight at once")
+        s.add_argument("--max-retries", type=int, default=6, help="retries of a failing request")
+        s.add_argument("--core-temperature", type=float, default=1.0)
+        s.add_argument("--core-max-tokens", type=int, default=512)
+        for cls in configs:
+            add_config_flags(s, cls)
+        if name == "sft":
+            s.add_argument("--data", choices=["accepted", "raw"], default="accepted")
+        if name == "grpo":
+            s.add_argument("--init", required=True, help="checkpoint to start from, e.g. sft-accepted/best")
+            s.add_argument("--reward", choices=["structure", "outcome"], default="structure")
+        if name == "eval":
+            s.add_argument("--guide", required=True, help="checkpoint dir (relative to the run), 'teacher' or 'none'")
+            s.add_argument("--core-role", choices=["core", "large"], default="core")
+            s.add_argument("--name", help="row name in the results table")
+        if name == "table":
+            s.add_argument("--wall-s", type=int, help="wall time of the run, for the summary line")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    try:
+        run = Run(args.run)
+        STAGES[args.stage][0](args, run)
+    except (UserError, CoreError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""The recipe: every subcommand on tiny sizes against the local simulated core, the acceptance rule, the SFT loss
+mask, resume, the user errors, and `QUICK=1 bash train.sh` end to end."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import exectune
+import model as guide_model
+import sim_core
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_SFT = ["--steps", "8", "--batch-size", "4", "--eval-every", "4", "--n-layer", "1", "--n-embd", "32",
+            "--n-head", "2", "--n-kv-head", "1"]
+
+
+@pytest.fixture(scope="module")
+def core_url():
+    server, url = sim_core.start_server()
+    yield url + "/v1"
+    server.shutdown()
+
+
+def cli(run_dir, url, *argv):
+    """Run one stage in-process; returns its exit code."""
+    return exectune.main([argv[0], "--run", str(run_dir), "--core-url", url, "--concurrency", "8", *argv[1:]])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, core_url):
+    """data -> tokenizer -> baselines -> sample on a few tasks, shared by the tests below."""
+    run = tmp_path_factory.mktemp("run")
+    assert cli(run, core_url, "data", "--n-train", "24", "--n-val", "8", "--n-test", "12") == 0
+    assert cli(run, core_url, "tokenizer") == 0
+    assert cli(run, core_url, "baselines", "--alone-runs", "3") == 0
+    assert cli(run, core_url, "sample", "--k", "3", "--m", "2", "--keep", "1", "--chunk", "10") == 0
+    return run
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in open(path)]
+
+
+def test_data_tokenizer_baselines_sample(tiny_run):
+    assert [len(read_jsonl(tiny_run / "data" / f"{s}.jsonl")) for s in ("train", "val", "test")] == [24, 8, 12]
+    assert os.path.exists(tiny_run / "tokenizer.tiktoken")
+    results = json.load(open(tiny_run / "results.json"))
+    assert [r["name"] for r in results] == ["core alone", "large core alone"]
+    assert all(r["n"] == 12 and 0 <= r["accuracy"] <= 1 for r in results)
+    alone = read_jsonl(tiny_run / "alone_train.jsonl")
+    assert len(alone) == 24 and all(r["runs"] == 3 for r in alone)
+    assert all(r["majority_correct"] == (r["correct"] >= 2) for r in alone)
+    raw, accepted = read_jsonl(tiny_run / "raw.jsonl"), read_jsonl(tiny_run / "accepted.jsonl")
+    assert len(raw) == 24 * 3                                  # every teacher strategy is kept in raw
+    for r in raw:
+        assert r["accepted"] == exectune.is_accepted(r, 2)
+    # keep=1: at most one accepted strategy per task, and it is an accepted one of that task
+    assert len({a["task_id"] for a in accepted}) == len(accepted)
+    accepted_raw = {(r["task_id"], r["strategy"]) for r in raw if r["accepted"]}
+    assert all((a["task_id"], a["strategy"]) in accepted_raw for a in accepted)
+    assert len(accepted) == len({t for t, _ in accepted_raw})
+    metrics = read_jsonl(tiny_run / "metrics.jsonl")
+    assert {"data", "tokenizer", "baselines", "sample"} <= {m["stage"] for m in metrics}
+
+
+def test_acceptance_rule():
+    ok_run = dict(correct=True, dollars=1e-4, output_tokens=10)
+    bad_run = dict(correct=False, dollars=1e-4, output_tokens=10)
+    good = dict(valid=True, leaks=False, runs=[ok_run, ok_run])
+    assert exectune.is_accepted(good, 2)
+    assert not exectune.is_accepted(dict(good, valid=False), 2)
+    assert not exectune.is_accepted(dict(good, leaks=True), 2)
+    assert not exectune.is_accepted(dict(good, runs=[ok_run, bad_run]), 2)
+    assert not exectune.is_accepted(dict(good, runs=[ok_run]), 2)      # a failed core call is not a success
+    raw = [dict(task_id="a", strategy="s1", accepted=True, dollars=3.0),
+           dict(task_id="a", strategy="s2", accepted=True, dollars=1.0),
+           dict(task_id="a", strategy="s3", accepted=False, dollars=0.5),
+           dict(task_id="a", strategy="s2", accepted=True, dollars=1.0),   # a duplicate is kept once
+           dict(task_id="b", strategy="s4", accepted=True, dollars=2.0)]
+    kept = exectune.select_accepted(raw, keep=2)
+    assert [(k["task_id"], k["strategy"]) for k in kept] == [("a", "s2"), ("a", "s1"), ("b", "s4")]
+
+
+def test_sft_loss_covers_strategy_tokens_only():
+    examples = [([5, 6, 7], [8, 9, 2]), ([5, 6], [8, 2])]             # (prompt, strategy + EOS=2)
+    inputs, targets, mask = exectune.sft_batch(examples, pad_id=0)
+    assert inputs.tolist() == [[5, 6, 7, 8, 9], [5, 6, 8, 0, 0]]
+    assert targets.tolist() == [[6, 7, 8, 9, 2], [6, 8, 2, 0, 0]]
+    assert mask.tolist() == [[False, False, True, True, True], [False, True, True, False, False]]
+    # the loss must not move when the model is asked to predict prompt tokens differently
+    torch.manual_seed(0)
+    net = guide_model.Guide(guide_model.GuideConfig(vocab_size=16, n_layer=1, n_embd=16, n_head=2, n_kv_head=1,
+                                                    ffn_hidden=32, max_seq_len=16))
+    loss = exectune.sft_loss(net, inputs, targets, mask)
+    changed = targets.clone()
+    changed[~mask] = 11
+    assert torch.equal(loss, exectune.sft_loss(net, inputs, changed, mask))
+    logits = net(inputs).log_softmax(-1)
+    expected = -logits.gather(-1, targets[..., None])[..., 0][mask].mean()
+    assert torch.allclose(loss, expected, atol=1e-6)
+
+
+def test_sft_resume_matches_uninterrupted(tiny_run, core_url, tmp_path, monkeypatch):
+    import shutil
+    for name in ("a", "b"):
+        shutil.copytree(tiny_run, tmp_path / name)
+    assert cli(tmp_path / "a", core_url, "sft", "--data", "raw", *TINY_SFT) == 0
+
+    real_lr_at = exectune.lr_at
+
+    def crash_at_step_6(step, cfg, base_lr):
+        if step == 6:
+            raise KeyboardInterrupt
+        return real_lr_at(step, cfg, base_lr)
+
+    monkeypatch.setattr(exectune, "lr_at", crash_at_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        cli(tmp_path / "b", core_url, "sft", "--data", "raw", *TINY_SFT)
+    assert json.load(open(tmp_path / "b" / "sft-raw" / "last" / "state.json"))["step"] == 4
+    monkeypatch.setattr(exectune, "lr_at", real_lr_at)
+    assert cli(tmp_path / "b", core_url, "sft", "--data", "raw", *TINY_SFT) == 0
+    a = guide_model.load_checkpoint(str(tmp_path / "a" / "sft-raw" / "last")).state_dict()
+    b = guide_model.load_checkpoint(str(tmp_path / "b" / "sft-raw" / "last")).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sft_grpo_eval(tiny_run, core_url, capsys):
+    assert cli(tiny_run, core_url, "sft", "--data", "accepted", *TINY_SFT) == 0
+    assert cli(tiny_run, core_url, "grpo", "--init", "sft-accepted/best", "--reward", "structure", "--steps", "2",
+               "--prompts-per-step", "2", "--group-size", "3", "--max-new-tokens", "24", "--eval-every", "1",
+               "--n-val-eval", "4") == 0
+    assert cli(tiny_run, core_url, "eval", "--guide", "grpo-structure/best", "--name", "tiny",
+               "--max-new-tokens", "24") == 0
+    assert cli(tiny_run, core_url, "eval", "--guide", "teacher", "--name", "teacher") == 0
+    row = {r["name"]: r for r in json.load(open(tiny_run / "results.json"))}["tiny"]
+    assert row["n"] == 12 and row["validity"] is not None and row["guide_tokens"] > 0
+    assert "| tiny |" in open(tiny_run / "results.md").read()
+    steps = [m for m in read_jsonl(tiny_run / "metrics.jsonl") if m["stage"] == "grpo-structure" and "reward" in m]
+    assert [m["step"] for m in steps] == [0, 1]
+    assert {"seconds_rollout", "seconds_core", "seconds_update", "clip_frac", "core_failures"} <= set(steps[0])
+    # a finished stage is skipped, not redone
+    capsys.readouterr()
+    assert cli(tiny_run, core_url, "eval", "--guide", "teacher", "--name", "teacher") == 0
+    assert "already in" in capsys.readouterr().out
+
+
+def test_user_errors(tiny_run, core_url, tmp_path, capsys):
+    # another configuration in the same run directory
+    assert cli(tiny_run, core_url, "data", "--n-train", "25") == 1
+    assert "another data configuration" in capsys.readouterr().err
+    # malformed JSONL names the file and line; nothing is overwritten
+    bad = tmp_path / "bad"
+    os.makedirs(bad / "data")
+    (bad / "data" / "test.jsonl").write_text('{"id": "a", "problem": "p", "answer": 1}\n{oops\n')
+    before = (bad / "data" / "test.jsonl").read_text()
+    assert cli(bad, core_url, "eval", "--guide", "none") == 1
+    err = capsys.readouterr().err
+    assert "test.jsonl:2: malformed JSON" in err and err.count("\n") == 1
+    assert (bad / "data" / "test.jsonl").read_text() == before
+    # a missing checkpoint, and an unreachable core
+    assert cli(tiny_run, core_url, "eval", "--guide", "no-such-dir") == 1
+    assert "no-such-dir" in capsys.readouterr().err
+    dead = "http://127.0.0.1:9/v1"
+    assert exectune.main(["eval", "--run", str(tiny_run), "--core-url", dead, "--guide", "none",
+                          "--name", "dead", "--max-retries", "0"]) == 1
+    assert "127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_train_sh_quick(tmp_path):
+    env = dict(os.environ, QUICK="1", RUN=str(tmp_path / "quick"))
+    env.pop("CORE_URL", None)
+    out = subprocess.run(["bash", "train.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert list(summary["accuracy"]) == ["core alone", "large core alone", "teacher strategies (reference)",
+                                         "supervised GCoP", "advisor-style GCoP", "ExecTune w/o RL", "ExecTune"]
+    assert "| ExecTune |" in out.stdout
