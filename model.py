@@ -628,4 +628,6 @@ if __name__ == "__main__":
     cli = parser.parse_args()
     if not cli.bench:
         parser.error("nothing to do: pass --bench")
+    if cli.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {cli.device}: no CUDA device on this machine")
     print(json.dumps(bench(cli.device, cli.compile, cli.naive_rows)), flush=True)

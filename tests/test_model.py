@@ -30,6 +30,15 @@ def mixed_prompts(vocab=300, lengths=(1, 5, 12, 3), seed=1):
     return [torch.randint(0, vocab - 3, (n,), generator=g).tolist() for n in lengths]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from a second thread, and one thread keeps the tests quick on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
     path = tmp_path_factory.mktemp("tok") / "guide.tiktoken"
