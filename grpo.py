@@ -69,7 +69,8 @@ def request_dollars(client, reply):
     return (reply.input_tokens * client.price_in + reply.output_tokens * client.price_out) / 1e6
 
 
-def compute_rewards(task_list, strategies, client, alone_stats=None, weights=None, kind="structure", draw=0):
+def compute_rewards(task_list, strategies, client, alone_stats=None, weights=None, kind="structure", draw=0,
+                    core_params=None):
     """Score strategies[i] for task_list[i] with the core behind `client`; returns one Reward each.
 
     kind="structure": the ExecTune reward of DESIGN 5. An invalid strategy scores `weights.invalid` and is never
@@ -79,6 +80,7 @@ def compute_rewards(task_list, strategies, client, alone_stats=None, weights=Non
     kind="outcome": the advisor-style baseline, `weights.execution` when the core's answer is correct, else 0.
       Every strategy goes to the core; the core ignores an invalid one and solves alone.
     Sample i is drawn with seed `draw + i`, so distinct samples of one request are independent draws.
+    core_params (e.g. temperature, max_tokens) go to the core as they are: use the evaluation's.
     """
     weights = weights or RewardWeights()
     if kind not in ("structure", "outcome"):
@@ -95,7 +97,7 @@ def compute_rewards(task_list, strategies, client, alone_stats=None, weights=Non
     valid = [tasks.parse_strategy(s).valid for s in strategies]
     to_run = [i for i in range(len(strategies)) if valid[i] or kind == "outcome"]
     replies = client.chat_many([tasks.core_messages(task_list[i].problem, strategies[i]) for i in to_run],
-                               draws=[draw + i for i in to_run], desc="reward")
+                               draws=[draw + i for i in to_run], desc="reward", **(core_params or {}))
     reply_of = dict(zip(to_run, replies))
 
     rewards = []
@@ -173,11 +175,11 @@ def grpo_loss(new_logprobs, old_logprobs, advantages, mask, n_tokens, ref_logpro
 
 @dataclass
 class GRPOConfig:
-    prompts_per_step: int = 8
-    group_size: int = 8
+    prompts_per_step: int = 8      # N tasks per step (the caller picks them)
+    group_size: int = 8            # G samples per task
     max_new_tokens: int = 128
-    temperature: float = 1.0
-    lr: float = 5e-5
+    temperature: float = 1.0       # sampling and scoring temperature
+    lr: float = 1e-4               # for the caller's optimizer; a fresh Adam's first steps move every weight by ~lr
     clip_eps: float = 0.2
     kl_beta: float = 0.0
     update_passes: int = 1
@@ -186,8 +188,12 @@ class GRPOConfig:
 
 
 def prompt_tokens(tokenizer, problem):
-    """The guide's prompt as token ids (the same text the supervised stage trains on)."""
-    return tokenizer.encode(tasks.guide_prompt(problem), allowed_special="all")
+    """The guide's prompt as token ids: <|bos|> then the prompt text, where a special token's spelling stays text.
+
+    Supervised training, RL and evaluation all encode prompts here, so they always agree.
+    """
+    return [tokenizer.encode_single_token("<|bos|>")] + tokenizer.encode(tasks.guide_prompt(problem),
+                                                                         disallowed_special=())
 
 
 def _pad(rows, value):
@@ -197,7 +203,6 @@ def _pad(rows, value):
 
 
 def _mean(values):
-    values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None
 
 
@@ -228,10 +233,11 @@ def accumulate_gradients(model, prompts, tokens, old_logprobs, mask, advantages,
 
 
 def grpo_step(model, optimizer, tokenizer, tasks_batch, client, alone_stats, cfg, weights=None, kind="structure",
-              generator=None, ref_model=None, step=0):
+              generator=None, ref_model=None, step=0, core_params=None):
     """One GRPO step on tasks_batch (module docstring); returns the step's metrics (DESIGN 6) as one flat dict.
 
-    A frozen ref_model, when given, is used for the logged KL even with kl_beta = 0.
+    A frozen ref_model, when given, is used for the logged KL even with kl_beta = 0. generator: a torch.Generator
+    for the rollouts (seed it from the step so a resumed step samples the same). core_params: see compute_rewards.
     """
     weights = weights or RewardWeights()
     G = cfg.group_size
@@ -262,7 +268,7 @@ def grpo_step(model, optimizer, tokenizer, tasks_batch, client, alone_stats, cfg
     # fresh sample, and a resumed step asks exactly the same requests again.
     # The strategy is the completion as written (stop string included): exactly what the core sees at inference.
     rewards = compute_rewards([t for t in tasks_batch for _ in range(G)], texts, client, alone_stats, weights,
-                              kind, draw=step * len(texts))
+                              kind, draw=step * len(texts), core_params=core_params)
     t2 = time.perf_counter()
 
     # 3. Advantages, 4-5. update passes over micro-batches, one optimizer step per pass.
@@ -284,14 +290,16 @@ def grpo_step(model, optimizer, tokenizer, tasks_batch, client, alone_stats, cfg
         return sum(v * n for v, n in pairs) / max(sum(n for _, n in pairs), 1) if pairs else None
 
     done = [r for r in rewards if not r.failed]   # samples that have a reward
+    priced = client.price_in is not None and client.price_out is not None
     return {
         "step": step,
         "reward": _mean([r.total for r in done]),
         **{f"reward_{part}": _mean([getattr(r, part) for r in done])
            for part in ("validity", "execution", "leakage", "harm", "cost")},
         "validity_rate": _mean([r.valid for r in rewards]),
-        "success_rate": _mean([r.correct for r in done]),   # the core's answer was right (invalid counts as wrong
-        "leak_rate": _mean([r.leaked for r in rewards]),      # under the structure reward: the core never ran)
+        # success: the core answered correctly (an invalid strategy under the structure reward never ran: not correct)
+        "success_rate": _mean([r.correct for r in done]),
+        "leak_rate": _mean([r.leaked for r in rewards]),
         "harm_rate": _mean([r.harmed for r in done]),
         "zero_std_groups": float((advantages.view(-1, G) == 0).all(dim=1).float().mean()),
         "completion_tokens": float(lengths.float().mean()),
@@ -300,7 +308,7 @@ def grpo_step(model, optimizer, tokenizer, tasks_batch, client, alone_stats, cfg
         "clip_frac": token_mean("clip_frac"),
         "ratio": token_mean("ratio"),
         "grad_norm": grad_norm,
-        "core_dollars": sum(r.core_dollars or 0.0 for r in rewards),
+        "core_dollars": sum(r.core_dollars or 0.0 for r in done) if priced else None,   # cache hits priced too
         "core_failures": sum(r.failed for r in rewards),
         "samples": len(rewards),
         "seconds_rollout": t1 - t0,

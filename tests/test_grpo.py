@@ -1,10 +1,16 @@
 """grpo.py: the loss by hand, micro-batch invariance, NaN handling, each reward part, and a short run that learns."""
 import math
+import re
 
 import pytest
+import tiktoken
 import torch
 
+import core_client
 import grpo
+import model as guide_model
+import sim_core
+import tasks
 
 LN2 = math.log(2.0)
 
@@ -74,3 +80,245 @@ def test_constant_shift_per_task_cancels():
     rewards = torch.tensor([[0.0, 1.0, 1.0, -0.5], [1.0, 1.0, 0.0, 0.0]])
     shifted = rewards + torch.tensor([[0.7], [-3.0]])
     assert torch.allclose(grpo.group_advantages(rewards), grpo.group_advantages(shifted), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------- micro-batches
+
+
+def tiny_guide(seed=0, vocab_size=300):
+    torch.manual_seed(seed)
+    return guide_model.Guide(guide_model.GuideConfig(vocab_size=vocab_size, n_layer=2, n_head=2, n_kv_head=1,
+                                                     n_embd=32, ffn_hidden=64, max_seq_len=256))
+
+
+def test_gradient_is_the_same_for_any_micro_batch_split():
+    net = tiny_guide()
+    ref = tiny_guide(seed=1).requires_grad_(False)
+    g = torch.Generator().manual_seed(0)
+    B, T = 6, 7
+    prompts = [torch.randint(0, 300, (n,), generator=g).tolist() for n in (3, 9, 5, 4, 12, 6)]   # ragged
+    tokens = torch.randint(0, 300, (B, T), generator=g)
+    mask = torch.arange(T)[None, :] < torch.tensor([7, 2, 5, 1, 7, 4])[:, None]                 # (B, T)
+    old = torch.where(mask, -5 + torch.rand(B, T, generator=g), 0.0)  # far from the policy: some tokens clip
+    adv = torch.tensor([1.0, -0.5, 0.0, 2.0, -1.5, 0.7])
+    grads = []
+    for micro in (B, 2):   # one micro-batch, then three
+        cfg = grpo.GRPOConfig(micro_batch_size=micro, kl_beta=0.1, temperature=0.9)
+        net.zero_grad(set_to_none=True)
+        stats = grpo.accumulate_gradients(net, prompts, tokens, old, mask, adv, cfg, ref_model=ref)
+        assert len(stats) == B // micro and sum(s["tokens"] for s in stats) == int(mask.sum())
+        grads.append(torch.cat([p.grad.flatten() for p in net.parameters()]))
+    assert grads[0].abs().max() > 1e-4                   # a real gradient, not two zeros
+    assert torch.allclose(grads[0], grads[1], rtol=0, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------- rewards
+
+
+class FakeCore:
+    """Answers each request with a scripted reply; records what reached it."""
+
+    price_in, price_out = 0.8, 4.0     # $ per million tokens
+
+    def __init__(self, replies):
+        self.replies, self.requests, self.draws = list(replies), [], []
+
+    def chat_many(self, list_of_messages, draws=None, desc="core", **params):
+        self.requests += list_of_messages
+        self.draws += list(draws)
+        return [self.replies.pop(0) for _ in list_of_messages]
+
+
+def reply(answer, cached=False):
+    # 100 input + 50 output tokens: 100 * 0.8e-6 + 50 * 4e-6 = $2.8e-4 (a cache hit reports 0 spent)
+    return core_client.Completion(f"Step 1: ...\n#### {answer}", 100, 50, 0.0 if cached else 2.8e-4, cached, 0.01,
+                                  "stop")
+
+
+@pytest.fixture(scope="module")
+def task():
+    """A task whose answer is not a number of the problem, so stating it is a leak."""
+    return next(t for t in tasks.generate_tasks(20, 0, "train") if tasks.leaks(str(t.answer), t.problem, t.answer))
+
+
+def test_each_reward_component_on_crafted_strategies(task):
+    good = tasks.canonical_strategy(task)
+    leaky = good.replace("</strategy>", f"The answer is {task.answer}.\n</strategy>")
+    invalid = good.replace("<strategy>", "")
+    assert tasks.leaks(leaky, task.problem, task.answer) and not tasks.parse_strategy(invalid).valid
+    wrong = task.answer + 1
+    core = FakeCore([reply(task.answer), reply(task.answer, cached=True), reply(wrong),
+                     core_client.CoreError(503, "overloaded", "retry later")])
+    alone = {task.id: {"alone_majority_correct": True, "alone_dollars": 5.6e-4}}
+    strategies = [good, invalid, leaky, good, good]
+    r = grpo.compute_rewards([task] * 5, strategies, core, alone, draw=40)
+
+    # The invalid strategy never reaches the core; the others go with seeds draw + their index.
+    assert len(core.requests) == 4 and core.draws == [40, 42, 43, 44]
+    assert all(tasks.parse_core_request(m)[1] != invalid for m in core.requests)
+
+    cost = -0.1 * 2.8e-4 / 5.6e-4                     # -0.05: half the dollars of solving alone
+    assert (r[0].execution, r[0].cost, r[0].total) == (1.0, pytest.approx(cost), pytest.approx(1 + cost))
+    assert r[0].valid and r[0].correct and not (r[0].leaked or r[0].harmed)
+    assert (r[1].validity, r[1].total, r[1].core_dollars) == (-1.0, -1.0, None) and not r[1].valid
+    # Leak: a cache hit still prices the request by its tokens.
+    assert (r[2].leakage, r[2].cost, r[2].total) == (-0.5, pytest.approx(cost), pytest.approx(0.5 + cost))
+    assert r[2].core_dollars == pytest.approx(2.8e-4) and r[2].leaked
+    # Harm: the core alone usually gets it right, the strategy made it fail.
+    assert (r[3].execution, r[3].harm, r[3].total) == (0.0, -0.5, pytest.approx(-0.5 + cost)) and r[3].harmed
+    # Core failure: no reward at all.
+    assert r[4].failed and math.isnan(r[4].total) and r[4].core_dollars is None
+
+
+def test_outcome_reward_sends_every_strategy_and_scores_only_correctness(task):
+    good = tasks.canonical_strategy(task)
+    leaky = good.replace("</strategy>", f"The answer is {task.answer}.\n</strategy>")
+    core = FakeCore([reply(task.answer), reply(task.answer), reply(task.answer + 1)])
+    alone = {task.id: {"alone_majority_correct": True, "alone_dollars": 5.6e-4}}
+    r = grpo.compute_rewards([task] * 3, ["no tags here", leaky, good], core, alone, kind="outcome")
+    assert len(core.requests) == 3                     # the core ignores an invalid strategy and solves alone
+    assert [x.total for x in r] == [1.0, 1.0, 0.0]
+    assert not r[0].valid and r[1].leaked and r[2].harmed   # still reported, not scored
+
+
+def test_reward_input_errors(task):
+    with pytest.raises(ValueError, match="baselines"):
+        grpo.compute_rewards([task], ["x"], FakeCore([]), alone_stats={})
+    with pytest.raises(ValueError, match="reward kind"):
+        grpo.compute_rewards([task], ["x"], FakeCore([]), kind="vibes")
+
+
+def test_rewards_through_the_local_core():
+    task_list = tasks.generate_tasks(12, 1, "train")
+    strategies = [tasks.canonical_strategy(t) for t in task_list]
+    strategies[0] = "1. Add 2 to 3."                  # no tags: invalid
+    server, url = sim_core.start_server()
+    flaky, flaky_url = sim_core.start_server(fail_rate=1.0)
+    try:
+        client = core_client.CoreClient(url + "/v1", "sim-core")
+        alone_replies = client.chat_many([tasks.core_messages(t.problem, None) for t in task_list])
+        alone = {t.id: {"alone_majority_correct": tasks.extract_answer(a.text) == t.answer,
+                        "alone_dollars": grpo.request_dollars(client, a)} for t, a in zip(task_list, alone_replies)}
+        calls = client.stats()["calls"]
+        r = grpo.compute_rewards(task_list, strategies, client, alone)
+        assert client.stats()["calls"] - calls == 11   # one call per valid strategy
+        assert r[0].total == -1.0
+        assert sum(x.correct for x in r[1:]) >= 8       # canonical strategies: about 0.94 each
+        # The core writes a longer chain of thought alone, so a clear strategy costs less than solving alone.
+        assert all(-0.1 < x.cost < 0 for x in r[1:])
+        broken = core_client.CoreClient(flaky_url + "/v1", "sim-core", max_retries=0)
+        r = grpo.compute_rewards(task_list[:3], strategies[:3], broken, alone)
+        assert r[0].total == -1.0 and all(x.failed and math.isnan(x.total) for x in r[1:])
+    finally:
+        server.shutdown()
+        flaky.shutdown()
+
+
+# ----------------------------------------------------------------------------------------------- grpo_step
+
+
+@pytest.fixture
+def one_thread():
+    # A tiny model decodes token by token: on a busy 2-core machine two threads mostly wait on each other.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tokenizer_for(texts, vocab_size):
+    ranks = guide_model.train_tokenizer(texts, vocab_size)
+    return tiktoken.Encoding("test", pat_str=guide_model.PAT_STR, mergeable_ranks=ranks,
+                             special_tokens={s: len(ranks) + i for i, s in enumerate(guide_model.SPECIAL_TOKENS)})
+
+
+def test_a_step_whose_core_calls_all_fail_scores_nothing_and_leaves_the_guide_alone(task, one_thread):
+    tok = tokenizer_for([tasks.guide_prompt(task.problem)], 600)
+    net = tiny_guide(vocab_size=tok.n_vocab)
+    before = [p.detach().clone() for p in net.parameters()]
+    failure = core_client.CoreError(None, "connection refused", "is the server running?")
+    cfg = grpo.GRPOConfig(prompts_per_step=2, group_size=4, max_new_tokens=8)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-2, weight_decay=0.0)
+    # An untrained guide writes no valid strategy, so the outcome reward (which sends everything) is used.
+    metrics = grpo.grpo_step(net, optimizer, tok, [task, task], FakeCore([failure] * 8), {}, cfg, kind="outcome",
+                             generator=torch.Generator().manual_seed(0), step=3)
+    assert metrics["core_failures"] == 8 and metrics["reward"] is None and metrics["zero_std_groups"] == 1.0
+    assert metrics["truncation_rate"] == 1.0 and metrics["completion_tokens"] == 8
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))   # all advantages 0: no update
+
+
+# ----------------------------------------------------------------------------------------------- a short run
+
+
+def test_short_grpo_run_raises_the_reward_of_a_weak_guide(one_thread):
+    """A tiny guide memorizes 4 tasks' canonical strategies, each beside a copy with its step numbers removed
+    (invalid), so it writes an invalid strategy about half the time. Ten structure-reward GRPO steps against the
+    local core must raise its mean reward, measured on 128 fresh samples before and after."""
+    torch.manual_seed(0)
+    task_list = sorted(tasks.generate_tasks(40, 3, "train"), key=lambda t: len(t.problem))[:4]
+    good = [tasks.canonical_strategy(t) for t in task_list]
+    bad = [re.sub(r"(?m)^\d+\. ", "- ", s) for s in good]
+    assert not any(tasks.parse_strategy(b).valid for b in bad)
+    tok = tokenizer_for([tasks.guide_prompt(t.problem) + s for t, s in zip(task_list, good)], 1024)
+    eos = tok.encode_single_token("<|eos|>")
+    net = guide_model.Guide(guide_model.GuideConfig(vocab_size=tok.n_vocab, n_layer=1, n_head=4, n_kv_head=2,
+                                                    n_embd=64, ffn_hidden=192, max_seq_len=256))
+
+    # Supervised warm start on (prompt, strategy + EOS) pairs, good and bad alike.
+    pairs = [(grpo.prompt_tokens(tok, t.problem), tok.encode(s, disallowed_special=()) + [eos])
+             for t, g, b in zip(task_list, good, bad) for s in (g, b)]
+    width = max(len(c) for _, c in pairs)
+    completions = torch.tensor([c + [eos] * (width - len(c)) for _, c in pairs])                 # (8, width)
+    mask = torch.arange(width)[None, :] < torch.tensor([len(c) for _, c in pairs])[:, None]      # (8, width)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=4e-3, weight_decay=0.0)
+    for _ in range(120):
+        logprobs = guide_model.completion_logprobs(net, [p for p, _ in pairs], completions)
+        loss = -(logprobs * mask).sum() / mask.sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    server, url = sim_core.start_server()
+    try:
+        client = core_client.CoreClient(url + "/v1", "sim-core", progress=False)
+        runs = 5
+        alone_replies = client.chat_many([tasks.core_messages(t.problem, None) for t in task_list for _ in range(runs)],
+                                         draws=[d for _ in task_list for d in range(runs)])
+        alone = {}
+        for i, t in enumerate(task_list):
+            replies = alone_replies[i * runs:(i + 1) * runs]
+            alone[t.id] = {"alone_majority_correct": sum(tasks.extract_answer(r.text) == t.answer for r in replies) > 2,
+                           "alone_dollars": sum(grpo.request_dollars(client, r) for r in replies) / runs}
+
+        def mean_reward(n=32):
+            net.eval()
+            generator = torch.Generator().manual_seed(123)
+            texts = [text for t in task_list for text in guide_model.generate_group(
+                net, grpo.prompt_tokens(tok, t.problem), n, 48, eos, generator=generator,
+                stop_strings=[grpo.STOP], tokenizer=tok).texts]
+            rewards = grpo.compute_rewards([t for t in task_list for _ in range(n)], texts, client, alone,
+                                           draw=10**6)
+            return sum(r.total for r in rewards) / len(rewards), sum(r.valid for r in rewards) / len(rewards)
+
+        before, valid_before = mean_reward()
+        cfg = grpo.GRPOConfig(prompts_per_step=4, group_size=8, max_new_tokens=48, lr=3e-4, micro_batch_size=16)
+        optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0)
+        generator = torch.Generator().manual_seed(0)
+        for step in range(10):
+            metrics = grpo.grpo_step(net, optimizer, tok, task_list, client, alone, cfg, generator=generator, step=step)
+        after, valid_after = mean_reward()
+    finally:
+        server.shutdown()
+
+    assert 0.3 < valid_before < 0.7, "the warm start should write an invalid strategy about half the time"
+    assert after > before + 0.25, (before, after)
+    assert valid_after > valid_before
+    # The step's log line: every metric of DESIGN 6 is there.
+    for key in ("reward", "reward_validity", "reward_execution", "reward_leakage", "reward_harm", "reward_cost",
+                "validity_rate", "success_rate", "leak_rate", "harm_rate", "zero_std_groups", "completion_tokens",
+                "truncation_rate", "kl", "clip_frac", "core_dollars", "core_failures", "seconds_rollout",
+                "seconds_core", "seconds_update"):
+        assert key in metrics
+    assert metrics["samples"] == 32 and metrics["core_failures"] == 0 and metrics["core_dollars"] > 0
+    assert metrics["reward"] == pytest.approx(sum(metrics[f"reward_{p}"] for p in
+                                                  ("validity", "execution", "leakage", "harm", "cost")))
