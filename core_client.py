@@ -209,6 +209,9 @@ class CoreClient:
     # ---- public API ----
     def chat(self, messages, draw=0, **params) -> Completion:
         """One completion; raises CoreError when the request fails for good (after retries where they can help)."""
+        return self._chat(messages, draw, params, stop=None)
+
+    def _chat(self, messages, draw, params, stop: threading.Event | None) -> Completion:
         _check_messages(messages)
         if not isinstance(draw, int) or draw < 0:
             raise ValueError(f"draw must be an integer >= 0, got {draw!r}")
@@ -222,7 +225,7 @@ class CoreClient:
             text, tin, tout, finish = hit
             return Completion(text, tin, tout, 0.0, True, time.monotonic() - start, finish)
         try:
-            text, tin, tout, finish = self._read_reply(self._request(self._body(messages, params, draw)))
+            text, tin, tout, finish = self._read_reply(self._request(self._body(messages, params, draw), stop))
         except CoreError:
             self._add(failures=1)
             raise
@@ -240,9 +243,11 @@ class CoreClient:
         for messages in list_of_messages:  # a malformed input is the caller's bug: say so before spending anything
             _check_messages(messages)
 
+        stop = threading.Event()  # set when the caller is interrupted: requests waiting to retry give up
+
         def one(i):
             try:
-                return self.chat(list_of_messages[i], draw=draws[i], **params)
+                return self._chat(list_of_messages[i], draws[i], params, stop)
             except CoreError as exc:
                 return exc
             except Exception as exc:  # a bug must not throw away the other results of a long run
@@ -257,9 +262,11 @@ class CoreClient:
                 for future in as_completed(futures):
                     results[futures[future]] = future.result()
                     bar.update(1)
-        finally:
-            for future in futures:  # on Ctrl-C, drop the queued requests instead of sending them
+        except BaseException:  # Ctrl-C: drop the queued requests and stop the retries instead of waiting them out
+            stop.set()
+            for future in futures:
                 future.cancel()
+            raise
         return results
 
     def close(self):
@@ -322,7 +329,7 @@ class CoreClient:
             session = self._local.session = requests.Session()
         return session
 
-    def _request(self, body) -> dict:
+    def _request(self, body, stop: threading.Event | None) -> dict:
         for attempt in range(self.max_retries + 1):
             try:
                 return self._post(body)
@@ -336,7 +343,10 @@ class CoreClient:
                     wait = self._rng.uniform(0, min(self.backoff_cap, self.backoff_base * 2 ** attempt))
                 self._add(retries=1)
                 log.info("%s: retry %d in %.2f s after %s", self.model, attempt + 1, wait, fault)
-                time.sleep(wait)
+                if stop is None:
+                    time.sleep(wait)
+                elif stop.wait(wait):
+                    raise CoreError(fault.status, fault.message, "cancelled: the caller was interrupted") from None
 
     def _post(self, body) -> dict:
         """One HTTP attempt: the parsed JSON reply, or a _Transient / CoreError."""
@@ -355,7 +365,8 @@ class CoreClient:
             try:
                 return response.json()
             except ValueError:
-                raise CoreError(status, f"the reply is not JSON: {response.text[:120]!r}", self._shape_hint())
+                raise CoreError(status, self._scrub(f"the reply is not JSON: {response.text[:120]!r}"),
+                                self._shape_hint())
         message = self._scrub(_server_message(response))
         if status == 429 and _QUOTA.search(response.text):
             raise CoreError(status, message, f"the account behind {self.key_var} is out of quota or over its "
@@ -380,8 +391,8 @@ class CoreClient:
             if not (isinstance(text, str) and isinstance(tin, int) and isinstance(tout, int)):
                 raise TypeError("wrong field types")
         except (KeyError, IndexError, TypeError, AttributeError):
-            raise CoreError(200, f"the reply is not in the {self.api} shape: {_one_line(json.dumps(reply), 120)}",
-                            self._shape_hint()) from None
+            shown = self._scrub(_one_line(json.dumps(reply), 120))
+            raise CoreError(200, f"the reply is not in the {self.api} shape: {shown}", self._shape_hint()) from None
         return text, tin, tout, finish
 
     def _shape_hint(self) -> str:

@@ -1,6 +1,7 @@
 """core_client against live local servers: small scripted fakes for precise faults, sim_core for the real shapes."""
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -11,6 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 import core_client
+import sim_core
+import tasks
 from core_client import Completion, CoreClient, CoreError, model_price, retry_after_s
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -292,6 +295,20 @@ def test_cache_is_shared_by_processes(tmp_path):
     assert all(cache.get(f"{name}-{i}") == ("text", i, 1, "stop") for name in "ab" for i in range(300))
 
 
+def test_interrupted_chat_many_stops_promptly(fake, monkeypatch):
+    class InterruptAfterFirst(core_client.tqdm):
+        def update(self, n=1):
+            raise KeyboardInterrupt
+    monkeypatch.setattr(core_client, "tqdm", InterruptAfterFirst)
+    server = fake(ok, fail(500))  # the first answers; the rest wait seconds to retry, or queue behind them
+    client = CoreClient(server.url + "/v1", "sim-core", concurrency=2, backoff_base=5, backoff_cap=5, progress=False)
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        client.chat_many([[{"role": "user", "content": f"q{i}"}] for i in range(20)])
+    client.close()  # joins the workers: quick only if the two waiting to retry gave up
+    assert time.monotonic() - start < 2 and len(server.hits) <= 3  # and the queued requests were never sent
+
+
 # ---- money and keys ----
 def test_dollars_equal_usage_times_price_exactly(fake):
     server = fake()
@@ -342,6 +359,62 @@ def test_chat_many_checks_its_input():
         CoreClient("localhost:8000", "sim-core")
     with pytest.raises(ValueError):
         CoreClient("http://127.0.0.1:9", "sim-core", api="gemini")
+
+
+# ---- through the simulated core (sim_core.py): the real prompts, both wire formats ----
+@pytest.fixture
+def sim():
+    servers = []
+
+    def start(**options):
+        servers.append(sim_core.start_server(**options))
+        return servers[-1][1]  # base URL without /v1: sim_core serves both APIs under it
+    yield start
+    for server, _ in servers:
+        server.shutdown()
+
+
+def solo_requests(n, seed=5):
+    return [tasks.core_messages(t.problem, None) for t in tasks.generate_tasks(n, seed=seed, split="val")]
+
+
+def test_both_shapes_round_trip_through_sim_core(sim):
+    url, batch = sim(), solo_requests(8)
+    openai = CoreClient(url + "/v1", "sim-core", **FAST)
+    anthropic = CoreClient(url, "sim-core", api="anthropic", **FAST)
+    texts = {}
+    for client, seeds, finish in [(openai, [0, 3], "stop"), (anthropic, [None, None], "end_turn")]:
+        first, third = client.chat_many(batch), client.chat_many(batch, draws=[3] * len(batch))
+        for messages, reply, again in zip(batch, first, third):
+            # the server saw exactly these messages (and seed = draw on OpenAI) and the client read back its text
+            assert reply.text == sim_core.complete("sim-core", messages, 1.0, seeds[0])
+            assert again.text == sim_core.complete("sim-core", messages, 1.0, seeds[1])
+            assert reply.finish_reason == finish and reply.output_tokens == math.ceil(len(reply.text) / 4)
+            assert reply.cost == (reply.input_tokens * 0.80 + reply.output_tokens * 4.0) / 1e6
+        texts[client.api] = ([r.text for r in first], [r.text for r in third])
+    assert texts["openai"][0] != texts["openai"][1]        # OpenAI draws are independent samples (seed = draw)...
+    assert texts["anthropic"][0] == texts["anthropic"][1]  # ...Anthropic has no seed: at a fixed temperature they repeat
+
+
+def test_sim_core_64_requests_at_200ms_with_concurrency_16(sim):
+    client = CoreClient(sim(latency_ms=200) + "/v1", "sim-core", concurrency=16, **FAST)
+    batch = solo_requests(64, seed=9)
+    start = time.monotonic()
+    results = client.chat_many(batch)
+    assert time.monotonic() - start < 1.5
+    assert all(isinstance(r, Completion) for r in results) and len({r.text for r in results}) > 32
+
+
+def test_sim_core_fail_rate_0_3_over_500_requests(sim):
+    """Done-when: 500 entries in order, each a Completion or a CoreError, >= 99% Completions (default retries)."""
+    client = CoreClient(sim(fail_rate=0.3) + "/v1", "sim-core", **FAST)
+    batch = solo_requests(500, seed=11)
+    results = client.chat_many(batch)
+    assert len(results) == 500 and all(isinstance(r, (Completion, CoreError)) for r in results)
+    done = [(m, r) for m, r in zip(batch, results) if isinstance(r, Completion)]
+    assert len(done) >= 495 and all(r.text == sim_core.complete("sim-core", m, 1.0, 0) for m, r in done)
+    stats = client.stats()
+    assert stats["calls"] == 500 and stats["failures"] == 500 - len(done) and stats["retries"] > 50
 
 
 # ---- command line ----
