@@ -288,11 +288,11 @@ def test_cache_hits_skip_the_network_and_cost_nothing(fake, tmp_path):
 def test_cache_is_shared_by_processes(tmp_path):
     path = str(tmp_path / "shared.sqlite")
     writer = ("import core_client, sys; c = core_client._Cache(sys.argv[1]); "
-              "[c.put(f'{sys.argv[2]}-{i}', 'text', i, 1, 'stop') for i in range(300)]")
+              "[c.put(f'{sys.argv[2]}-{i}', 'text', i, 1, 'stop') for i in range(100)]")
     procs = [subprocess.Popen([sys.executable, "-c", writer, path, name], cwd=ROOT) for name in "ab"]
     assert [p.wait(timeout=30) for p in procs] == [0, 0]
     cache = core_client._Cache(path)
-    assert all(cache.get(f"{name}-{i}") == ("text", i, 1, "stop") for name in "ab" for i in range(300))
+    assert all(cache.get(f"{name}-{i}") == ("text", i, 1, "stop") for name in "ab" for i in range(100))
 
 
 def test_interrupted_chat_many_stops_promptly(fake, monkeypatch):
