@@ -164,6 +164,10 @@ class Run:
             f.write(json.dumps({"stage": stage, "time": round(time.time(), 3), **values}) + "\n")
 
 
+def fmt(value, spec="{:.3f}"):
+    return "—" if value is None else spec.format(value)
+
+
 def write_json(path, obj):
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -337,7 +341,7 @@ def stage_baselines(args, run):
     for i, t in enumerate(train):
         runs = [r for r in out[i * cfg.alone_runs:(i + 1) * cfg.alone_runs] if not isinstance(r, CoreError)]
         correct = [tasks.extract_answer(r.text) == t.answer for r in runs]
-        dollars = [r.cost for r in runs if r.cost is not None]
+        dollars = [d for d in (grpo.request_dollars(client, r) for r in runs) if d is not None]
         rows.append(dict(id=t.id, runs=len(runs), correct=sum(correct),
                          majority_correct=bool(runs) and 2 * sum(correct) > len(runs),
                          dollars=sum(dollars) / len(dollars) if dollars else None))
@@ -413,7 +417,7 @@ def sample_chunk(args, chunk, cfg, teacher, core):
             rows.append(dict(task_id=t.id, draw=d, strategy=strategy, valid=parsed.valid,
                              invalid_reason=None if parsed.valid else parsed.error,
                              leaks=tasks.leaks(strategy, t.problem, t.answer),
-                             teacher_dollars=reply.cost, runs=[], _task=t))
+                             teacher_dollars=grpo.request_dollars(teacher, reply), runs=[], _task=t))
             if parsed.valid:
                 runs_needed.extend((len(rows) - 1, m) for m in range(cfg.m))
     executions = run_requests(core, [tasks.core_messages(rows[i]["_task"].problem, rows[i]["strategy"])
@@ -422,7 +426,7 @@ def sample_chunk(args, chunk, cfg, teacher, core):
     for (i, _), out in zip(runs_needed, executions):
         if not isinstance(out, CoreError):
             rows[i]["runs"].append(dict(correct=tasks.extract_answer(out.text) == rows[i]["_task"].answer,
-                                        dollars=out.cost, output_tokens=out.output_tokens))
+                                        dollars=grpo.request_dollars(core, out), output_tokens=out.output_tokens))
     for r in rows:
         del r["_task"]
         costs = [x["dollars"] for x in r["runs"] if x["dollars"] is not None]
@@ -653,13 +657,12 @@ def stage_grpo(args, run):
         batch = (order + order)[start:start + cfg.prompts_per_step]
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + step)
         metrics = grpo.grpo_step(net, optimizer, tok, batch, client, alone, rl, kind=args.reward,
-                                 generator=generator, ref_model=ref_model, step=step)
+                                 generator=generator, ref_model=ref_model, step=step, core_params=core_params(args))
         run.log(name, **metrics)
-        bar.set_postfix(reward=f"{metrics['reward']:.3f}", valid=f"{metrics['validity_rate']:.2f}",
-                        success=f"{metrics['success_rate']:.2f}")
+        bar.set_postfix(reward=metrics["reward"], valid=metrics["validity_rate"], success=metrics["success_rate"])
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             accuracy = validate(step + 1)
-            bar.write(f"{name} step {step + 1}: reward {metrics['reward']:.3f}, val accuracy {accuracy:.3f} "
+            bar.write(f"{name} step {step + 1}: reward {fmt(metrics['reward'])}, val accuracy {accuracy:.3f} "
                       f"(best {state['best_accuracy']:.3f})")
             state["step"] = step + 1
             guide_model.save_checkpoint(net, last_dir)
@@ -723,7 +726,8 @@ def evaluate(args, run, name, guide, role="core"):
                                temperature=1.0, max_tokens=args.core_max_tokens)
         strategies = [None if isinstance(r, CoreError) else (tasks.extract_strategy(r.text) or r.text.strip())
                       for r in replies]
-        teacher_dollars = [0.0 if isinstance(r, CoreError) or r.cost is None else r.cost for r in replies]
+        teacher_dollars = [0.0 if isinstance(r, CoreError) else grpo.request_dollars(teacher, r) or 0.0
+                           for r in replies]
     else:
         tok = load_tokenizer(run)
         strategies, guide_tokens = guide_strategies(load_guide(run, guide), tok, [t.problem for t in test],
@@ -736,7 +740,8 @@ def evaluate(args, run, name, guide, role="core"):
         if isinstance(r, CoreError):
             row.update(failed=True)
         else:
-            row.update(failed=False, correct=tasks.extract_answer(r.text) == t.answer, dollars=r.cost,
+            row.update(failed=False, correct=tasks.extract_answer(r.text) == t.answer,
+                       dollars=grpo.request_dollars(client, r),
                        input_tokens=r.input_tokens, output_tokens=r.output_tokens)
         if s is not None:
             row.update(valid=tasks.parse_strategy(s).valid, leaks=tasks.leaks(s, t.problem, t.answer))
@@ -787,7 +792,6 @@ def write_table(run, results):
     """results.md: the paper's kind of table, cost relative to the large core alone."""
     large = next((r for r in results if r["spec"]["core_role"] == "large" and r["guide"] == "none"), None)
     large_cost = large and large["core_dollars_per_1k"]
-    fmt = lambda v, f="{:.3f}": "—" if v is None else f.format(v)
     lines = ["| system | accuracy (95% CI) | valid | success given valid | leak | harm | core in tok | "
              "core out tok | $ / 1k tasks | guide tok | cost vs large |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
