@@ -424,11 +424,13 @@ VERBS = {
 }
 CANONICAL = {op: forms[0] for op, forms in VERBS.items()}
 _SWAP = {f.key: f.swap for forms in VERBS.values() for f in forms}
+# The first operand ends at the verb form's next word, except inside "the result of step k".
+_A = r"(?P<a>the (?:result|answer|value) (?:of|from) step \d+|.+?)"
 _FORM_RE = sorted(((f, re.compile(r"\b" + r"\s+".join(
-    {"{a}": r"(?P<a>.+?)", "{b}": r"(?P<b>.+)"}.get(w, re.escape(w)) for w in f.pattern.split()) + "$", re.I))
+    {"{a}": _A, "{b}": r"(?P<b>.+)"}.get(w, re.escape(w)) for w in f.pattern.split()) + "$", re.I))
     for forms in VERBS.values() for f in forms), key=lambda fr: -len(fr[0].pattern))
-_GENERIC = re.compile(r"(?P<verb>[A-Za-z]+)\s+(?P<a>.+?)\s+(?:and|by|to|from|with|into|among|in|of|over)\s+"
-                      r"(?P<b>.+)$")
+_GENERIC = re.compile(rf"(?P<verb>[A-Za-z]+)\s+{_A}\s+(?:and|by|to|from|with|into|among|in|of|over)\s+(?P<b>.+)$",
+                      re.I)
 _NUMBER = r"\d[\d,]*(?:\.\d+)?"
 # An operand that is a number, a step reference or a pronoun ends there; what follows is filler.
 _CLOSED = re.compile(rf"(?:the (?:result|answer|value) (?:of|from) step \d+|step \d+|that result|this result|"

@@ -140,13 +140,15 @@ def test_every_verb_form_parses_with_its_operand_order():
 def test_parser_reads_handles_pronouns_and_counts_filler():
     text = ("Here is the plan.\n<strategy>\n1. Now carefully multiply the apples per crate on Monday by the crates "
             "to get the total.\n2) Simply subtract 5 from it so we know more.\n3. Triple that and 4\n"
-            "4. Divide the result of step 3 by 2.\n   The answer is 42.\n</strategy>\nDone.")
+            "4. Divide the result of step 3 by 2.\n   The answer is 42.\n5. Triple the result of step 4 by 3.\n"
+            "</strategy>\nDone.")
     steps = parse_strategy(text).steps
     assert [(s.index, s.op, s.verb, s.operands, s.filler_words) for s in steps] == [
         (1, "mul", "Multiply", ("the apples per crate on Monday", "the crates"), 6),
         (2, "sub", "Subtract", ("5", "it"), 5),
         (3, None, "Triple", ("that", "4"), 0),           # an unknown verb is a valid step with op None
-        (4, "div", "Divide", ("the result of step 3", "2"), 4)]
+        (4, "div", "Divide", ("the result of step 3", "2"), 4),
+        (5, None, "Triple", ("the result of step 4", "3"), 0)]
 
 
 @pytest.mark.parametrize("text, reason", [
