@@ -515,7 +515,8 @@ class _Handler(BaseHTTPRequestHandler):
             for m in MODELS]})
 
     def do_POST(self):
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        length = self.headers.get("Content-Length", "0")
+        raw = self.rfile.read(int(length)) if length.isdigit() else b""
         path = self.path.split("?")[0].rstrip("/")
         api = "anthropic" if path.endswith("/messages") else "openai" if path.endswith("/chat/completions") else None
         if api is None:

@@ -17,7 +17,7 @@ import json
 import random
 import re
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 OPS = ("add", "sub", "mul", "div")

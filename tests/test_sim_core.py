@@ -5,7 +5,6 @@ import re
 import os
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -216,12 +215,15 @@ def test_openai_shape(url):
     assert out["object"] == "chat.completion" and out["model"] == "sim-core" and out["id"].startswith("chatcmpl-")
     assert [c["index"] for c in out["choices"]] == [0, 1, 2]
     texts = [c["message"]["content"] for c in out["choices"]]
-    assert texts[0] == complete("sim-core", messages, 1.0, 3, 0) and texts[2] == complete("sim-core", messages, 1.0, 3, 2)
+    assert texts == [complete("sim-core", messages, 1.0, 3, i) for i in range(3)]
     assert all(c["finish_reason"] == "stop" and c["message"]["role"] == "assistant" for c in out["choices"])
     usage = out["usage"]
     assert usage["prompt_tokens"] == math.ceil(sum(len(m["content"]) for m in messages) / 4)
     assert usage["completion_tokens"] == sum(math.ceil(len(t) / 4) for t in texts)
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    solo = post(url, "/v1/chat/completions", {"model": "sim-core", "messages": core_messages(task.problem, None),
+                                              "n": 12}).json()
+    assert len({c["message"]["content"] for c in solo["choices"]}) > 1     # n independent choices
     again = post(url, "/chat/completions", {"model": "sim-core", "messages": messages, "seed": 3, "n": 3}).json()
     assert [c["message"]["content"] for c in again["choices"]] == texts     # bare paths work too
     short = post(url, "/v1/chat/completions", {"model": "sim-core-large", "messages": messages, "max_tokens": 3})
