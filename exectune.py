@@ -47,7 +47,7 @@ class UserError(Exception):
 @dataclass
 class DataConfig:
     family: str = "mathsim"
-    n_train: int = 4000
+    n_train: int = 3000
     n_val: int = 200
     n_test: int = 500
     seed: int = 0
@@ -73,14 +73,14 @@ class SampleConfig:
 
 @dataclass
 class SFTConfig:
-    steps: int = 1200
-    batch_size: int = 32
+    steps: int = 250
+    batch_size: int = 16
     lr: float = 2e-3
     min_lr_ratio: float = 0.1
     warmup: int = 60
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    eval_every: int = 200
+    eval_every: int = 50
     seed: int = 0
     n_layer: int = 4
     n_embd: int = 128
@@ -91,15 +91,15 @@ class SFTConfig:
 
 @dataclass
 class GRPOStageConfig:
-    steps: int = 40
+    steps: int = 20
     prompts_per_step: int = 8
     group_size: int = 8
     max_new_tokens: int = 160
     temperature: float = 1.0
-    lr: float = 2e-4
+    lr: float = 1e-4
     kl_beta: float = 0.0
     eval_every: int = 10
-    n_val_eval: int = 200
+    n_val_eval: int = 100
     seed: int = 0
 
 
