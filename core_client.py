@@ -147,9 +147,19 @@ class _Cache:
         db = getattr(self._local, "db", None)
         if db is None:
             db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, text TEXT NOT NULL, "
-                       "input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, finish_reason TEXT)")
+            # Two processes opening a fresh file race to switch it to WAL; SQLite answers the loser "locked"
+            # at once, without its busy handler, so the switch is retried here for up to the same 30 s.
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    db.execute("PRAGMA journal_mode=WAL")
+                    db.execute("CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, text TEXT NOT NULL, "
+                               "input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, finish_reason TEXT)")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.01 + random.random() * 0.05)
             self._local.db = db
         return db
 

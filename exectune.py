@@ -73,7 +73,7 @@ class SampleConfig:
 
 @dataclass
 class SFTConfig:
-    steps: int = 250
+    steps: int = 500
     batch_size: int = 16
     lr: float = 2e-3
     min_lr_ratio: float = 0.1
