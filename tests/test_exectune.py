@@ -170,7 +170,7 @@ def test_user_errors(tiny_run, core_url, tmp_path, capsys):
 
 
 def test_train_sh_quick(tmp_path):
-    env = dict(os.environ, QUICK="1", RUN=str(tmp_path / "quick"))
+    env = dict(os.environ, QUICK="1", RUN=str(tmp_path / "quick"), PYTHON=sys.executable)
     env.pop("CORE_URL", None)
     out = subprocess.run(["bash", "train.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
