@@ -817,10 +817,44 @@ def stage_eval(args, run):
     evaluate(args, run, args.name or args.guide, args.guide, role=args.core_role)
 
 
+def plot_rl(run):
+    """rl.png: reward and validation accuracy over GRPO steps, one line per reward (needs matplotlib, optional)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    path = run.file("metrics.jsonl")
+    rows = read_jsonl(path, required=("stage",)) if os.path.exists(path) else []
+    stages = sorted({r["stage"] for r in rows if r["stage"].startswith("grpo-")})
+    if not stages:
+        return None
+    fig, (ax_reward, ax_accuracy) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for stage in stages:
+        steps = [r for r in rows if r["stage"] == stage and r.get("reward") is not None]
+        evals = [r for r in rows if r["stage"] == stage and "val_accuracy" in r]
+        ax_reward.plot([r["step"] + 1 for r in steps], [r["reward"] for r in steps], label=stage)
+        ax_accuracy.plot([r["step"] for r in evals], [r["val_accuracy"] for r in evals], marker="o", label=stage)
+    ax_reward.set(xlabel="GRPO step", ylabel="mean reward (own reward)", title="reward")
+    ax_accuracy.set(xlabel="GRPO step", ylabel="greedy accuracy on val", title="validation accuracy")
+    for ax in (ax_reward, ax_accuracy):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    out = run.file("rl.png")
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def stage_table(args, run):
-    """Print results.md, then one JSON summary line (what train.sh ends with)."""
+    """Print results.md (and draw rl.png when matplotlib is installed), then one JSON summary line."""
     results = read_json(run.file("results.json"))
     print(write_table(run, results), end="")
+    plot = plot_rl(run)
+    if plot:
+        print(f"reward and validation accuracy over GRPO steps -> {plot}")
     summary = dict(run=run.path, wall_s=args.wall_s, tasks=results[0]["n"] if results else 0,
                    accuracy={r["name"]: round(r["accuracy"], 4) for r in results},
                    dollars_per_1k={r["name"]: None if r["core_dollars_per_1k"] is None else
