@@ -90,15 +90,11 @@ class SFTConfig:
 
 
 @dataclass
-class GRPOStageConfig:
-    steps: int = 20
-    prompts_per_step: int = 8
-    group_size: int = 8
+class GRPOStageConfig(grpo.GRPOConfig):
+    """grpo.GRPOConfig (group size, clipping, KL, micro-batches...) plus what the stage adds around the steps."""
     max_new_tokens: int = 160
-    temperature: float = 1.0
-    lr: float = 1e-4
-    kl_beta: float = 0.0
-    eval_every: int = 10
+    steps: int = 20
+    eval_every: int = 10         # greedy accuracy on val every this many steps; the best checkpoint is kept
     n_val_eval: int = 100
     seed: int = 0
 
@@ -626,9 +622,6 @@ def stage_grpo(args, run):
     else:
         net = load_guide(run, args.init)
         state = dict(step=0, best_accuracy=-1.0)
-    rl = grpo.GRPOConfig(prompts_per_step=cfg.prompts_per_step, group_size=cfg.group_size,
-                         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, lr=cfg.lr,
-                         kl_beta=cfg.kl_beta)
     optimizer = make_optimizer(net, cfg.lr, weight_decay=0.0)
     if state["step"]:
         optimizer.load_state_dict(torch.load(os.path.join(last_dir, "optimizer.pt")))
@@ -656,7 +649,7 @@ def stage_grpo(args, run):
         start = step * cfg.prompts_per_step % len(order)
         batch = (order + order)[start:start + cfg.prompts_per_step]
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + step)
-        metrics = grpo.grpo_step(net, optimizer, tok, batch, client, alone, rl, kind=args.reward,
+        metrics = grpo.grpo_step(net, optimizer, tok, batch, client, alone, cfg, kind=args.reward,
                                  generator=generator, ref_model=ref_model, step=step, core_params=core_params(args))
         run.log(name, **metrics)
         bar.set_postfix(reward=metrics["reward"], valid=metrics["validity_rate"], success=metrics["success_rate"])
