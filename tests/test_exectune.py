@@ -145,6 +145,12 @@ def test_sft_grpo_eval(tiny_run, core_url, capsys):
     capsys.readouterr()
     assert cli(tiny_run, core_url, "eval", "--guide", "teacher", "--name", "teacher") == 0
     assert "already in" in capsys.readouterr().out
+    # the table: results.md, then one JSON summary line with every row
+    assert cli(tiny_run, core_url, "table", "--wall-s", "7") == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert summary["wall_s"] == 7 and {"tiny", "teacher"} <= set(summary["accuracy"])
+    assert any(line.startswith("| tiny |") for line in lines)
 
 
 def test_user_errors(tiny_run, core_url, tmp_path, capsys):
