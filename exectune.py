@@ -710,25 +710,30 @@ def evaluate(args, run, name, guide, role="core"):
         return
     test = load_tasks(run, "test")
     client = client_for(args, role, run)
-    guide_tokens, teacher_dollars = [0] * len(test), [0.0] * len(test)
+    guide_tokens, teacher_dollars, failed = [0] * len(test), [0.0] * len(test), {}
     if guide == "none":
         strategies = [None] * len(test)
     elif guide == "teacher":
         teacher = client_for(args, "teacher", run)
         replies = run_requests(teacher, [tasks.teacher_messages(t.problem) for t in test], "teacher on test",
                                temperature=1.0, max_tokens=args.core_max_tokens)
-        strategies = [None if isinstance(r, CoreError) else (tasks.extract_strategy(r.text) or r.text.strip())
-                      for r in replies]
-        teacher_dollars = [0.0 if isinstance(r, CoreError) else grpo.request_dollars(teacher, r) or 0.0
-                           for r in replies]
+        # a task whose teacher call failed for good is counted as failed, never quietly run without a strategy
+        failed = {i: r for i, r in enumerate(replies) if isinstance(r, CoreError)}
+        strategies = [None if i in failed else (tasks.extract_strategy(r.text) or r.text.strip())
+                      for i, r in enumerate(replies)]
+        teacher_dollars = [0.0 if i in failed else grpo.request_dollars(teacher, r) or 0.0
+                           for i, r in enumerate(replies)]
     else:
         tok = load_tokenizer(run)
         strategies, guide_tokens = guide_strategies(load_guide(run, guide), tok, [t.problem for t in test],
                                                     cfg.max_new_tokens, cfg.batch_size)
-    replies = run_requests(client, [tasks.core_messages(t.problem, s) for t, s in zip(test, strategies)],
-                           f"{name}: core", **core_params(args))
+    todo = [i for i in range(len(test)) if i not in failed]
+    core_replies = run_requests(client, [tasks.core_messages(test[i].problem, strategies[i]) for i in todo],
+                                f"{name}: core", **core_params(args))
+    replies = failed | dict(zip(todo, core_replies))
     per_task = []
-    for t, s, r, g, td in zip(test, strategies, replies, guide_tokens, teacher_dollars):
+    for i, (t, s, g, td) in enumerate(zip(test, strategies, guide_tokens, teacher_dollars)):
+        r = replies[i]
         row = dict(id=t.id, strategy=s, guide_tokens=g, teacher_dollars=td)
         if isinstance(r, CoreError):
             row.update(failed=True)
@@ -767,7 +772,7 @@ def summarize(name, role, core_model, guide, per_task, run):
     core_dollars = None if any(d is None for d in dollars) else sum(dollars) / max(1, n)
     teacher_dollars = sum(r["teacher_dollars"] for r in done) / max(1, n)
     return dict(
-        core=core_model, guide=guide, n=n, core_failures=len(per_task) - n,
+        core=core_model, guide=guide, n=n, failures=len(per_task) - n,   # teacher or core, after retries
         accuracy=k / max(1, n), accuracy_ci=wilson(k, n),
         validity=len(valid) / len(with_strategy) if with_strategy else None,
         success_given_valid=sum(r["correct"] for r in valid) / len(valid) if valid else None,
