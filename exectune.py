@@ -494,7 +494,8 @@ def sft_batch(examples, pad_id):
 
 def sft_loss(model, inputs, targets, loss_mask):
     """Mean cross-entropy over strategy tokens (prompt and padding carry no loss)."""
-    logits = model(inputs)                                                  # (B, T, V)
+    with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=inputs.device.type == "cuda"):
+        logits = model(inputs)                                              # (B, T, V)
     ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
     mask = loss_mask.flatten().float()
     return (ce * mask).sum() / mask.sum()
@@ -502,10 +503,11 @@ def sft_loss(model, inputs, targets, loss_mask):
 
 @torch.no_grad()
 def sft_val_loss(model, examples, pad_id, batch_size):
+    device = model.tok_emb.weight.device
     model.eval()
     total, count = 0.0, 0
     for i in range(0, len(examples), batch_size):
-        inputs, targets, loss_mask = sft_batch(examples[i:i + batch_size], pad_id)
+        inputs, targets, loss_mask = (x.to(device) for x in sft_batch(examples[i:i + batch_size], pad_id))
         n = loss_mask.sum().item()
         total += sft_loss(model, inputs, targets, loss_mask).item() * n
         count += n
@@ -542,7 +544,7 @@ def stage_sft(args, run):
     torch.manual_seed(cfg.seed)
     start_step, best_val = 0, float("inf")
     if os.path.exists(os.path.join(last_dir, "config.json")):
-        net = guide_model.load_checkpoint(last_dir)
+        net = load_guide(run, last_dir, args.device)
         state = read_json(os.path.join(last_dir, "state.json"))
         start_step, best_val = state["step"], state["best_val"]
         if start_step >= cfg.steps:
@@ -552,10 +554,10 @@ def stage_sft(args, run):
     else:
         net = guide_model.Guide(guide_model.GuideConfig(
             vocab_size=tok.n_vocab, n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_head=cfg.n_head,
-            n_kv_head=cfg.n_kv_head, max_seq_len=cfg.max_seq_len))
+            n_kv_head=cfg.n_kv_head, max_seq_len=cfg.max_seq_len)).to(args.device)
     optimizer = make_optimizer(net, cfg.lr, cfg.weight_decay)
     if start_step:
-        optimizer.load_state_dict(torch.load(os.path.join(last_dir, "optimizer.pt")))
+        optimizer.load_state_dict(torch.load(os.path.join(last_dir, "optimizer.pt"), map_location=args.device))
     n_params = sum(p.numel() for p in net.parameters())
     print(f"sft: {len(train)} {data} examples, {len(val)} val, guide {n_params / 1e6:.2f}M params")
     net.train()
@@ -566,7 +568,7 @@ def stage_sft(args, run):
             g["lr"] = lr_at(step, cfg, cfg.lr)
         # the batch is a function of (seed, step), so a resumed run sees exactly the batches it would have seen
         batch = random.Random(cfg.seed * 1_000_003 + step).sample(train, min(cfg.batch_size, len(train)))
-        inputs, targets, loss_mask = sft_batch(batch, pad)
+        inputs, targets, loss_mask = (x.to(args.device) for x in sft_batch(batch, pad))
         loss = sft_loss(net, inputs, targets, loss_mask)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -614,20 +616,20 @@ def stage_grpo(args, run):
              for i, r in load_alone_stats(run).items()}
     client = client_for(args, "core", run)
     if os.path.exists(os.path.join(last_dir, "state.json")):
-        net, state = load_guide(run, last_dir), read_json(os.path.join(last_dir, "state.json"))
+        net, state = load_guide(run, last_dir, args.device), read_json(os.path.join(last_dir, "state.json"))
         if state["step"] >= cfg.steps:
             print(f"grpo: {out_dir} finished ({state['step']} steps), kept")
             return
         print(f"grpo: resuming {out_dir} from step {state['step']}")
     else:
-        net = load_guide(run, args.init)
+        net = load_guide(run, args.init, args.device)
         state = dict(step=0, best_accuracy=-1.0)
     optimizer = make_optimizer(net, cfg.lr, weight_decay=0.0)
     if state["step"]:
-        optimizer.load_state_dict(torch.load(os.path.join(last_dir, "optimizer.pt")))
+        optimizer.load_state_dict(torch.load(os.path.join(last_dir, "optimizer.pt"), map_location=args.device))
     ref_model = None
     if cfg.kl_beta > 0:
-        ref_model = load_guide(run, args.init).eval().requires_grad_(False)
+        ref_model = load_guide(run, args.init, args.device).eval().requires_grad_(False)
     order = random.Random(cfg.seed).sample(train, len(train))   # a fixed pass order, so a resume sees the same tasks
 
     def validate(step):
@@ -648,7 +650,7 @@ def stage_grpo(args, run):
     for step in bar:
         start = step * cfg.prompts_per_step % len(order)
         batch = (order + order)[start:start + cfg.prompts_per_step]
-        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + step)
+        generator = torch.Generator(args.device).manual_seed(cfg.seed * 100_003 + step)
         metrics = grpo.grpo_step(net, optimizer, tok, batch, client, alone, cfg, kind=args.reward,
                                  generator=generator, ref_model=ref_model, step=step, core_params=core_params(args))
         run.log(name, **metrics)
@@ -667,10 +669,10 @@ def stage_grpo(args, run):
 # ----------------------------------------------------------------------------------------------------------------
 # 7. eval
 
-def load_guide(run, guide):
+def load_guide(run, guide, device="cpu"):
     path = guide if os.path.isabs(guide) or os.path.exists(guide) else run.file(guide)
     try:
-        return guide_model.load_checkpoint(path)
+        return guide_model.load_checkpoint(path, device)
     except guide_model.CheckpointError as e:
         raise UserError(str(e))
 
@@ -725,8 +727,9 @@ def evaluate(args, run, name, guide, role="core"):
                            for i, r in enumerate(replies)]
     else:
         tok = load_tokenizer(run)
-        strategies, guide_tokens = guide_strategies(load_guide(run, guide), tok, [t.problem for t in test],
-                                                    cfg.max_new_tokens, cfg.batch_size)
+        net = load_guide(run, guide, args.device)
+        strategies, guide_tokens = guide_strategies(net, tok, [t.problem for t in test], cfg.max_new_tokens,
+                                                    cfg.batch_size)
     todo = [i for i in range(len(test)) if i not in failed]
     core_replies = run_requests(client, [tasks.core_messages(test[i].problem, strategies[i]) for i in todo],
                                 f"{name}: core", **core_params(args))
@@ -892,6 +895,8 @@ def build_parser():
         s.add_argument("--teacher-api", default=env("TEACHER_API"), choices=["openai", "anthropic"])
         s.add_argument("--concurrency", type=int, default=16, help="requests in flight at once")
         s.add_argument("--max-retries", type=int, default=6, help="retries of a failing request")
+        s.add_argument("--device", default=env("DEVICE", "cpu"), help="where the guide runs: cpu, cuda, cuda:1 "
+                       "(env DEVICE; on CUDA, bf16 autocast)")
         s.add_argument("--core-temperature", type=float, default=1.0)
         s.add_argument("--core-max-tokens", type=int, default=512)
         for cls in configs:
@@ -910,10 +915,21 @@ def build_parser():
     return p
 
 
+def check_device(name):
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device / DEVICE {name!r} is not a device (cpu, cuda, cuda:1, ...)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device / DEVICE {name!r}, but this torch sees no CUDA GPU (use cpu)")
+    return device
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     try:
+        args.device = check_device(args.device)
         run = Run(args.run)
         STAGES[args.stage][0](args, run)
     except (UserError, CoreError) as e:

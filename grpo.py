@@ -272,7 +272,7 @@ def grpo_step(model, optimizer, tokenizer, tasks_batch, client, alone_stats, cfg
     t2 = time.perf_counter()
 
     # 3. Advantages, 4-5. update passes over micro-batches, one optimizer step per pass.
-    totals = torch.tensor([r.total for r in rewards], dtype=torch.float32).view(-1, G)   # (N, G)
+    totals = torch.tensor([r.total for r in rewards], dtype=torch.float32, device=tokens.device).view(-1, G)  # (N, G)
     advantages = group_advantages(totals).flatten()                                       # (B,)
     model.train()
     loss_stats, grad_norm = [], 0.0

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ExecTune end to end: every stage of exectune.py, then the results table and one JSON summary line.
-#   bash train.sh                    full default run against the local simulated core (about 20 min on 2 CPU cores)
-#   QUICK=1 bash train.sh            a smoke version of every stage (a couple of minutes)
+#   bash train.sh                    full default run against the local simulated core (about 14 min on 2 CPU cores)
+#   QUICK=1 bash train.sh            a smoke version of every stage (under a minute)
 # Overrides: CORE_URL CORE_MODEL CORE_API LARGE_CORE_MODEL TEACHER_URL TEACHER_MODEL TEACHER_API RUN DEVICE
 # With CORE_URL unset, sim_core.py is started on a free loopback port and stopped on exit, however the script ends.
 set -euo pipefail

@@ -173,6 +173,10 @@ def test_user_errors(tiny_run, core_url, tmp_path, capsys):
     assert exectune.main(["eval", "--run", str(tiny_run), "--core-url", dead, "--guide", "none",
                           "--name", "dead", "--max-retries", "0"]) == 1
     assert "127.0.0.1:9" in capsys.readouterr().err
+    # a device this machine does not have
+    if not torch.cuda.is_available():
+        assert cli(tiny_run, core_url, "eval", "--guide", "none", "--device", "cuda") == 1
+        assert "no CUDA GPU" in capsys.readouterr().err
 
 
 def test_train_sh_quick(tmp_path):
