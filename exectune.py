@@ -17,6 +17,10 @@
 Every stage reads and writes inside runs/<name>/, can be re-run alone, and resumes instead of redoing finished
 work: a stage whose outputs exist is skipped; sample and sft pick up where an interrupted run stopped. A run
 directory remembers each stage's configuration and refuses to mix in another one.
+
+Where this departs from the paper: the guide is a tiny decoder trained from scratch (the paper fine-tunes pretrained
+LLMs), so the defaults fit a 2-core CPU in about 15 minutes; SFT validates on canonical strategies of val tasks (no
+teacher calls needed); GRPO keeps the checkpoint with the best greedy accuracy on val, the SFT one included.
 """
 import argparse
 import dataclasses
