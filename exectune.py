@@ -99,7 +99,7 @@ class GRPOStageConfig(grpo.GRPOConfig):
     max_new_tokens: int = 160
     steps: int = 20
     eval_every: int = 10         # greedy accuracy on val every this many steps; the best checkpoint is kept
-    n_val_eval: int = 100
+    n_val_eval: int = 200
     seed: int = 0
 
 
