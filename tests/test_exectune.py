@@ -188,3 +188,50 @@ def test_train_sh_quick(tmp_path):
     assert list(summary["accuracy"]) == ["core alone", "large core alone", "teacher strategies (reference)",
                                          "supervised GCoP", "advisor-style GCoP", "ExecTune w/o RL", "ExecTune"]
     assert "| ExecTune |" in out.stdout
+
+
+def test_a_failed_teacher_call_fails_its_task_not_runs_it_without_a_strategy(tiny_run, core_url, capsys):
+    """One teacher request in 12 fails for good (a 400): that task is counted as failed and never sent to the core."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    count, lock = [0], threading.Lock()
+
+    class Teacher(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            with lock:
+                count[0] += 1
+                n = count[0]
+            if n == 3:
+                status, body = 400, {"error": {"message": "bad request", "type": "invalid_request_error"}}
+            else:
+                body = {"id": "x", "object": "chat.completion", "model": "sim-teacher",
+                        "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                            "role": "assistant", "content": "<strategy>\n1. Add 1 to 2.\n</strategy>"}}],
+                        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}
+                status = 200
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Teacher)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert cli(tiny_run, core_url, "eval", "--guide", "teacher", "--name", "flaky teacher",
+                   "--teacher-url", f"http://127.0.0.1:{server.server_port}/v1") == 0
+    finally:
+        server.shutdown()
+    assert "1 requests failed" in capsys.readouterr().err
+    rows = read_jsonl(tiny_run / "eval" / "flaky-teacher.jsonl")
+    assert len(rows) == 12 and sum(r["failed"] for r in rows) == 1
+    failed = next(r for r in rows if r["failed"])
+    assert failed["strategy"] is None and "correct" not in failed and "dollars" not in failed
+    row = {r["name"]: r for r in json.load(open(tiny_run / "results.json"))}["flaky teacher"]
+    assert row["n"] == 11 and row["failures"] == 1 and row["validity"] == 1.0
