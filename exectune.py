@@ -19,7 +19,7 @@ work: a stage whose outputs exist is skipped; sample and sft pick up where an in
 directory remembers each stage's configuration and refuses to mix in another one.
 
 Where this departs from the paper: the guide is a tiny decoder trained from scratch (the paper fine-tunes pretrained
-LLMs), so the defaults fit a 2-core CPU in about 15 minutes; SFT validates on canonical strategies of val tasks (no
+LLMs), so the defaults fit a 2-core CPU in about 13 minutes; SFT validates on canonical strategies of val tasks (no
 teacher calls needed); GRPO keeps the checkpoint with the best greedy accuracy on val, the SFT one included.
 """
 import argparse
