@@ -498,7 +498,7 @@ def sft_batch(examples, pad_id):
 
 def sft_loss(model, inputs, targets, loss_mask):
     """Mean cross-entropy over strategy tokens (prompt and padding carry no loss)."""
-    with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=inputs.device.type == "cuda"):
+    with guide_model.autocast(inputs.device):
         logits = model(inputs)                                              # (B, T, V)
     ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
     mask = loss_mask.flatten().float()

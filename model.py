@@ -321,7 +321,8 @@ class Rollout:
     texts: list | None        # decoded completions (EOS left out) when a tokenizer was given
 
 
-def _autocast(device):
+def autocast(device):
+    """bf16 autocast on CUDA, a no-op elsewhere: generation, scoring and the recipe's SFT all run under it."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
@@ -423,7 +424,7 @@ def _prefill(model, prompts, max_new_tokens, compile_step):
     idx = torch.tensor([[0] * (P - len(p)) + list(p) for p in prompts], device=device)   # (B, P)
     dtype = torch.bfloat16 if device.type == "cuda" else model.tok_emb.weight.dtype     # what autocast makes
     cache = KVCache.empty(model.config, len(prompts), cache_len, device, dtype)
-    with _autocast(device):
+    with autocast(device):
         logits = model(idx, kv_cache=cache, start_pos=0, left_pad=left_pad)[:, -1]      # (B, V)
     return cache, logits, left_pad
 
@@ -436,7 +437,7 @@ def _decode_with_cache(model, cache, logits, left_pad, P, max_new_tokens, eos_id
 
     def next_logits(completion):                                                          # (B, t) -> (B, V)
         pos = torch.tensor(P + completion.shape[1] - 1, device=device)
-        with _autocast(device):
+        with autocast(device):
             return step(completion[:, -1:], kv_cache=cache, start_pos=pos, left_pad=left_pad)[:, -1]
 
     return _decode_loop(logits, next_logits, max_new_tokens, eos_id, temperature, top_k, top_p, generator,
@@ -477,7 +478,7 @@ def reference_generate(model, prompts, max_new_tokens, eos_id, temperature=1.0, 
     rows = [torch.tensor(p, device=device) for p in prompts]
 
     def next_logits(completion):                                                          # (B, t) -> (B, V)
-        with _autocast(device):
+        with autocast(device):
             return torch.stack([model(torch.cat([prompt, so_far])[None])[0, -1]
                                 for prompt, so_far in zip(rows, completion)])
 
@@ -500,7 +501,7 @@ def completion_logprobs(model, prompts, completions, temperature=1.0):
     P = max(len(p) for p in prompts)
     left_pad = torch.tensor([P - len(p) for p in prompts], device=device)                # (B,)
     idx = torch.tensor([[0] * (P - len(p)) + list(p) for p in prompts], device=device)   # (B, P)
-    with _autocast(device):
+    with autocast(device):
         logits = model(torch.cat([idx, completions], dim=1), left_pad=left_pad)           # (B, P + T, V)
     logits = _float(logits[:, P - 1:-1]) / (temperature or 1.0)                           # (B, T, V)
     return -F.cross_entropy(logits.flatten(0, 1), completions.flatten(), reduction="none").view(completions.shape)
