@@ -127,8 +127,10 @@ PRESETS["quick"] = {
     "grpo": dict(steps=3, prompts_per_step=4, group_size=4, max_new_tokens=96, eval_every=3, n_val_eval=24),
     "eval": dict(max_new_tokens=96),
 }
-PRESETS["level2"] = {        # LEVEL=2 on a CPU: today's world; the guide is not expected to learn to read in this time
-    "data": dict(level=2),
+PRESETS["level2"] = {        # LEVEL=2 on a CPU in under an hour: longer problems, so fewer tasks and SFT steps
+    "data": dict(level=2, n_train=4000),
+    "sft": dict(steps=2000),
+    "grpo": dict(steps=20),
 }
 PRESETS["cuda"] = {          # DEVICE=cuda: level 2, a larger guide and more steps for one modern GPU
     "data": dict(level=2, n_train=20000),
