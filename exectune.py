@@ -929,13 +929,15 @@ def plot_curves(run):
         axes[0].plot(steps, [r["val_loss"] for r in evals], label=stage)
         axes[1].plot(steps, [r["val_plan_exact"] for r in evals], label=f"{stage}: exact plans")
         axes[1].plot(steps, [r["val_exact_success"] for r in evals], ls="--", label=f"{stage}: exact success")
+        axes[1].plot(steps, [r["val_accuracy"] for r in evals], ls=":", marker=".", label=f"{stage}: core accuracy")
     for stage in rl:
         steps = [r for r in rows if r["stage"] == stage and r.get("reward") is not None]
         evals = [r for r in rows if r["stage"] == stage and "val_accuracy" in r]
         axes[2].plot([r["step"] + 1 for r in steps], [r["reward"] for r in steps], label=stage)
         axes[3].plot([r["step"] for r in evals], [r["val_accuracy"] for r in evals], marker="o", label=stage)
     axes[0].set(xlabel="SFT step", ylabel="loss on canonical val strategies", title="SFT: val loss")
-    axes[1].set(xlabel="SFT step", ylabel="share / probability", title="SFT: greedy plans on val", ylim=(0, 1))
+    axes[1].set(xlabel="SFT step", ylabel="share / probability / accuracy", title="SFT: greedy strategies on val",
+                ylim=(0, 1))
     axes[2].set(xlabel="GRPO step", ylabel="mean reward (own reward)", title="GRPO: reward")
     axes[3].set(xlabel="GRPO step", ylabel="greedy accuracy on val", title="GRPO: val accuracy")
     for ax in axes:
