@@ -164,8 +164,8 @@ class Run:
             f.write(json.dumps({"stage": stage, "time": round(time.time(), 3), **values}) + "\n")
 
 
-def fmt(value, spec="{:.3f}"):
-    return "—" if value is None else spec.format(value)
+def fmt(value, spec="{:.3f}", none="—"):
+    return none if value is None else spec.format(value)
 
 
 def write_json(path, obj):
@@ -341,7 +341,7 @@ def stage_baselines(args, run):
     for i, t in enumerate(train):
         runs = [r for r in out[i * cfg.alone_runs:(i + 1) * cfg.alone_runs] if not isinstance(r, CoreError)]
         correct = [tasks.extract_answer(r.text) == t.answer for r in runs]
-        dollars = [d for d in (grpo.request_dollars(client, r) for r in runs) if d is not None]
+        dollars = [d for d in (client.dollars(r) for r in runs) if d is not None]
         rows.append(dict(id=t.id, runs=len(runs), correct=sum(correct),
                          majority_correct=bool(runs) and 2 * sum(correct) > len(runs),
                          dollars=sum(dollars) / len(dollars) if dollars else None))
@@ -417,7 +417,7 @@ def sample_chunk(args, chunk, cfg, teacher, core):
             rows.append(dict(task_id=t.id, draw=d, strategy=strategy, valid=parsed.valid,
                              invalid_reason=None if parsed.valid else parsed.error,
                              leaks=tasks.leaks(strategy, t.problem, t.answer),
-                             teacher_dollars=grpo.request_dollars(teacher, reply), runs=[], _task=t))
+                             teacher_dollars=teacher.dollars(reply), runs=[], _task=t))
             if parsed.valid:
                 runs_needed.extend((len(rows) - 1, m) for m in range(cfg.m))
     executions = run_requests(core, [tasks.core_messages(rows[i]["_task"].problem, rows[i]["strategy"])
@@ -426,7 +426,7 @@ def sample_chunk(args, chunk, cfg, teacher, core):
     for (i, _), out in zip(runs_needed, executions):
         if not isinstance(out, CoreError):
             rows[i]["runs"].append(dict(correct=tasks.extract_answer(out.text) == rows[i]["_task"].answer,
-                                        dollars=grpo.request_dollars(core, out), output_tokens=out.output_tokens))
+                                        dollars=core.dollars(out), output_tokens=out.output_tokens))
     for r in rows:
         del r["_task"]
         costs = [x["dollars"] for x in r["runs"] if x["dollars"] is not None]
@@ -727,8 +727,7 @@ def evaluate(args, run, name, guide, role="core"):
         failed = {i: r for i, r in enumerate(replies) if isinstance(r, CoreError)}
         strategies = [None if i in failed else (tasks.extract_strategy(r.text) or r.text.strip())
                       for i, r in enumerate(replies)]
-        teacher_dollars = [0.0 if i in failed else grpo.request_dollars(teacher, r) or 0.0
-                           for i, r in enumerate(replies)]
+        teacher_dollars = [None if i in failed else teacher.dollars(r) for i, r in enumerate(replies)]
     else:
         tok = load_tokenizer(run)
         net = load_guide(run, guide, args.device)
@@ -746,7 +745,7 @@ def evaluate(args, run, name, guide, role="core"):
             row.update(failed=True)
         else:
             row.update(failed=False, correct=tasks.extract_answer(r.text) == t.answer,
-                       dollars=grpo.request_dollars(client, r),
+                       dollars=client.dollars(r),
                        input_tokens=r.input_tokens, output_tokens=r.output_tokens)
         if s is not None:
             row.update(valid=tasks.parse_strategy(s).valid, leaks=tasks.leaks(s, t.problem, t.answer))
@@ -777,7 +776,8 @@ def summarize(name, role, core_model, guide, per_task, run):
         harm = len(harmed) / max(1, n)
     dollars = [r["dollars"] for r in done]
     core_dollars = None if any(d is None for d in dollars) else sum(dollars) / max(1, n)
-    teacher_dollars = sum(r["teacher_dollars"] for r in done) / max(1, n)
+    teacher = [r["teacher_dollars"] for r in done]
+    teacher_dollars = None if any(d is None for d in teacher) else sum(teacher) / max(1, n)
     return dict(
         core=core_model, guide=guide, n=n, failures=len(per_task) - n,   # teacher or core, after retries
         accuracy=k / max(1, n), accuracy_ci=wilson(k, n),
@@ -788,9 +788,15 @@ def summarize(name, role, core_model, guide, per_task, run):
         core_input_tokens=sum(r["input_tokens"] for r in done) / max(1, n),
         core_output_tokens=sum(r["output_tokens"] for r in done) / max(1, n),
         core_dollars_per_1k=None if core_dollars is None else 1000 * core_dollars,
-        teacher_dollars_per_1k=1000 * teacher_dollars,
+        teacher_dollars_per_1k=None if teacher_dollars is None else 1000 * teacher_dollars,
         guide_tokens=sum(r["guide_tokens"] for r in done) / max(1, n),
     )
+
+
+def dollars_per_1k(row):
+    """Core plus teacher dollars per 1,000 tasks; None (unknown) when either price is unknown, never counted as 0."""
+    core, teacher = row["core_dollars_per_1k"], row["teacher_dollars_per_1k"]
+    return None if core is None or teacher is None else core + teacher
 
 
 def write_table(run, results):
@@ -801,13 +807,13 @@ def write_table(run, results):
              "core out tok | $ / 1k tasks | guide tok | cost vs large |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        total = None if r["core_dollars_per_1k"] is None else r["core_dollars_per_1k"] + r["teacher_dollars_per_1k"]
+        total = dollars_per_1k(r)
         rel = None if not (total is not None and large_cost) else total / large_cost
         lo, hi = r["accuracy_ci"]
         lines.append(f"| {r['name']} | {r['accuracy']:.3f} ({lo:.3f}–{hi:.3f}) | {fmt(r['validity'])} | "
                      f"{fmt(r['success_given_valid'])} | {fmt(r['leak_rate'])} | {fmt(r['harm_rate'])} | "
-                     f"{r['core_input_tokens']:.0f} | {r['core_output_tokens']:.0f} | {fmt(total, '{:.3f}')} | "
-                     f"{r['guide_tokens']:.1f} | {fmt(rel, '{:.2f}×')} |")
+                     f"{r['core_input_tokens']:.0f} | {r['core_output_tokens']:.0f} | {fmt(total, '{:.3f}', 'n/a')} | "
+                     f"{r['guide_tokens']:.1f} | {fmt(rel, '{:.2f}×', 'n/a')} |")
     text = "\n".join(lines) + "\n"
     tmp = run.file("results.md.tmp")
     with open(tmp, "w") as f:
@@ -862,32 +868,34 @@ def stage_table(args, run):
         print(f"reward and validation accuracy over GRPO steps -> {plot}")
     summary = dict(run=run.path, wall_s=args.wall_s, tasks=results[0]["n"] if results else 0,
                    accuracy={r["name"]: round(r["accuracy"], 4) for r in results},
-                   dollars_per_1k={r["name"]: None if r["core_dollars_per_1k"] is None else
-                                   round(r["core_dollars_per_1k"] + r["teacher_dollars_per_1k"], 4) for r in results})
+                   dollars_per_1k={r["name"]: None if dollars_per_1k(r) is None else round(dollars_per_1k(r), 4)
+                                   for r in results})
     print(json.dumps(summary))
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # command line
 
-STAGES = {
-    "data": (stage_data, [DataConfig]),
-    "tokenizer": (stage_tokenizer, [TokenizerConfig]),
-    "baselines": (stage_baselines, [BaselineConfig]),
-    "sample": (stage_sample, [SampleConfig]),
-    "sft": (stage_sft, [SFTConfig]),
-    "grpo": (stage_grpo, [GRPOStageConfig]),
-    "eval": (stage_eval, [EvalConfig]),
-    "table": (stage_table, []),
+STAGES = {  # name: (function, its config dataclasses, what it does in a few words for --help)
+    "data": (stage_data, [DataConfig], "write seeded train / val / test tasks"),
+    "tokenizer": (stage_tokenizer, [TokenizerConfig], "train the guide's byte-level BPE on the training text"),
+    "baselines": (stage_baselines, [BaselineConfig], "the cores alone on test, and core-alone runs of train"),
+    "sample": (stage_sample, [SampleConfig], "teacher strategies run by the core; keep the accepted ones"),
+    "sft": (stage_sft, [SFTConfig], "train a fresh guide on accepted (or raw) teacher strategies"),
+    "grpo": (stage_grpo, [GRPOStageConfig], "RL of an SFT guide against the live core"),
+    "eval": (stage_eval, [EvalConfig], "one system on the test split: a row of the results table"),
+    "table": (stage_table, [], "print results.md and a one-line JSON summary"),
 }
 
 
 def build_parser():
     env = os.environ.get
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                epilog="bash train.sh runs the stages in this order; `exectune.py STAGE --help` "
+                                       "lists a stage's flags.")
     sub = p.add_subparsers(dest="stage", required=True)
-    for name, (_, configs) in STAGES.items():
-        s = sub.add_parser(name, help=f"the {name} stage")
+    for name, (_, configs, what) in STAGES.items():
+        s = sub.add_parser(name, help=what, description=what)
         s.add_argument("--run", default=env("RUN", "runs/default"), help="run directory (default runs/default)")
         s.add_argument("--quick", action="store_true", default=env("QUICK") == "1", help="smoke-test sizes")
         s.add_argument("--core-url", default=env("CORE_URL"), help="core base URL (env CORE_URL)")

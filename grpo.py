@@ -59,16 +59,6 @@ class Reward:
     failed: bool = False
 
 
-def request_dollars(client, reply):
-    """What the core charges for this request, from its tokens and the client's price (None if unknown).
-
-    Not reply.cost: a cache hit reports 0 spent, but the reward prices the strategy, not our cache.
-    """
-    if client.price_in is None or client.price_out is None:
-        return None
-    return (reply.input_tokens * client.price_in + reply.output_tokens * client.price_out) / 1e6
-
-
 def compute_rewards(task_list, strategies, client, alone_stats=None, weights=None, kind="structure", draw=0,
                     core_params=None):
     """Score strategies[i] for task_list[i] with the core behind `client`; returns one Reward each.
@@ -112,7 +102,7 @@ def compute_rewards(task_list, strategies, client, alone_stats=None, weights=Non
         else:
             r.correct = tasks.extract_answer(reply.text) == task.answer
             r.harmed = bool(alone.get("alone_majority_correct")) and not r.correct
-            r.core_dollars = request_dollars(client, reply)
+            r.core_dollars = client.dollars(reply)  # a cache hit is priced too: the reward prices the strategy
             r.execution = weights.execution * r.correct
             if kind == "structure":
                 r.leakage = weights.leakage * r.leaked

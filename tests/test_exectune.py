@@ -11,8 +11,7 @@ import torch
 import exectune
 import model as guide_model
 import sim_core
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT, fail, reply
 TINY_SFT = ["--steps", "8", "--batch-size", "4", "--eval-every", "4", "--n-layer", "1", "--n-embd", "32",
             "--n-head", "2", "--n-kv-head", "1"]
 
@@ -49,7 +48,9 @@ def test_data_tokenizer_baselines_sample(tiny_run):
     assert os.path.exists(tiny_run / "tokenizer.tiktoken")
     results = json.load(open(tiny_run / "results.json"))
     assert [r["name"] for r in results] == ["core alone", "large core alone"]
-    assert all(r["n"] == 12 and 0 <= r["accuracy"] <= 1 for r in results)
+    for r in results:   # each row summarises its per-task file
+        per_task = read_jsonl(tiny_run / "eval" / f"{r['name'].replace(' ', '-')}.jsonl")
+        assert r["n"] == len(per_task) == 12 and r["accuracy"] == sum(x["correct"] for x in per_task) / 12
     alone = read_jsonl(tiny_run / "alone_train.jsonl")
     assert len(alone) == 24 and all(r["runs"] == 3 for r in alone)
     assert all(r["majority_correct"] == (r["correct"] >= 2) for r in alone)
@@ -169,14 +170,22 @@ def test_user_errors(tiny_run, core_url, tmp_path, capsys):
     # a missing checkpoint, and an unreachable core
     assert cli(tiny_run, core_url, "eval", "--guide", "no-such-dir") == 1
     assert "no-such-dir" in capsys.readouterr().err
-    dead = "http://127.0.0.1:9/v1"
+    dead = "http://127.0.0.1:9/v1"   # (a model never asked before: the run's cache answers what was asked)
     assert exectune.main(["eval", "--run", str(tiny_run), "--core-url", dead, "--guide", "none",
-                          "--name", "dead", "--max-retries", "0"]) == 1
+                          "--name", "dead", "--max-retries", "0", "--core-model", "never-asked"]) == 1
     assert "127.0.0.1:9" in capsys.readouterr().err
     # a device this machine does not have
     if not torch.cuda.is_available():
         assert cli(tiny_run, core_url, "eval", "--guide", "none", "--device", "cuda") == 1
         assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_a_rerun_with_the_core_gone_answers_from_the_run_cache(tiny_run):
+    """train.sh starts the local core on a new port each run: the cache must not care where the core listens."""
+    assert exectune.main(["eval", "--run", str(tiny_run), "--core-url", "http://127.0.0.1:9/v1", "--guide", "none",
+                          "--name", "core alone again", "--max-retries", "0"]) == 0
+    rows = {r["name"]: r for r in json.load(open(tiny_run / "results.json"))}
+    assert rows["core alone again"]["accuracy"] == rows["core alone"]["accuracy"]
 
 
 def test_train_sh_quick(tmp_path):
@@ -190,44 +199,14 @@ def test_train_sh_quick(tmp_path):
     assert "| ExecTune |" in out.stdout
 
 
-def test_a_failed_teacher_call_fails_its_task_not_runs_it_without_a_strategy(tiny_run, core_url, capsys):
-    """One teacher request in 12 fails for good (a 400): that task is counted as failed and never sent to the core."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    count, lock = [0], threading.Lock()
-
-    class Teacher(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def do_POST(self):
-            self.rfile.read(int(self.headers["Content-Length"]))
-            with lock:
-                count[0] += 1
-                n = count[0]
-            if n == 3:
-                status, body = 400, {"error": {"message": "bad request", "type": "invalid_request_error"}}
-            else:
-                body = {"id": "x", "object": "chat.completion", "model": "sim-teacher",
-                        "choices": [{"index": 0, "finish_reason": "stop", "message": {
-                            "role": "assistant", "content": "<strategy>\n1. Add 1 to 2.\n</strategy>"}}],
-                        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}
-                status = 200
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Teacher)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        assert cli(tiny_run, core_url, "eval", "--guide", "teacher", "--name", "flaky teacher",
-                   "--teacher-url", f"http://127.0.0.1:{server.server_port}/v1") == 0
-    finally:
-        server.shutdown()
+def test_a_failed_teacher_call_fails_its_task_not_runs_it_without_a_strategy(tiny_run, core_url, fake, capsys):
+    """One teacher request in 12 fails for good (a 400): that task is counted as failed and never sent to the core.
+    The teacher is a model with no known price: its dollars are unknown ("n/a"), never $0."""
+    strategy = reply("<strategy>\n1. Add 1 to 2.\n</strategy>")
+    teacher = fake(strategy, strategy, fail(400, "bad request", type="invalid_request_error"), strategy)
+    assert cli(tiny_run, core_url, "eval", "--guide", "teacher", "--name", "flaky teacher",
+               "--teacher-url", teacher.url + "/v1", "--teacher-model", "flaky-teacher") == 0
+    assert len(teacher.hits) == 12
     assert "1 requests failed" in capsys.readouterr().err
     rows = read_jsonl(tiny_run / "eval" / "flaky-teacher.jsonl")
     assert len(rows) == 12 and sum(r["failed"] for r in rows) == 1
@@ -235,3 +214,6 @@ def test_a_failed_teacher_call_fails_its_task_not_runs_it_without_a_strategy(tin
     assert failed["strategy"] is None and "correct" not in failed and "dollars" not in failed
     row = {r["name"]: r for r in json.load(open(tiny_run / "results.json"))}["flaky teacher"]
     assert row["n"] == 11 and row["failures"] == 1 and row["validity"] == 1.0
+    assert row["teacher_dollars_per_1k"] is None and row["core_dollars_per_1k"] > 0
+    table_row = next(line for line in open(tiny_run / "results.md") if line.startswith("| flaky teacher |"))
+    assert table_row.rstrip().endswith("| n/a | 0.0 | n/a |")

@@ -115,8 +115,8 @@ def test_gradient_is_the_same_for_any_micro_batch_split():
 # ----------------------------------------------------------------------------------------------- rewards
 
 
-class FakeCore:
-    """Answers each request with a scripted reply; records what reached it."""
+class FakeCore(core_client.CoreClient):
+    """A CoreClient (its pricing) whose chat_many answers each request with a scripted reply; records what came."""
 
     price_in, price_out = 0.8, 4.0     # $ per million tokens
 
@@ -198,7 +198,7 @@ def test_rewards_through_the_local_core():
         client = core_client.CoreClient(url + "/v1", "sim-core")
         alone_replies = client.chat_many([tasks.core_messages(t.problem, None) for t in task_list])
         alone = {t.id: {"alone_majority_correct": tasks.extract_answer(a.text) == t.answer,
-                        "alone_dollars": grpo.request_dollars(client, a)} for t, a in zip(task_list, alone_replies)}
+                        "alone_dollars": client.dollars(a)} for t, a in zip(task_list, alone_replies)}
         calls = client.stats()["calls"]
         r = grpo.compute_rewards(task_list, strategies, client, alone)
         assert client.stats()["calls"] - calls == 11   # one call per valid strategy
@@ -215,15 +215,6 @@ def test_rewards_through_the_local_core():
 
 
 # ----------------------------------------------------------------------------------------------- grpo_step
-
-
-@pytest.fixture
-def one_thread():
-    # A tiny model decodes token by token: on a busy 2-core machine two threads mostly wait on each other.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tokenizer_for(texts, vocab_size):
@@ -288,7 +279,7 @@ def test_short_grpo_run_raises_the_reward_of_a_weak_guide(one_thread):
         for i, t in enumerate(task_list):
             replies = alone_replies[i * runs:(i + 1) * runs]
             alone[t.id] = {"alone_majority_correct": sum(tasks.extract_answer(r.text) == t.answer for r in replies) > 2,
-                           "alone_dollars": sum(grpo.request_dollars(client, r) for r in replies) / runs}
+                           "alone_dollars": sum(client.dollars(r) for r in replies) / runs}
 
         def mean_reward(n=32):
             net.eval()

@@ -13,6 +13,8 @@ import torch
 
 import model as M
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: a second thread only adds waiting
+
 TINY = dict(n_layer=2, n_head=4, n_kv_head=2, n_embd=64, max_seq_len=96,
             tie_embeddings=False)   # a tied model at random init mostly repeats its last token: too easy a test
 TEXT = ("Tom has 12 apples and buys 7 more. How many apples does Tom have now? #### 19\n"
@@ -28,15 +30,6 @@ def tiny_model(dtype=torch.float64, seed=0, **overrides):
 def mixed_prompts(vocab=300, lengths=(1, 5, 12, 3), seed=1):
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(0, vocab - 3, (n,), generator=g).tolist() for n in lengths]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and one thread keeps the tests quick on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
