@@ -584,7 +584,7 @@ def stage_sft(args, run):
             val_loss = sft_val_loss(net, val, pad, 64)
             if val_loss < best_val:
                 best_val = val_loss
-                guide_model.save_checkpoint(net, best_dir, extra=dict(step=step + 1, val_loss=val_loss))
+                guide_model.save_checkpoint(net, best_dir)
             guide_model.save_checkpoint(net, last_dir)
             torch.save(optimizer.state_dict(), os.path.join(last_dir, "optimizer.pt.tmp"))
             os.replace(os.path.join(last_dir, "optimizer.pt.tmp"), os.path.join(last_dir, "optimizer.pt"))
@@ -644,7 +644,7 @@ def stage_grpo(args, run):
         accuracy = sum(ok) / max(1, len(ok))
         if accuracy > state["best_accuracy"]:
             state["best_accuracy"] = accuracy
-            guide_model.save_checkpoint(net, best_dir, extra=dict(step=step, val_accuracy=accuracy))
+            guide_model.save_checkpoint(net, best_dir)
         run.log(name, step=step, val_accuracy=round(accuracy, 4), best_val_accuracy=round(state["best_accuracy"], 4))
         return accuracy
 
