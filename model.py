@@ -596,6 +596,7 @@ def save_training(out_dir, model, optimizer, state):
     out_dir/best is pointed at the best step and the directories that neither needs are removed."""
     name = f"step-{state['step']:06d}"
     tmp = os.path.join(out_dir, ".tmp-" + name)
+    os.makedirs(out_dir, exist_ok=True)
     if os.path.exists(tmp):
         shutil.rmtree(tmp)                        # the torn remains of a save that was killed
     save_checkpoint(model, tmp)

@@ -126,11 +126,11 @@ def test_sft_resume_matches_uninterrupted(tiny_run, core_url, tmp_path, monkeypa
     monkeypatch.setattr(exectune, "lr_at", crash_at_step_6)
     with pytest.raises(KeyboardInterrupt):
         cli(tmp_path / "b", core_url, "sft", "--data", "raw", *TINY_SFT)
-    assert json.load(open(tmp_path / "b" / "sft-raw" / "last" / "state.json"))["step"] == 4
+    assert sorted(os.listdir(tmp_path / "b" / "sft-raw")) == ["best", "step-000004"]   # one complete checkpoint
     monkeypatch.setattr(exectune, "lr_at", real_lr_at)
     assert cli(tmp_path / "b", core_url, "sft", "--data", "raw", *TINY_SFT) == 0
-    a = guide_model.load_checkpoint(str(tmp_path / "a" / "sft-raw" / "last")).state_dict()
-    b = guide_model.load_checkpoint(str(tmp_path / "b" / "sft-raw" / "last")).state_dict()
+    a = guide_model.load_checkpoint(str(tmp_path / "a" / "sft-raw" / "step-000008")).state_dict()
+    b = guide_model.load_checkpoint(str(tmp_path / "b" / "sft-raw" / "step-000008")).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -186,8 +186,9 @@ def test_user_errors(tiny_run, core_url, tmp_path, capsys):
     assert "127.0.0.1:9" in capsys.readouterr().err
     # a device this machine does not have
     if not torch.cuda.is_available():
-        assert cli(tiny_run, core_url, "eval", "--guide", "none", "--device", "cuda") == 1
-        assert "no CUDA GPU" in capsys.readouterr().err
+        with pytest.raises(SystemExit) as info:
+            cli(tiny_run, core_url, "eval", "--guide", "none", "--device", "cuda")
+        assert info.value.code == 2 and "no CUDA GPU" in capsys.readouterr().err
 
 
 def test_a_rerun_with_the_core_gone_answers_from_the_run_cache(tiny_run):
@@ -227,3 +228,30 @@ def test_a_failed_teacher_call_fails_its_task_not_runs_it_without_a_strategy(tin
     assert row["teacher_dollars_per_1k"] is None and row["core_dollars_per_1k"] > 0
     table_row = next(line for line in open(tiny_run / "results.md") if line.startswith("| flaky teacher |"))
     assert table_row.rstrip().endswith("| n/a | 0.0 | n/a |")
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["data", "--n-train", "-1"], "--n-train"), (["sample", "--chunk", "0"], "--chunk"),
+    (["sft", "--eval-every", "0"], "--eval-every"), (["sft", "--n-embd", "30", "--n-head", "4"], "--n-embd"),
+    (["sft", "--min-lr-ratio", "2"], "--min-lr-ratio"), (["grpo", "--init", "x", "--group-size", "1"], "--group-size"),
+    (["baselines", "--alone-runs", "0"], "--alone-runs"), (["tokenizer", "--vocab-size", "100"], "--vocab-size"),
+    (["eval", "--guide", "none", "--batch-size", "0"], "--batch-size"), (["data", "--concurrency", "0"], "--concurrency"),
+    (["data", "--n-val", "many"], "--n-val")])
+def test_a_bad_flag_is_one_line_exit_2_and_leaves_the_run_untouched(tiny_run, capsys, argv, flag):
+    before = {p: open(os.path.join(tiny_run, p), "rb").read() for p in ("config.json", "metrics.jsonl")}
+    with pytest.raises(SystemExit) as info:
+        exectune.main([argv[0], "--run", str(tiny_run), *argv[1:]])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and flag in err, err
+    assert {p: open(os.path.join(tiny_run, p), "rb").read() for p in before} == before
+    with pytest.raises(SystemExit):
+        exectune.main([argv[0], "--run", str(tiny_run / "new"), *argv[1:]])
+    assert not os.path.exists(tiny_run / "new")          # nothing created either
+
+
+def test_help_says_what_each_stage_does(capsys):
+    with pytest.raises(SystemExit) as info:
+        exectune.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert info.value.code == 0
+    assert all(f"{name} {' '.join(what.split())}" in out for name, (_, _, what) in exectune.STAGES.items())

@@ -256,7 +256,7 @@ def test_short_grpo_run_raises_the_reward_of_a_weak_guide(one_thread):
                                                     n_embd=64, ffn_hidden=192, max_seq_len=256))
 
     # Supervised warm start on (prompt, strategy + EOS) pairs, good and bad alike.
-    pairs = [(grpo.prompt_tokens(tok, t.problem), tok.encode(s, disallowed_special=()) + [eos])
+    pairs = [(tasks.prompt_tokens(tok, t.problem), tok.encode(s, disallowed_special=()) + [eos])
              for t, g, b in zip(task_list, good, bad) for s in (g, b)]
     width = max(len(c) for _, c in pairs)
     completions = torch.tensor([c + [eos] * (width - len(c)) for _, c in pairs])                 # (8, width)
@@ -285,8 +285,8 @@ def test_short_grpo_run_raises_the_reward_of_a_weak_guide(one_thread):
             net.eval()
             generator = torch.Generator().manual_seed(123)
             texts = [text for t in task_list for text in guide_model.generate_group(
-                net, grpo.prompt_tokens(tok, t.problem), n, 48, eos, generator=generator,
-                stop_strings=[grpo.STOP], tokenizer=tok).texts]
+                net, tasks.prompt_tokens(tok, t.problem), n, 48, eos, generator=generator,
+                stop_strings=[tasks.STOP], tokenizer=tok).texts]
             rewards = grpo.compute_rewards([t for t in task_list for _ in range(n)], texts, client, alone,
                                            draw=10**6)
             return sum(r.total for r in rewards) / len(rewards), sum(r.valid for r in rewards) / len(rewards)
