@@ -42,14 +42,22 @@ if [ -z "${CORE_URL:-}" ]; then
 fi
 
 X="$PY exectune.py"
+side_by_side() {   # stages $1 and $2 at once, one core each (two small models train faster apart than sharing
+                   # two cores); $2 writes to the log $RUN/$3
+    echo "($2 runs beside it, one core each: $RUN/$3)"
+    OMP_NUM_THREADS=1 $X $1 & local first=$!
+    OMP_NUM_THREADS=1 $X $2 >"$RUN/$3" 2>&1 & local second=$!
+    local status=0
+    wait $first || status=$?
+    wait $second || { status=$?; echo "error: '$2' failed: $(tail -n 1 "$RUN/$3")" >&2; }
+    return $status
+}
 $X data
 $X tokenizer
 $X baselines
 $X sample
-$X sft --data accepted
-$X sft --data raw
-$X grpo --init sft-raw/best --reward outcome
-$X grpo --init sft-accepted/best --reward structure
+side_by_side "sft --data accepted" "sft --data raw" sft-raw.log
+side_by_side "grpo --init sft-accepted/best --reward structure" "grpo --init sft-raw/best --reward outcome" grpo-outcome.log
 $X eval --guide teacher --name "teacher strategies (reference)"
 $X eval --guide sft-raw/best --name "supervised GCoP"
 $X eval --guide grpo-outcome/best --name "advisor-style GCoP"

@@ -12,8 +12,9 @@ import exectune
 import model as guide_model
 import sim_core
 from conftest import ROOT, fail, reply
+
 TINY_SFT = ["--steps", "8", "--batch-size", "4", "--eval-every", "4", "--n-layer", "1", "--n-embd", "32",
-            "--n-head", "2", "--n-kv-head", "1"]
+            "--n-head", "2", "--n-kv-head", "1", "--no-compile"]
 
 
 @pytest.fixture(scope="module")
