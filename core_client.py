@@ -7,19 +7,25 @@ whether a reward is honest, and what the bill is.
 1. One request shape per API (DESIGN 7). OpenAI: POST `{base}/chat/completions`, Bearer key. Anthropic: POST
    `{base}/v1/messages`, `x-api-key`, `anthropic-version: 2023-06-01`, the system prompt in `system`, `max_tokens`
    always sent. Request params pass through verbatim (defaults temperature=1.0, max_tokens=512).
-2. Faults that may clear (connection errors, timeouts, 408, 409, 429, 5xx, 529) are retried up to `max_retries` times
-   with exponential backoff and full jitter, or after the server's `retry-after-ms` / `retry-after` (capped). Faults
-   that would repeat (400, 401, 403, 404, 413, other 4xx, a 429 that names quota, billing or a spend limit, and a 200
-   whose body is not the API's shape, which means a wrong `api` or base URL) fail at once. Either way the caller gets
-   a CoreError with the status, the server's message and what to do.
+2. Retries as the OpenAI and Anthropic SDKs do them. Faults that may clear (connection errors, timeouts, 408, 409,
+   429, 5xx, 529) are retried up to `max_retries` times; faults that would repeat (other 4xx, an error object whose
+   `code` or `type` says quota or billing such as OpenAI's `insufficient_quota` or Anthropic's `billing_error`, and a
+   200 whose body is not the API's shape, which means a wrong `api` or base URL) fail at once. A server's
+   `x-should-retry: true|false` overrides that choice. The wait is the server's `retry-after-ms` / `retry-after`
+   when it is positive, else exponential backoff with jitter (0.75-1x of base * 2^attempt, capped); a server that
+   asks for more than `max_retry_after` seconds (a daily limit, say) is not waited for: the request fails at once.
+   Either way the caller gets a CoreError with the status, the server's message and what to do, with every
+   configured key scrubbed from it.
 3. `chat_many` runs requests on a bounded thread pool (one keep-alive Session per thread) and returns results in input
    order, a CoreError in place of each request that failed for good, so one bad request never loses the others.
 4. An optional sqlite cache (WAL, one connection per thread, busy timeout: safe for several processes) keyed by a hash
-   of (base_url, api, model, messages, params, draw), never the key. A hit sends nothing, costs 0 and says so
+   of (api, request body, draw): the model and the request, never the key, nor the base URL (a local server on a
+   new port each run must still hit its cache). A hit sends nothing, costs 0 and says so
    (`cached=True`). `draw` asks for an independent sample of the same request: it enters the cache key and, for
    OpenAI, the request's `seed` (params' seed, default 0, plus draw). Anthropic has no seed field, so independent
    draws there rely on temperature > 0.
 5. Cost is tokens x the model's price (PRICES, or price_in / price_out); an unknown price is None, never 0.
+   `dollars(reply)` prices a request even when it came from the cache (what it costs, not what this run paid).
 6. `python core_client.py --base-url URL --model M [--api anthropic] "message"` checks a key and an endpoint by hand.
 """
 import argparse
@@ -60,10 +66,12 @@ PRICES: dict[str, tuple[float, float]] = {
 _VERSION_SUFFIX = re.compile(r"[-@](\d{8}|\d{4}-\d{2}-\d{2}|latest)")
 DEFAULT_PARAMS = {"temperature": 1.0, "max_tokens": 512}
 ANTHROPIC_VERSION = "2023-06-01"
-BACKOFF_BASE_S = 0.5      # first retry waits up to this, doubling each time...
+BACKOFF_BASE_S = 0.5      # first retry waits 0.75-1x this, doubling each time...
 BACKOFF_CAP_S = 30.0      # ...up to this
-RETRY_AFTER_CAP_S = 60.0  # a server's retry-after is honoured up to this
-_QUOTA = re.compile(r"quota|billing|spend(ing)? limit|credit balance", re.IGNORECASE)
+MAX_RETRY_AFTER_S = 60.0  # a server that asks to wait longer than this is not waited for
+# Error-object `code` / `type` values that mean the account cannot pay: retrying cannot help (OpenAI, Anthropic).
+QUOTA_CODES = {"insufficient_quota", "billing_hard_limit_reached", "billing_error"}
+KEY_VARS = ("CORE_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY")
 
 
 @dataclass
@@ -90,7 +98,7 @@ class CoreError(Exception):
 
 
 class _Transient(CoreError):
-    """A fault worth retrying; `wait` is the server's retry-after in seconds, if it sent one."""
+    """A fault worth retrying; `wait` is the server's retry-after in seconds (None, or <= 0: it named no wait)."""
 
     def __init__(self, status, message, hint, wait=None):
         super().__init__(status, message, hint)
@@ -111,19 +119,26 @@ def model_price(model: str) -> tuple[float, float] | None:
 
 
 def retry_after_s(headers) -> float | None:
-    """The server's requested wait in seconds from retry-after-ms, else retry-after (seconds or an HTTP date)."""
+    """The server's requested wait in seconds from retry-after-ms, else retry-after (seconds or an HTTP date);
+    <= 0 for "now" or a date in the past, None when absent or unreadable."""
     try:
         if headers.get("retry-after-ms") is not None:
-            return max(0.0, float(headers["retry-after-ms"]) / 1000)
+            return float(headers["retry-after-ms"]) / 1000
         value = headers.get("retry-after")
         if value is None:
             return None
         try:
-            return max(0.0, float(value))
+            return float(value)
         except ValueError:
-            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+            return email.utils.parsedate_to_datetime(value).timestamp() - time.time()
     except (TypeError, ValueError, OverflowError):
         return None  # an unreadable header: fall back to our own backoff
+
+
+def should_retry_header(headers) -> bool | None:
+    """The server's own verdict, `x-should-retry: true|false`, which both SDKs obey over the status code."""
+    value = (headers.get("x-should-retry") or "").strip().lower()
+    return {"true": True, "false": False}.get(value)
 
 
 def _check_messages(messages):
@@ -182,21 +197,23 @@ class _Cache:
 class CoreClient:
     def __init__(self, base_url, model, api="openai", api_key=None, concurrency=16, timeout=60, max_retries=6,
                  cache_path=None, price_in=None, price_out=None, progress=None,
-                 backoff_base=BACKOFF_BASE_S, backoff_cap=BACKOFF_CAP_S, retry_after_cap=RETRY_AFTER_CAP_S):
+                 backoff_base=BACKOFF_BASE_S, backoff_cap=BACKOFF_CAP_S, max_retry_after=MAX_RETRY_AFTER_S):
         if api not in ("openai", "anthropic"):
             raise ValueError(f"api must be 'openai' or 'anthropic', got {api!r}")
         if not isinstance(base_url, str) or not re.match(r"https?://[^/]", base_url):
             raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
         if not model or not isinstance(model, str):
             raise ValueError(f"model must be a non-empty name, got {model!r}")
-        if int(concurrency) < 1 or int(max_retries) < 0 or not timeout > 0:
-            raise ValueError("need concurrency >= 1, max_retries >= 0 and timeout > 0")
+        if int(concurrency) < 1 or int(max_retries) < 0 or not timeout > 0 or not max_retry_after >= 0:
+            raise ValueError("need concurrency >= 1, max_retries >= 0, timeout > 0 and max_retry_after >= 0")
         self.base_url, self.model, self.api = base_url.rstrip("/"), model, api
         self.concurrency, self.timeout, self.max_retries = int(concurrency), timeout, int(max_retries)
         self.progress = progress  # None: a bar only on a terminal
-        self.backoff_base, self.backoff_cap, self.retry_after_cap = backoff_base, backoff_cap, retry_after_cap
+        self.backoff_base, self.backoff_cap, self.max_retry_after = backoff_base, backoff_cap, max_retry_after
         self.key_var = "ANTHROPIC_API_KEY" if api == "anthropic" else "OPENAI_API_KEY"
         self._key = api_key or os.environ.get("CORE_API_KEY") or os.environ.get(self.key_var) or None
+        # every key this process could send, longest first (a key that contains another is replaced whole)
+        self._secrets = sorted({k for k in [self._key, *map(os.environ.get, KEY_VARS)] if k}, key=len, reverse=True)
         table = model_price(model) or (None, None)
         self.price_in = price_in if price_in is not None else table[0]
         self.price_out = price_out if price_out is not None else table[1]
@@ -242,7 +259,7 @@ class CoreClient:
         self._add(input_tokens=tin, output_tokens=tout)
         if self._cache:
             self._cache.put(key, text, tin, tout, finish)
-        return Completion(text, tin, tout, self._cost(tin, tout), False, time.monotonic() - start, finish)
+        return Completion(text, tin, tout, self._price(tin, tout), False, time.monotonic() - start, finish)
 
     def chat_many(self, list_of_messages, draws=None, desc="core", **params) -> list:
         """Many completions at once, in input order; an entry that failed for good is its CoreError."""
@@ -262,7 +279,7 @@ class CoreClient:
                 return exc
             except Exception as exc:  # a bug must not throw away the other results of a long run
                 self._add(failures=1)
-                return CoreError(None, f"{type(exc).__name__}: {exc}", "unexpected error in core_client")
+                return self._error(None, f"{type(exc).__name__}: {exc}", "unexpected error in core_client")
 
         results = [None] * len(list_of_messages)
         disable = None if self.progress is None else not self.progress
@@ -296,8 +313,13 @@ class CoreClient:
         """Running totals. Tokens and dollars count what the server billed (cache hits are free and not included)."""
         with self._lock:
             totals = dict(self._totals)
-        totals["dollars"] = self._cost(totals["input_tokens"], totals["output_tokens"])
+        totals["dollars"] = self._price(totals["input_tokens"], totals["output_tokens"])
         return totals
+
+    def dollars(self, reply: Completion) -> float | None:
+        """What this request costs at the model's price (None if unknown), cache hit or not: reply.cost is what
+        this run paid (0 for a hit); this is what the request is worth, for rewards, acceptance and evaluation."""
+        return self._price(reply.input_tokens, reply.output_tokens)
 
     # ---- internals ----
     def _add(self, **counts):
@@ -305,14 +327,15 @@ class CoreClient:
             for name, n in counts.items():
                 self._totals[name] += n
 
-    def _cost(self, input_tokens, output_tokens) -> float | None:
+    def _price(self, input_tokens, output_tokens) -> float | None:
         if self.price_in is None or self.price_out is None:
             return None
         return (input_tokens * self.price_in + output_tokens * self.price_out) / 1e6
 
     def _cache_key(self, messages, params, draw) -> str:
-        request = {"base_url": self.base_url, "api": self.api, "model": self.model, "messages": messages,
-                   "params": params, "draw": draw}
+        # What the server answers depends on the model and the request, not on where it listens: the base URL is
+        # left out. The draw stays in, because an Anthropic body carries no seed.
+        request = {"api": self.api, "body": self._body(messages, params, draw), "draw": draw}
         canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -347,10 +370,10 @@ class CoreClient:
                 if attempt == self.max_retries:
                     hint = fault.hint + (f" (gave up after {attempt} retries)" if attempt else "")
                     raise CoreError(fault.status, fault.message, hint) from None
-                if fault.wait is not None:
-                    wait = min(fault.wait, self.retry_after_cap)
-                else:
-                    wait = self._rng.uniform(0, min(self.backoff_cap, self.backoff_base * 2 ** attempt))
+                if fault.wait is not None and fault.wait > self.max_retry_after:
+                    raise CoreError(fault.status, fault.message, f"the server asks to wait {fault.wait:.0f} s, more "
+                                    f"than the {self.max_retry_after:g} s this client waits: try again later") from None
+                wait = fault.wait if fault.wait is not None and fault.wait > 0 else self._backoff(attempt)
                 self._add(retries=1)
                 log.info("%s: retry %d in %.2f s after %s", self.model, attempt + 1, wait, fault)
                 if stop is None:
@@ -358,34 +381,43 @@ class CoreClient:
                 elif stop.wait(wait):
                     raise CoreError(fault.status, fault.message, "cancelled: the caller was interrupted") from None
 
+    def _backoff(self, attempt) -> float:
+        """base * 2^attempt (capped), less up to a quarter at random so that clients that failed together spread."""
+        return min(self.backoff_cap, self.backoff_base * 2 ** attempt) * (1 - 0.25 * self._rng.random())
+
     def _post(self, body) -> dict:
         """One HTTP attempt: the parsed JSON reply, or a _Transient / CoreError."""
         self._add(requests=1)
         try:
             response = self._session().post(self._url, json=body, headers=self._headers, timeout=self.timeout)
         except requests.Timeout:
-            raise _Transient(None, f"no answer within {self.timeout} s",
-                             f"is the server at {self.base_url} overloaded? raise timeout if answers are long")
+            raise self._error(None, f"no answer within {self.timeout} s",
+                              f"is the server at {self.base_url} overloaded? raise timeout if answers are long",
+                              retry=True)
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-            raise _Transient(None, _connection_problem(exc), f"is the server at {self.base_url} running?")
+            raise self._error(None, _connection_problem(exc), f"is the server at {self.base_url} running?", retry=True)
         except requests.RequestException as exc:
-            raise CoreError(None, f"{type(exc).__name__}: {exc}", f"check the base URL {self.base_url}")
+            raise self._error(None, f"{type(exc).__name__}: {exc}", f"check the base URL {self.base_url}")
         status = response.status_code
         if 200 <= status < 300:
             try:
                 return response.json()
             except ValueError:
-                raise CoreError(status, self._scrub(f"the reply is not JSON: {response.text[:120]!r}"),
-                                self._shape_hint())
-        message = self._scrub(_server_message(response))
-        if status == 429 and _QUOTA.search(response.text):
-            raise CoreError(status, message, f"the account behind {self.key_var} is out of quota or over its "
-                                             "spend limit: check its billing")
-        if status in (408, 409, 429) or 500 <= status <= 599:
-            hint = ("rate limited: lower concurrency or wait" if status == 429
-                    else f"the server at {self.base_url} is failing or overloaded: try again later")
-            raise _Transient(status, message, hint, wait=retry_after_s(response.headers))
-        raise CoreError(status, message, self._status_hint(status))
+                raise self._error(status, f"the reply is not JSON: {response.text!r}", self._shape_hint())
+        message, kinds = _server_error(response)
+        retry = status in (408, 409, 429) or 500 <= status <= 599
+        if kinds & QUOTA_CODES:
+            retry, hint = False, (f"the account behind {self.key_var} (or CORE_API_KEY) is out of quota or credit, "
+                                  "or over its spend limit: check its billing")
+        elif status == 429:
+            hint = "rate limited: lower concurrency or wait"
+        elif retry:
+            hint = f"the server at {self.base_url} is failing or overloaded: try again later"
+        else:
+            hint = self._status_hint(status)
+        verdict = should_retry_header(response.headers)
+        retry = retry if verdict is None else verdict
+        raise self._error(status, message, hint, retry=retry, wait=retry_after_s(response.headers))
 
     def _read_reply(self, reply) -> tuple[str, int, int, str | None]:
         """(text, input tokens, output tokens, finish reason) from a 200 body; a wrong shape is a CoreError."""
@@ -401,8 +433,8 @@ class CoreClient:
             if not (isinstance(text, str) and isinstance(tin, int) and isinstance(tout, int)):
                 raise TypeError("wrong field types")
         except (KeyError, IndexError, TypeError, AttributeError):
-            shown = self._scrub(_one_line(json.dumps(reply), 120))
-            raise CoreError(200, f"the reply is not in the {self.api} shape: {shown}", self._shape_hint()) from None
+            raise self._error(200, f"the reply is not in the {self.api} shape: {json.dumps(reply)}",
+                              self._shape_hint()) from None
         return text, tin, tout, finish
 
     def _shape_hint(self) -> str:
@@ -421,21 +453,26 @@ class CoreClient:
             return "the request is too large: shorten the messages"
         return "the server refused the request: check the messages and params"
 
-    def _scrub(self, text: str) -> str:  # some servers echo the key they received (real keys are long)
-        return text.replace(self._key, "***") if self._key and len(self._key) >= 8 else text
+    def _error(self, status, message, hint, retry=False, wait=None) -> CoreError:
+        """The one place a failure is put into words: every configured key is scrubbed from the whole text, before
+        it is cut to one line (some servers echo the key they received, and a key may be short)."""
+        for secret in self._secrets:
+            message, hint = str(message).replace(secret, "***"), str(hint).replace(secret, "***")
+        return _Transient(status, message, hint, wait) if retry else CoreError(status, message, hint)
 
 
-def _server_message(response) -> str:
-    """The error message in OpenAI's or Anthropic's error shape, else the start of the body."""
+def _server_error(response) -> tuple[str, set]:
+    """(message, {code, type}) from OpenAI's or Anthropic's error object; without one, the body and no kinds."""
     try:
         error = response.json().get("error")
-        if isinstance(error, dict) and error.get("message"):
-            return str(error["message"])
-        if isinstance(error, str):
-            return error
     except (ValueError, AttributeError):
-        pass
-    return response.text[:200] or response.reason or "(empty body)"
+        error = None
+    if isinstance(error, dict):
+        kinds = {v for v in (error.get("code"), error.get("type")) if isinstance(v, str)}
+        return str(error.get("message") or error), kinds
+    if isinstance(error, str):
+        return error, set()
+    return response.text or response.reason or "(empty body)", set()
 
 
 def _connection_problem(exc) -> str:

@@ -16,8 +16,11 @@
                 a row to results.json and rewrites results.md.
 
 Every stage reads and writes inside runs/<name>/, can be re-run alone, and resumes instead of redoing finished
-work: a stage whose outputs exist is skipped; sample and sft pick up where an interrupted run stopped. A run
-directory remembers each stage's configuration and refuses to mix in another one.
+work: a stage whose outputs exist is skipped; sample, sft and grpo pick up where a killed run stopped (sample from
+its last complete chunk file, sft and grpo from their newest complete checkpoint directory, model.save_training),
+and finish with what an uninterrupted run gives. Every file is written atomically (model.atomic_write). A run
+directory remembers each stage's configuration and refuses to mix in another one; a bad flag value stops a stage
+before it writes anything (one line, exit 2). Evaluation and the results table are in evaluate.py.
 
 Where this departs from the paper: the guide is a tiny decoder trained from scratch (the paper fine-tunes pretrained
 LLMs), on level-1 mathsim by default, so that it learns to read within a 2-core CPU budget (about 40 minutes end
@@ -39,9 +42,10 @@ from dataclasses import dataclass, asdict
 import torch
 from tqdm import tqdm
 
-import tasks
-import model as guide_model
+import evaluate
 import grpo
+import model as guide_model
+import tasks
 from core_client import CoreClient, CoreError
 
 
@@ -50,7 +54,16 @@ class UserError(Exception):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# stage configurations (one dataclass per stage; a preset resizes them for another budget)
+# stage configurations (one dataclass per stage; a preset resizes them for another budget). Each checks its values
+# when it is made, so a bad flag stops the command before it writes anything.
+
+def at_least(cfg, low, *names):
+    """Raise ValueError, naming the flag, for the first of cfg's fields `names` that is below `low`."""
+    for name in names:
+        value = getattr(cfg, name)
+        if not value >= low:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+
 
 @dataclass
 class DataConfig:
@@ -62,15 +75,29 @@ class DataConfig:
     n_ood: int = 500             # the table's "held-out phrasings" column
     seed: int = 0
 
+    def __post_init__(self):
+        if self.family != "mathsim":
+            raise ValueError(f"--family {self.family!r} is not a task family (available: mathsim)")
+        if self.level not in tasks.LEVELS:
+            raise ValueError(f"--level must be one of {', '.join(map(str, tasks.LEVELS))}, got {self.level}")
+        at_least(self, 1, "n_train", "n_val", "n_test", "n_ood")
+        at_least(self, 0, "seed")
+
 
 @dataclass
 class TokenizerConfig:
     vocab_size: int = 2048
 
+    def __post_init__(self):
+        at_least(self, 256 + len(guide_model.SPECIAL_TOKENS), "vocab_size")   # every byte, and the special tokens
+
 
 @dataclass
 class BaselineConfig:
     alone_runs: int = 3          # R core-alone runs per training task (majority decides "the core solves it alone")
+
+    def __post_init__(self):
+        at_least(self, 1, "alone_runs")
 
 
 @dataclass
@@ -79,6 +106,9 @@ class SampleConfig:
     m: int = 2                   # cheap-core executions per strategy; accept only when all are correct
     keep: int = 1                # cheapest accepted strategies kept per task
     chunk: int = 500             # tasks per resumable chunk
+
+    def __post_init__(self):
+        at_least(self, 1, "k", "m", "keep", "chunk")
 
 
 @dataclass
@@ -100,6 +130,18 @@ class SFTConfig:
     n_kv_head: int = 2
     max_seq_len: int = 1024
 
+    def __post_init__(self):
+        at_least(self, 1, "steps", "batch_size", "eval_every", "n_layer", "n_embd", "n_head", "n_kv_head",
+                 "max_seq_len")
+        at_least(self, 0, "warmup", "weight_decay", "grad_clip", "prompt_loss_weight", "seed")
+        if not (self.lr > 0 and 0 <= self.min_lr_ratio <= 1):
+            raise ValueError(f"need --lr > 0 and 0 <= --min-lr-ratio <= 1, got {self.lr} and {self.min_lr_ratio}")
+        try:                                    # the guide's own shape rules
+            guide_model.GuideConfig(n_layer=self.n_layer, n_embd=self.n_embd, n_head=self.n_head,
+                                    n_kv_head=self.n_kv_head, max_seq_len=self.max_seq_len)
+        except ValueError as e:
+            raise ValueError(f"--n-embd / --n-head / --n-kv-head: {e}") from None
+
 
 @dataclass
 class GRPOStageConfig(grpo.GRPOConfig):
@@ -111,11 +153,22 @@ class GRPOStageConfig(grpo.GRPOConfig):
     n_val_eval: int = 200
     seed: int = 0
 
+    def __post_init__(self):
+        at_least(self, 1, "prompts_per_step", "max_new_tokens", "update_passes", "micro_batch_size", "steps",
+                 "eval_every", "n_val_eval")
+        at_least(self, 2, "group_size")          # a group of one has no advantage to learn from
+        at_least(self, 0, "clip_eps", "kl_beta", "grad_clip", "seed")
+        if not (self.lr > 0 and self.temperature > 0):
+            raise ValueError(f"need --lr > 0 and --temperature > 0, got {self.lr} and {self.temperature}")
+
 
 @dataclass
 class EvalConfig:
     max_new_tokens: int = 160
     batch_size: int = 64
+
+    def __post_init__(self):
+        at_least(self, 1, "max_new_tokens", "batch_size")
 
 
 # Presets: sizes for other budgets, over the defaults above (bash train.sh picks one from QUICK, LEVEL and DEVICE).
@@ -142,13 +195,12 @@ PRESETS["cuda"] = {          # DEVICE=cuda: level 2, a larger guide and more ste
 
 
 def stage_config(cls, args, stage):
-    """The stage's dataclass: defaults, then the preset's sizes, then flags the user set explicitly."""
-    cfg = cls(**(PRESETS[args.preset].get(stage, {}) if args.preset else {}))
-    for f in dataclasses.fields(cls):
-        value = getattr(args, f.name, None)
-        if value is not None:
-            setattr(cfg, f.name, value)
-    return cfg
+    """The stage's dataclass: defaults, then the preset's sizes, then flags the user set explicitly (checked by the
+    dataclass: a ValueError names the flag)."""
+    values = dict(PRESETS[args.preset].get(stage, {}) if args.preset else {})
+    values.update({f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None)
+                   is not None})
+    return cls(**values)
 
 
 def add_config_flags(parser, cls):
@@ -192,16 +244,8 @@ class Run:
             f.write(json.dumps({"stage": stage, "time": round(time.time(), 3), **values}) + "\n")
 
 
-def fmt(value, spec="{:.3f}"):
-    return "—" if value is None else spec.format(value)
-
-
 def write_json(path, obj):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    guide_model.atomic_write(path, json.dumps(obj, indent=2) + "\n")
 
 
 def read_json(path):
@@ -215,11 +259,7 @@ def read_json(path):
 
 
 def write_jsonl(path, rows):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
+    guide_model.atomic_write(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def read_jsonl(path, required=()):
@@ -297,10 +337,6 @@ def core_params(args):
 
 def stage_data(args, run):
     cfg = stage_config(DataConfig, args, "data")
-    if cfg.family != "mathsim":
-        raise UserError(f"unknown task family {cfg.family!r} (available: mathsim)")
-    if cfg.level not in tasks.LEVELS:
-        raise UserError(f"--level must be one of {', '.join(map(str, tasks.LEVELS))}, got {cfg.level}")
     run.check_config("data", cfg)
     os.makedirs(run.file("data"), exist_ok=True)
     sizes = dict(train=cfg.n_train, val=cfg.n_val, test=cfg.n_test, ood=cfg.n_ood)
@@ -357,8 +393,8 @@ def alone_stats_path(run):
 def stage_baselines(args, run):
     cfg = stage_config(BaselineConfig, args, "baselines")
     run.check_config("baselines", cfg)
-    evaluate(args, run, "core alone", guide="none", role="core")
-    evaluate(args, run, "large core alone", guide="none", role="large")
+    eval_system(args, run, "core alone", guide="none", role="core")
+    eval_system(args, run, "large core alone", guide="none", role="large")
     path = alone_stats_path(run)
     if os.path.exists(path):
         print(f"baselines: {path} exists, kept")
@@ -372,7 +408,7 @@ def stage_baselines(args, run):
     for i, t in enumerate(train):
         runs = [r for r in out[i * cfg.alone_runs:(i + 1) * cfg.alone_runs] if not isinstance(r, CoreError)]
         correct = [tasks.extract_answer(r.text) == t.answer for r in runs]
-        dollars = [d for d in (grpo.request_dollars(client, r) for r in runs) if d is not None]
+        dollars = [d for d in (client.dollars(r) for r in runs) if d is not None]
         rows.append(dict(id=t.id, runs=len(runs), correct=sum(correct),
                          majority_correct=bool(runs) and 2 * sum(correct) > len(runs),
                          dollars=sum(dollars) / len(dollars) if dollars else None))
@@ -395,30 +431,20 @@ def stage_sample(args, run):
     run.check_config("sample", cfg)
     raw_path, accepted_path = run.file("raw.jsonl"), run.file("accepted.jsonl")
     train = load_tasks(run, "train")
-    # resume: chunks already in raw.jsonl are not redone (a torn last line from a kill is dropped)
-    done = set()
-    if os.path.exists(raw_path):
-        keep_lines = []
-        with open(raw_path) as f:
-            for line in f:
-                try:
-                    done.add(json.loads(line)["task_id"])
-                    keep_lines.append(line)
-                except (json.JSONDecodeError, KeyError):
-                    break
-        with open(raw_path, "w") as f:
-            f.writelines(keep_lines)
-    todo = [t for t in train if t.id not in done]
+    # One file per chunk of tasks, written whole: a task is done only when its chunk's file exists, and then every
+    # one of its K rows is in it. A kill at any moment loses at most the chunk being sampled.
+    chunks = [train[i:i + cfg.chunk] for i in range(0, len(train), cfg.chunk)]
+    paths = [run.file("sample", f"chunk-{i:05d}.jsonl") for i in range(len(chunks))]
+    todo = [i for i, path in enumerate(paths) if not os.path.exists(path)]
     if not todo and os.path.exists(accepted_path):
         print(f"sample: {accepted_path} exists, kept")
         return
+    os.makedirs(run.file("sample"), exist_ok=True)
     teacher, core = client_for(args, "teacher", run), client_for(args, "core", run)
-    for start in tqdm(range(0, len(todo), cfg.chunk), desc="sample chunks", disable=len(todo) <= cfg.chunk):
-        chunk = todo[start:start + cfg.chunk]
-        rows = sample_chunk(args, chunk, cfg, teacher, core)
-        with open(raw_path, "a") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-    raw = read_jsonl(raw_path, required=("task_id", "strategy", "accepted", "dollars"))
+    for i in tqdm(todo, desc="sample chunks", disable=len(todo) <= 1):
+        write_jsonl(paths[i], sample_chunk(args, chunks[i], cfg, teacher, core))
+    raw = [row for path in paths for row in read_jsonl(path, required=("task_id", "strategy", "accepted", "dollars"))]
+    write_jsonl(raw_path, raw)
     accepted = select_accepted(raw, cfg.keep)
     write_jsonl(accepted_path, accepted)
     n_tasks = len({r["task_id"] for r in raw})
@@ -448,7 +474,7 @@ def sample_chunk(args, chunk, cfg, teacher, core):
             rows.append(dict(task_id=t.id, draw=d, strategy=strategy, valid=parsed.valid,
                              invalid_reason=None if parsed.valid else parsed.error,
                              leaks=tasks.leaks(strategy, t.problem, t.answer),
-                             teacher_dollars=grpo.request_dollars(teacher, reply), runs=[], _task=t))
+                             teacher_dollars=teacher.dollars(reply), runs=[], _task=t))
             if parsed.valid:
                 runs_needed.extend((len(rows) - 1, m) for m in range(cfg.m))
     executions = run_requests(core, [tasks.core_messages(rows[i]["_task"].problem, rows[i]["strategy"])
@@ -457,7 +483,7 @@ def sample_chunk(args, chunk, cfg, teacher, core):
     for (i, _), out in zip(runs_needed, executions):
         if not isinstance(out, CoreError):
             rows[i]["runs"].append(dict(correct=tasks.extract_answer(out.text) == rows[i]["_task"].answer,
-                                        dollars=grpo.request_dollars(core, out), output_tokens=out.output_tokens))
+                                        dollars=core.dollars(out), output_tokens=out.output_tokens))
     for r in rows:
         del r["_task"]
         costs = [x["dollars"] for x in r["runs"] if x["dollars"] is not None]
@@ -502,7 +528,7 @@ def sft_examples(run, tok, data, split_tasks, max_len):
         t = by_id.get(r["task_id"])
         if t is None:
             continue
-        prompt = grpo.prompt_tokens(tok, t.problem)
+        prompt = tasks.prompt_tokens(tok, t.problem)
         completion = tok.encode(r["strategy"], disallowed_special=()) + [eos]
         if len(prompt) + len(completion) > max_len:
             dropped += 1
@@ -581,7 +607,6 @@ def stage_sft(args, run):
     data = args.data
     run.check_config(f"sft-{data}", cfg)
     out_dir = run.file(f"sft-{data}")
-    best_dir, last_dir = os.path.join(out_dir, "best"), os.path.join(out_dir, "last")
     tok = load_tokenizer(run)
     client = client_for(args, "core", run)      # best checkpoint: the core's accuracy on val with greedy strategies
     pad = tok.encode_single_token("<|pad|>")
@@ -592,27 +617,26 @@ def stage_sft(args, run):
     # measure what matters (can the guide write a clear plan for an unseen problem) at no cost.
     eos = tok.encode_single_token("<|eos|>")
     val_tasks = load_tasks(run, "val")
-    val = [(p, c) for p, c in ((grpo.prompt_tokens(tok, t.problem),
+    val = [(p, c) for p, c in ((tasks.prompt_tokens(tok, t.problem),
                                  tok.encode(tasks.canonical_strategy(t), disallowed_special=()) + [eos])
                                 for t in val_tasks) if len(p) + len(c) <= cfg.max_seq_len]
 
-    torch.manual_seed(cfg.seed)
-    start_step, best_accuracy = 0, -1.0
-    if os.path.exists(os.path.join(last_dir, "config.json")):
-        net = load_guide(run, last_dir, args.device)
-        state = read_json(os.path.join(last_dir, "state.json"))
-        start_step, best_accuracy = state["step"], state["best_accuracy"]
-        if start_step >= cfg.steps:
-            print(f"sft: {out_dir} finished ({start_step} steps), kept")
-            return
-        print(f"sft: resuming {out_dir} from step {start_step}")
-    else:
+    torch.manual_seed(cfg.seed)       # the fresh guide's weights; Python's RNG too, so that a checkpoint's RNG state
+    random.seed(cfg.seed)             # is a function of the run, not of the process that wrote it
+
+    def fresh():
         net = guide_model.Guide(guide_model.GuideConfig(
             vocab_size=tok.n_vocab, n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_head=cfg.n_head,
             n_kv_head=cfg.n_kv_head, max_seq_len=cfg.max_seq_len)).to(args.device)
+        return net, dict(step=0, best_step=None, best_accuracy=None, config=asdict(cfg))
+    resumed = resume_or_start(f"sft {data}", out_dir, cfg.steps, args.device, fresh)
+    if resumed is None:
+        return
+    net, optimizer_state, state = resumed
     optimizer = make_optimizer(net, cfg.lr, cfg.weight_decay)
-    if start_step:
-        optimizer.load_state_dict(torch.load(os.path.join(last_dir, "optimizer.pt"), map_location=args.device))
+    if optimizer_state:
+        optimizer.load_state_dict(optimizer_state)
+    start_step = state["step"]
     # the compiled module shares net's parameters: checkpoints, validation and generation use net itself
     train_net = torch.compile(net, dynamic=True) if cfg.compile else net
     n_params = sum(p.numel() for p in net.parameters())
@@ -635,44 +659,49 @@ def stage_sft(args, run):
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             val_loss = sft_val_loss(net, val, pad, 64)
             accuracy, texts = val_accuracy(args, client, net, tok, val_tasks, 160)
-            plan_exact, exact_success = plan_scores(val_tasks, texts)
+            plan_exact, exact_success = evaluate.plan_scores(val_tasks, texts)
             net.train()
-            if accuracy > best_accuracy:
-                best_accuracy = accuracy
-                guide_model.save_checkpoint(net, best_dir, extra=dict(step=step + 1, val_accuracy=accuracy))
-            guide_model.save_checkpoint(net, last_dir)
-            torch.save(optimizer.state_dict(), os.path.join(last_dir, "optimizer.pt.tmp"))
-            os.replace(os.path.join(last_dir, "optimizer.pt.tmp"), os.path.join(last_dir, "optimizer.pt"))
-            write_json(os.path.join(last_dir, "state.json"), dict(step=step + 1, best_accuracy=best_accuracy))
+            state["step"] = step + 1
+            if state["best_accuracy"] is None or accuracy > state["best_accuracy"]:
+                state.update(best_step=step + 1, best_accuracy=accuracy)
+            guide_model.save_training(out_dir, net, optimizer, state)
             run.log(f"sft-{data}", step=step + 1, loss=round(loss.item(), 4), val_loss=round(val_loss, 4),
                     val_accuracy=round(accuracy, 4),
                     val_plan_exact=round(plan_exact, 4), val_exact_success=round(exact_success, 4),
                     lr=optimizer.param_groups[0]["lr"], grad_norm=round(grad_norm, 3),
                     tokens_per_s=round(tokens / (time.time() - t0)))
             bar.write(f"sft {data} step {step + 1}: train loss {loss.item():.3f}, val loss {val_loss:.3f}, val accuracy "
-                      f"{accuracy:.3f} (best {best_accuracy:.3f}), exact plans {plan_exact:.1%}, "
+                      f"{accuracy:.3f} (best {state['best_accuracy']:.3f}), exact plans {plan_exact:.1%}, "
                       f"mean exact success {exact_success:.3f}")
 
 
 def val_accuracy(args, client, net, tok, val_tasks, max_new_tokens):
     """(accuracy of the core with the guide's greedy strategies on val tasks, the strategies): what SFT and GRPO
     choose their best checkpoint by, measured like the test split is."""
-    texts, _ = guide_strategies(net, tok, [t.problem for t in val_tasks], max_new_tokens, 64, desc="val")
+    texts, _ = evaluate.guide_strategies(net, tok, [t.problem for t in val_tasks], max_new_tokens, 64, desc="val")
     replies = run_requests(client, [tasks.core_messages(t.problem, s) for t, s in zip(val_tasks, texts)],
                            "val core", **core_params(args))
     ok = [tasks.extract_answer(r.text) == t.answer for t, r in zip(val_tasks, replies) if not isinstance(r, CoreError)]
     return sum(ok) / max(1, len(ok)), texts
 
 
-def plan_scores(val_tasks, texts):
-    """Strategies for val tasks scored with the tasks' hidden solutions: (share that is the task's plan, mean
-    probability that the simulated cheap core then answers correctly). Oracle measures for learning curves: they
-    read the offline world's exact probabilities and never feed training or checkpoint choice."""
-    import sim_core                   # the offline world, read in-process here only, like a gym's `info` dict
-    strategies = [tasks.extract_strategy(s) or s for s in texts]
-    plan_exact = sum(tasks.plan_matches(t, s) for t, s in zip(val_tasks, strategies)) / max(1, len(val_tasks))
-    success = sum(sim_core.exact_success(t.problem, s) for t, s in zip(val_tasks, strategies)) / max(1, len(val_tasks))
-    return plan_exact, success
+def resume_or_start(what, out_dir, steps, device, fresh):
+    """What SFT and GRPO train from: (net, optimizer state or None, state) of the newest complete checkpoint in
+    out_dir (model.resume_training), else fresh() with no optimizer state; None when that checkpoint already
+    reached `steps`, so the stage is done."""
+    try:
+        resumed = guide_model.resume_training(out_dir, device)
+    except guide_model.CheckpointError as e:
+        raise UserError(str(e))
+    if resumed is None:
+        net, state = fresh()
+        return net, None, state
+    step = resumed[2]["step"]
+    if step >= steps:
+        print(f"{what}: {out_dir} finished ({step} steps), kept")
+        return None
+    print(f"{what}: resuming {out_dir} from step {step}")
+    return resumed
 
 
 def make_optimizer(net, lr, weight_decay):
@@ -693,41 +722,43 @@ def stage_grpo(args, run):
     name = f"grpo-{args.reward}"
     run.check_config(name, dict(asdict(cfg), init=args.init))
     out_dir = run.file(name)
-    best_dir, last_dir = os.path.join(out_dir, "best"), os.path.join(out_dir, "last")
     tok = load_tokenizer(run)
     train, val = load_tasks(run, "train"), load_tasks(run, "val")[:cfg.n_val_eval]
     alone = {i: dict(alone_majority_correct=r["majority_correct"], alone_dollars=r["dollars"])
              for i, r in load_alone_stats(run).items()}
     client = client_for(args, "core", run)
-    if os.path.exists(os.path.join(last_dir, "state.json")):
-        net, state = load_guide(run, last_dir, args.device), read_json(os.path.join(last_dir, "state.json"))
-        if state["step"] >= cfg.steps:
-            print(f"grpo: {out_dir} finished ({state['step']} steps), kept")
-            return
-        print(f"grpo: resuming {out_dir} from step {state['step']}")
-    else:
-        net = load_guide(run, args.init, args.device)
-        state = dict(step=0, best_accuracy=-1.0)
+    torch.manual_seed(cfg.seed)       # as in SFT: every RNG state a checkpoint saves is a function of the run
+    random.seed(cfg.seed)
+
+    def fresh():
+        state = dict(step=0, best_step=None, best_accuracy=None, config=asdict(cfg), init=args.init)
+        return load_guide(run, args.init, args.device), state
+    resumed = resume_or_start(name, out_dir, cfg.steps, args.device, fresh)
+    if resumed is None:
+        return
+    net, optimizer_state, state = resumed
     optimizer = make_optimizer(net, cfg.lr, weight_decay=0.0)
-    if state["step"]:
-        optimizer.load_state_dict(torch.load(os.path.join(last_dir, "optimizer.pt"), map_location=args.device))
+    if optimizer_state:
+        optimizer.load_state_dict(optimizer_state)
     ref_model = None
     if cfg.kl_beta > 0:
         ref_model = load_guide(run, args.init, args.device).eval().requires_grad_(False)
     order = random.Random(cfg.seed).sample(train, len(train))   # a fixed pass order, so a resume sees the same tasks
 
-    def validate(step):
+    def validate_and_save(step):
+        """The core's accuracy on val with greedy strategies, then the checkpoint of this step (the best if it is)."""
         accuracy, texts = val_accuracy(args, client, net, tok, val, cfg.max_new_tokens)
-        plan_exact, exact_success = plan_scores(val, texts)
-        if accuracy > state["best_accuracy"]:
-            state["best_accuracy"] = accuracy
-            guide_model.save_checkpoint(net, best_dir, extra=dict(step=step, val_accuracy=accuracy))
+        plan_exact, exact_success = evaluate.plan_scores(val, texts)
+        state["step"] = step
+        if state["best_accuracy"] is None or accuracy > state["best_accuracy"]:
+            state.update(best_step=step, best_accuracy=accuracy)
+        guide_model.save_training(out_dir, net, optimizer, state)
         run.log(name, step=step, val_accuracy=round(accuracy, 4), best_val_accuracy=round(state["best_accuracy"], 4),
                 val_plan_exact=round(plan_exact, 4), val_exact_success=round(exact_success, 4))
         return accuracy
 
-    if state["step"] == 0:
-        validate(0)
+    if optimizer_state is None:       # a fresh start: the starting guide is step 0, and the best so far
+        validate_and_save(0)
     bar = tqdm(range(state["step"], cfg.steps), desc=name, initial=state["step"], total=cfg.steps)
     for step in bar:
         start = step * cfg.prompts_per_step % len(order)
@@ -738,14 +769,9 @@ def stage_grpo(args, run):
         run.log(name, **metrics)
         bar.set_postfix(reward=metrics["reward"], valid=metrics["validity_rate"], success=metrics["success_rate"])
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            accuracy = validate(step + 1)
-            bar.write(f"{name} step {step + 1}: reward {fmt(metrics['reward'])}, val accuracy {accuracy:.3f} "
+            accuracy = validate_and_save(step + 1)
+            bar.write(f"{name} step {step + 1}: reward {evaluate.fmt(metrics['reward'])}, val accuracy {accuracy:.3f} "
                       f"(best {state['best_accuracy']:.3f})")
-            state["step"] = step + 1
-            guide_model.save_checkpoint(net, last_dir)
-            torch.save(optimizer.state_dict(), os.path.join(last_dir, "optimizer.pt.tmp"))
-            os.replace(os.path.join(last_dir, "optimizer.pt.tmp"), os.path.join(last_dir, "optimizer.pt"))
-            write_json(os.path.join(last_dir, "state.json"), state)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -759,33 +785,10 @@ def load_guide(run, guide, device="cpu"):
         raise UserError(str(e))
 
 
-@torch.no_grad()
-def guide_strategies(net, tok, problems, max_new_tokens, batch_size, desc="guide writes"):
-    """Greedy strategies for each problem; returns (texts, completion token counts)."""
-    net.eval()
-    eos = tok.encode_single_token("<|eos|>")
-    texts, lengths = [], []
-    for i in tqdm(range(0, len(problems), batch_size), desc=desc, leave=False):
-        prompts = [grpo.prompt_tokens(tok, p) for p in problems[i:i + batch_size]]
-        out = guide_model.generate(net, prompts, max_new_tokens, eos_id=eos, temperature=0.0,
-                                   stop_strings=[grpo.STOP], tokenizer=tok)
-        texts.extend(out.texts)
-        lengths.extend(out.mask.sum(1).tolist())
-    return texts, lengths
-
-
-def wilson(k, n, z=1.96):
-    if n == 0:
-        return 0.0, 0.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def evaluate(args, run, name, guide, role="core"):
-    """One system on the test split and the held-out-phrasing split: guide (checkpoint path, 'teacher' or 'none')
-    + core (role core|large). The table's columns come from test; `accuracy_ood` from ood."""
+def eval_system(args, run, name, guide, role="core"):
+    """One system on the test split and the held-out-phrasing split (evaluate.py says what is measured): guide
+    (checkpoint path, 'teacher' or 'none') + core (role core|large). Appends its row to results.json and rewrites
+    results.md; the per-task rows go to eval/<name>.jsonl."""
     results_path = run.file("results.json")
     results = read_json(results_path) if os.path.exists(results_path) else []
     cfg = stage_config(EvalConfig, args, "eval")
@@ -806,187 +809,91 @@ def evaluate(args, run, name, guide, role="core"):
         failed = {i: r for i, r in enumerate(replies) if isinstance(r, CoreError)}
         strategies = [None if i in failed else (tasks.extract_strategy(r.text) or r.text.strip())
                       for i, r in enumerate(replies)]
-        teacher_dollars = [0.0 if i in failed else grpo.request_dollars(teacher, r) or 0.0
-                           for i, r in enumerate(replies)]
+        teacher_dollars = [None if i in failed else teacher.dollars(r) for i, r in enumerate(replies)]
     else:
-        tok = load_tokenizer(run)
         net = load_guide(run, guide, args.device)
-        strategies, guide_tokens = guide_strategies(net, tok, [t.problem for t in test], cfg.max_new_tokens,
-                                                    cfg.batch_size)
+        strategies, guide_tokens = evaluate.guide_strategies(net, load_tokenizer(run), [t.problem for t in test],
+                                                               cfg.max_new_tokens, cfg.batch_size)
     todo = [i for i in range(len(test)) if i not in failed]
     core_replies = run_requests(client, [tasks.core_messages(test[i].problem, strategies[i]) for i in todo],
                                 f"{name}: core", **core_params(args))
     replies = failed | dict(zip(todo, core_replies))
-    per_task = []
-    for i, (t, s, g, td) in enumerate(zip(test, strategies, guide_tokens, teacher_dollars)):
-        r = replies[i]
-        row = dict(id=t.id, split=t.split, strategy=s, guide_tokens=g, teacher_dollars=td)
-        if isinstance(r, CoreError):
-            row.update(failed=True)
-        else:
-            row.update(failed=False, correct=tasks.extract_answer(r.text) == t.answer,
-                       dollars=grpo.request_dollars(client, r),
-                       input_tokens=r.input_tokens, output_tokens=r.output_tokens)
-        if s is not None:
-            row.update(valid=tasks.parse_strategy(s).valid, leaks=tasks.leaks(s, t.problem, t.answer))
-        per_task.append(row)
+    per_task = evaluate.grade(test, strategies, [replies[i] for i in range(len(test))], client, guide_tokens,
+                                teacher_dollars)
     os.makedirs(run.file("eval"), exist_ok=True)
     slug = "".join(c if c.isalnum() else "-" for c in name.lower())
     write_jsonl(run.file("eval", f"{slug}.jsonl"), per_task)
-    summary = summarize(name, role, client.model, guide, [r for r in per_task if r["split"] == "test"], run)
+    alone_path = run.file("eval", "core-alone.jsonl")
+    alone = {r["id"]: r for r in read_jsonl(alone_path)} if os.path.exists(alone_path) else None
+    summary = evaluate.summarize([r for r in per_task if r["split"] == "test"], client.model, guide, alone)
     ood = [r for r in per_task if r["split"] == "ood" and not r["failed"]]
     k_ood = sum(r["correct"] for r in ood)
-    summary.update(n_ood=len(ood), accuracy_ood=k_ood / max(1, len(ood)), accuracy_ood_ci=wilson(k_ood, len(ood)))
+    summary.update(n_ood=len(ood), accuracy_ood=k_ood / max(1, len(ood)),
+                   accuracy_ood_ci=evaluate.wilson(k_ood, len(ood)))
     results = [r for r in results if r["name"] != name] + [dict(name=name, spec=spec, **summary)]
     write_json(results_path, results)
-    write_table(run, results)
+    guide_model.atomic_write(run.file("results.md"), evaluate.table(results))
     run.log("eval", **summary)
     print(f"eval: {name}: accuracy {summary['accuracy']:.3f} "
           f"[{summary['accuracy_ci'][0]:.3f}, {summary['accuracy_ci'][1]:.3f}], on held-out phrasings "
           f"{summary['accuracy_ood']:.3f} [{summary['accuracy_ood_ci'][0]:.3f}, {summary['accuracy_ood_ci'][1]:.3f}]")
 
 
-def summarize(name, role, core_model, guide, per_task, run):
-    done = [r for r in per_task if not r["failed"]]
-    n = len(done)
-    k = sum(r["correct"] for r in done)
-    with_strategy = [r for r in done if "valid" in r]
-    valid = [r for r in with_strategy if r["valid"]]
-    alone_path = run.file("eval", "core-alone.jsonl")
-    harm = None
-    if os.path.exists(alone_path) and guide != "none":
-        alone = {r["id"]: r for r in read_jsonl(alone_path)}
-        harmed = [r for r in done if alone.get(r["id"], {}).get("correct") and not r["correct"]]
-        harm = len(harmed) / max(1, n)
-    dollars = [r["dollars"] for r in done]
-    core_dollars = None if any(d is None for d in dollars) else sum(dollars) / max(1, n)
-    teacher_dollars = sum(r["teacher_dollars"] for r in done) / max(1, n)
-    return dict(
-        core=core_model, guide=guide, n=n, failures=len(per_task) - n,   # teacher or core, after retries
-        accuracy=k / max(1, n), accuracy_ci=wilson(k, n),
-        validity=len(valid) / len(with_strategy) if with_strategy else None,
-        success_given_valid=sum(r["correct"] for r in valid) / len(valid) if valid else None,
-        leak_rate=sum(r["leaks"] for r in with_strategy) / len(with_strategy) if with_strategy else None,
-        harm_rate=harm,
-        core_input_tokens=sum(r["input_tokens"] for r in done) / max(1, n),
-        core_output_tokens=sum(r["output_tokens"] for r in done) / max(1, n),
-        core_dollars_per_1k=None if core_dollars is None else 1000 * core_dollars,
-        teacher_dollars_per_1k=1000 * teacher_dollars,
-        guide_tokens=sum(r["guide_tokens"] for r in done) / max(1, n),
-    )
-
-
-def write_table(run, results):
-    """results.md: the paper's kind of table, cost relative to the large core alone."""
-    large = next((r for r in results if r["spec"]["core_role"] == "large" and r["guide"] == "none"), None)
-    large_cost = large and large["core_dollars_per_1k"]
-    lines = ["| system | accuracy (95% CI) | accuracy on held-out phrasings | valid | success given valid | leak | "
-             "harm | core in tok | core out tok | $ / 1k tasks | guide tok | cost vs large |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        total = None if r["core_dollars_per_1k"] is None else r["core_dollars_per_1k"] + r["teacher_dollars_per_1k"]
-        rel = None if not (total is not None and large_cost) else total / large_cost
-        lo, hi = r["accuracy_ci"]
-        ood_lo, ood_hi = r["accuracy_ood_ci"]
-        lines.append(f"| {r['name']} | {r['accuracy']:.3f} ({lo:.3f}–{hi:.3f}) | "
-                     f"{r['accuracy_ood']:.3f} ({ood_lo:.3f}–{ood_hi:.3f}) | {fmt(r['validity'])} | "
-                     f"{fmt(r['success_given_valid'])} | {fmt(r['leak_rate'])} | {fmt(r['harm_rate'])} | "
-                     f"{r['core_input_tokens']:.0f} | {r['core_output_tokens']:.0f} | {fmt(total, '{:.3f}')} | "
-                     f"{r['guide_tokens']:.1f} | {fmt(rel, '{:.2f}×')} |")
-    text = "\n".join(lines) + "\n"
-    tmp = run.file("results.md.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, run.file("results.md"))
-    return text
-
-
 def stage_eval(args, run):
     if args.guide not in ("none", "teacher"):
         load_guide(run, args.guide)  # fail early with a clear line on a bad path
-    evaluate(args, run, args.name or args.guide, args.guide, role=args.core_role)
-
-
-def plot_curves(run):
-    """curves.png: the SFT learning curves (val loss; greedy exact-plan rate and mean exact success on val) beside
-    the GRPO ones (reward; greedy accuracy on val), one line per stage. Needs matplotlib (optional)."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    path = run.file("metrics.jsonl")
-    rows = read_jsonl(path, required=("stage",)) if os.path.exists(path) else []
-    sft = sorted({r["stage"] for r in rows if r["stage"].startswith("sft-")})
-    rl = sorted({r["stage"] for r in rows if r["stage"].startswith("grpo-")})
-    if not sft and not rl:
-        return None
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
-    for stage in sft:
-        evals = [r for r in rows if r["stage"] == stage and "val_plan_exact" in r]
-        steps = [r["step"] for r in evals]
-        axes[0].plot(steps, [r["val_loss"] for r in evals], label=stage)
-        axes[1].plot(steps, [r["val_plan_exact"] for r in evals], label=f"{stage}: exact plans")
-        axes[1].plot(steps, [r["val_exact_success"] for r in evals], ls="--", label=f"{stage}: exact success")
-        axes[1].plot(steps, [r["val_accuracy"] for r in evals], ls=":", marker=".", label=f"{stage}: core accuracy")
-    for stage in rl:
-        steps = [r for r in rows if r["stage"] == stage and r.get("reward") is not None]
-        evals = [r for r in rows if r["stage"] == stage and "val_accuracy" in r]
-        axes[2].plot([r["step"] + 1 for r in steps], [r["reward"] for r in steps], label=stage)
-        axes[3].plot([r["step"] for r in evals], [r["val_accuracy"] for r in evals], marker="o", label=stage)
-    axes[0].set(xlabel="SFT step", ylabel="loss on canonical val strategies", title="SFT: val loss")
-    axes[1].set(xlabel="SFT step", ylabel="share / probability / accuracy", title="SFT: greedy strategies on val",
-                ylim=(0, 1))
-    axes[2].set(xlabel="GRPO step", ylabel="mean reward (own reward)", title="GRPO: reward")
-    axes[3].set(xlabel="GRPO step", ylabel="greedy accuracy on val", title="GRPO: val accuracy")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    out = run.file("curves.png")
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    eval_system(args, run, args.name or args.guide, args.guide, role=args.core_role)
 
 
 def stage_table(args, run):
     """Print results.md (and draw curves.png when matplotlib is installed), then one JSON summary line."""
     results = read_json(run.file("results.json"))
-    print(write_table(run, results), end="")
-    plot = plot_curves(run)
+    text = evaluate.table(results)
+    guide_model.atomic_write(run.file("results.md"), text)
+    print(text, end="")
+    metrics = run.file("metrics.jsonl")
+    rows = read_jsonl(metrics, required=("stage",)) if os.path.exists(metrics) else []
+    plot = evaluate.plot_curves(rows, run.file("curves.png"))
     if plot:
         print(f"SFT and GRPO learning curves -> {plot}")
+    dollars = {r["name"]: evaluate.dollars_per_1k(r) for r in results}
     summary = dict(run=run.path, wall_s=args.wall_s, tasks=results[0]["n"] if results else 0,
                    accuracy={r["name"]: round(r["accuracy"], 4) for r in results},
                    accuracy_ood={r["name"]: round(r["accuracy_ood"], 4) for r in results},
-                   dollars_per_1k={r["name"]: None if r["core_dollars_per_1k"] is None else
-                                   round(r["core_dollars_per_1k"] + r["teacher_dollars_per_1k"], 4) for r in results})
+                   dollars_per_1k={k: None if v is None else round(v, 4) for k, v in dollars.items()})
     print(json.dumps(summary))
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # command line
 
-STAGES = {
-    "data": (stage_data, [DataConfig]),
-    "tokenizer": (stage_tokenizer, [TokenizerConfig]),
-    "baselines": (stage_baselines, [BaselineConfig]),
-    "sample": (stage_sample, [SampleConfig]),
-    "sft": (stage_sft, [SFTConfig]),
-    "grpo": (stage_grpo, [GRPOStageConfig]),
-    "eval": (stage_eval, [EvalConfig]),
-    "table": (stage_table, []),
+STAGES = {  # name: (function, its config dataclasses, what it does in a few words for --help)
+    "data": (stage_data, [DataConfig], "write seeded train / val / test tasks"),
+    "tokenizer": (stage_tokenizer, [TokenizerConfig], "train the guide's byte-level BPE on the training text"),
+    "baselines": (stage_baselines, [BaselineConfig], "the cores alone on test, and core-alone runs of train"),
+    "sample": (stage_sample, [SampleConfig], "teacher strategies run by the core; keep the accepted ones"),
+    "sft": (stage_sft, [SFTConfig], "train a fresh guide on accepted (or raw) teacher strategies"),
+    "grpo": (stage_grpo, [GRPOStageConfig], "RL of an SFT guide against the live core"),
+    "eval": (stage_eval, [EvalConfig], "one system on the test split: a row of the results table"),
+    "table": (stage_table, [], "print results.md and a one-line JSON summary"),
 }
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """A bad flag: one line and exit 2 (argparse's usage block would bury the line that matters)."""
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def build_parser():
     env = os.environ.get
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = Parser(description=__doc__.split("\n")[0],
+                                epilog="bash train.sh runs the stages in this order; `exectune.py STAGE --help` "
+                                       "lists a stage's flags.")
     sub = p.add_subparsers(dest="stage", required=True)
-    for name, (_, configs) in STAGES.items():
-        s = sub.add_parser(name, help=f"the {name} stage")
+    p.stage_parsers = {}
+    for name, (_, configs, what) in STAGES.items():
+        s = p.stage_parsers[name] = sub.add_parser(name, help=what, description=what)
         s.add_argument("--run", default=env("RUN", "runs/default"), help="run directory (default runs/default)")
         s.add_argument("--preset", default=env("PRESET") or ("quick" if env("QUICK") == "1" else None),
                        help=f"sizes for another budget: {', '.join(PRESETS)} (env PRESET; QUICK=1 means quick)")
@@ -1030,14 +937,32 @@ def check_device(name):
     return device
 
 
+def check_flags(parser, args):
+    """Every flag of the stage, before anything is written: the first bad one ends the command (one line, exit 2)."""
+    problems = [(args.concurrency < 1, f"--concurrency must be >= 1, got {args.concurrency}"),
+                (args.max_retries < 0, f"--max-retries must be >= 0, got {args.max_retries}"),
+                (args.core_max_tokens < 1, f"--core-max-tokens must be >= 1, got {args.core_max_tokens}"),
+                (args.core_temperature < 0, f"--core-temperature must be >= 0, got {args.core_temperature}"),
+                (args.preset is not None and args.preset not in PRESETS,
+                 f"--preset / PRESET {args.preset!r} is not one of {', '.join(PRESETS)}")]
+    for bad, message in problems:
+        if bad:
+            parser.error(message)
+    try:
+        args.device = check_device(args.device)
+        for cls in STAGES[args.stage][1]:
+            stage_config(cls, args, args.stage)
+    except (UserError, ValueError) as e:
+        parser.error(str(e))
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_flags(parser.stage_parsers[args.stage], args)
     # OMP_NUM_THREADS, when set, wins: train.sh gives each of two guides trained side by side one core
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 0) or max(1, os.cpu_count() or 1))
     try:
-        args.device = check_device(args.device)
-        if args.preset is not None and args.preset not in PRESETS:
-            raise UserError(f"--preset / PRESET {args.preset!r} is not one of {', '.join(PRESETS)}")
         run = Run(args.run)
         STAGES[args.stage][0](args, run)
     except (UserError, CoreError) as e:

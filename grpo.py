@@ -27,8 +27,6 @@ import torch
 import model as guide_model
 import tasks
 
-STOP = "</strategy>"  # the guide's completion ends here (or at EOS)
-
 
 # ----------------------------------------------------------------------------------------------- reward
 
@@ -57,16 +55,6 @@ class Reward:
     harmed: bool = False
     core_dollars: float | None = None   # None: not run, failed, or the core's price is unknown
     failed: bool = False
-
-
-def request_dollars(client, reply):
-    """What the core charges for this request, from its tokens and the client's price (None if unknown).
-
-    Not reply.cost: a cache hit reports 0 spent, but the reward prices the strategy, not our cache.
-    """
-    if client.price_in is None or client.price_out is None:
-        return None
-    return (reply.input_tokens * client.price_in + reply.output_tokens * client.price_out) / 1e6
 
 
 def compute_rewards(task_list, strategies, client, alone_stats=None, weights=None, kind="structure", draw=0,
@@ -112,7 +100,7 @@ def compute_rewards(task_list, strategies, client, alone_stats=None, weights=Non
         else:
             r.correct = tasks.extract_answer(reply.text) == task.answer
             r.harmed = bool(alone.get("alone_majority_correct")) and not r.correct
-            r.core_dollars = request_dollars(client, reply)
+            r.core_dollars = client.dollars(reply)  # a cache hit is priced too: the reward prices the strategy
             r.execution = weights.execution * r.correct
             if kind == "structure":
                 r.leakage = weights.leakage * r.leaked
@@ -187,15 +175,6 @@ class GRPOConfig:
     grad_clip: float = 1.0
 
 
-def prompt_tokens(tokenizer, problem):
-    """The guide's prompt as token ids: <|bos|> then the prompt text, where a special token's spelling stays text.
-
-    Supervised training, RL and evaluation all encode prompts here, so they always agree.
-    """
-    return [tokenizer.encode_single_token("<|bos|>")] + tokenizer.encode(tasks.guide_prompt(problem),
-                                                                         disallowed_special=())
-
-
 def _pad(rows, value):
     """Right-pad a list of (b_i, T_i) tensors to one (sum b_i, max T_i) tensor."""
     width = max(r.shape[1] for r in rows)
@@ -249,10 +228,10 @@ def grpo_step(model, optimizer, tokenizer, tasks_batch, client, alone_stats, cfg
     prompts, rollouts = [], []
     with torch.no_grad():
         for task in tasks_batch:
-            prompt = prompt_tokens(tokenizer, task.problem)
+            prompt = tasks.prompt_tokens(tokenizer, task.problem)
             rollouts.append(guide_model.generate_group(
                 model, prompt, G, cfg.max_new_tokens, eos_id, temperature=cfg.temperature, generator=generator,
-                stop_strings=[STOP], tokenizer=tokenizer))
+                stop_strings=[tasks.STOP], tokenizer=tokenizer))
             prompts += [prompt] * G
     tokens = _pad([r.tokens for r in rollouts], 0)              # (B, T), B = len(tasks_batch) * G
     old_logprobs = _pad([r.logprobs for r in rollouts], 0.0)    # (B, T)
@@ -260,7 +239,7 @@ def grpo_step(model, optimizer, tokenizer, tasks_batch, client, alone_stats, cfg
     texts = [t for r in rollouts for t in r.texts]
     lengths = mask.sum(dim=1)                                   # (B,)
     # Truncated: ran to max_new_tokens without reaching EOS or the stop string.
-    ended = [STOP in text or (n > 0 and int(row[n - 1]) == eos_id)
+    ended = [tasks.STOP in text or (n > 0 and int(row[n - 1]) == eos_id)
              for text, row, n in zip(texts, tokens, lengths.tolist())]
     t1 = time.perf_counter()
 

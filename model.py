@@ -12,8 +12,10 @@
    generate_group prefills one prompt once and copies its cache to G rows (one GRPO group).
 4. reference_generate: the textbook loop (each row alone, full forward every step, no cache, no padding); the tests
    check that generate gives the same tokens, and `python model.py --bench` measures how much faster generate is.
-5. Checkpoints: a directory with model.safetensors and config.json, each written atomically (temp file + rename);
-   load_checkpoint raises CheckpointError naming the file and the problem.
+5. Checkpoints: a directory with model.safetensors and config.json; load_checkpoint raises CheckpointError naming
+   the file and the problem. A training checkpoint (save_training / resume_training) adds the optimizer, the RNG
+   states and the trainer's state, and is one directory written under a temporary name and renamed into place, so
+   a run killed at any moment resumes from a complete one. Every file is written by atomic_write.
 On CUDA, generation runs under bf16 autocast and can compile its decode step (static shapes); the CPU path uses
 neither.
 """
@@ -23,7 +25,9 @@ import heapq
 import json
 import math
 import os
+import random
 import re
+import shutil
 import tempfile
 import time
 from collections import Counter, defaultdict
@@ -282,7 +286,7 @@ def save_tokenizer(ranks, path):
     """tiktoken's rank-file format: one `base64(token) rank` line per token, written atomically."""
     by_rank = sorted(ranks.items(), key=lambda item: item[1])
     lines = "".join(f"{base64.b64encode(token).decode('ascii')} {rank}\n" for token, rank in by_rank)
-    _atomic_write(path, lambda f: f.write(lines.encode("ascii")))
+    atomic_write(path, lines)
 
 
 def load_tokenizer(path):
@@ -514,13 +518,14 @@ class CheckpointError(Exception):
     """A checkpoint that is missing, torn or does not fit its config; the message names the file."""
 
 
-def _atomic_write(path, write):
-    """write(file) into a temp file beside path, flush it to disk, then rename it over path in one step."""
+def atomic_write(path, data: bytes | str):
+    """Write data to path so that a reader, or a run killed at any moment, finds the old file or the new one whole:
+    a temp file beside path, flushed to disk, then renamed over path in one step."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-" + os.path.basename(path) + ".")
     try:
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -537,16 +542,11 @@ def _weights(model):
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
 
-def save_checkpoint(model, path_dir, extra=None):
-    """Write path_dir/model.safetensors, path_dir/config.json and, when given, path_dir/extra.json."""
+def save_checkpoint(model, path_dir):
+    """Write path_dir/model.safetensors and path_dir/config.json."""
     os.makedirs(path_dir, exist_ok=True)
-    weights = _weights(model)
-    _atomic_write(os.path.join(path_dir, "model.safetensors"),
-                  lambda f: f.write(save(weights, metadata={"format": "pt"})))
-    _atomic_write(os.path.join(path_dir, "config.json"),
-                  lambda f: f.write(json.dumps(asdict(model.config), indent=2).encode()))
-    if extra is not None:
-        _atomic_write(os.path.join(path_dir, "extra.json"), lambda f: f.write(json.dumps(extra, indent=2).encode()))
+    atomic_write(os.path.join(path_dir, "model.safetensors"), save(_weights(model), metadata={"format": "pt"}))
+    atomic_write(os.path.join(path_dir, "config.json"), json.dumps(asdict(model.config), indent=2))
 
 
 def load_checkpoint(path_dir, device="cpu") -> Guide:
@@ -582,6 +582,79 @@ def load_checkpoint(path_dir, device="cpu") -> Guide:
                               f"unexpected {unexpected[:3]}, wrong shapes {wrong[:3]}")
     model.load_state_dict(weights, strict=False)   # strict=False: a tied lm_head.weight is not stored
     return model.to(device)
+
+
+# A training checkpoint is out_dir/step-NNNNNN; `best` is a relative symlink to the best step's directory.
+_STEP_DIR = re.compile(r"step-(\d{6,})")
+
+
+def save_training(out_dir, model, optimizer, state):
+    """Save a resumable training checkpoint: out_dir/step-NNNNNN with model.safetensors, config.json, optimizer.pt,
+    rng.pt (torch, CUDA and Python RNG states) and state.json (`state`: "step", "best_step" and whatever else the
+    trainer keeps, such as its config and best validation score). The directory is written whole under a temporary
+    name and renamed into place: it exists complete or not at all, and the newest one is the run's state. Then
+    out_dir/best is pointed at the best step and the directories that neither needs are removed."""
+    name = f"step-{state['step']:06d}"
+    tmp = os.path.join(out_dir, ".tmp-" + name)
+    os.makedirs(out_dir, exist_ok=True)
+    if os.path.exists(tmp):
+        shutil.rmtree(tmp)                        # the torn remains of a save that was killed
+    save_checkpoint(model, tmp)
+    atomic_write(os.path.join(tmp, "state.json"), json.dumps(state, indent=2))
+    for file, obj in [("optimizer.pt", optimizer.state_dict()), ("rng.pt", _rng_states())]:
+        with open(os.path.join(tmp, file), "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+    os.rename(tmp, os.path.join(out_dir, name))   # the commit: one atomic step
+    _settle(out_dir, state)
+
+
+def resume_training(out_dir, device="cpu"):
+    """(model, optimizer state dict, state) of the newest complete checkpoint in out_dir, with the RNG states it saved
+    restored; None when there is none. A save that was killed leaves only temporaries behind: they are removed."""
+    found = sorted((int(m.group(1)), m.group(0)) for m in map(_STEP_DIR.fullmatch, _entries(out_dir)) if m)
+    if not found:
+        return None
+    path = os.path.join(out_dir, found[-1][1])
+    with open(os.path.join(path, "state.json")) as f:
+        state = json.load(f)
+    model = load_checkpoint(path, device)
+    optimizer_state = torch.load(os.path.join(path, "optimizer.pt"), map_location=device)
+    _set_rng_states(torch.load(os.path.join(path, "rng.pt")))   # last: building the model above draws from the RNG
+    _settle(out_dir, state)                       # a kill may have come between the rename and the clean-up
+    return model, optimizer_state, state
+
+
+def _settle(out_dir, state):
+    """Point out_dir/best at state's best step (a new symlink renamed over the old one: atomic) and remove every
+    checkpoint directory but that one and the newest, and any temporaries."""
+    link = os.path.join(out_dir, ".tmp-best")
+    if os.path.lexists(link):
+        os.unlink(link)
+    os.symlink(f"step-{state['best_step']:06d}", link)
+    os.replace(link, os.path.join(out_dir, "best"))
+    keep = {f"step-{state['step']:06d}", f"step-{state['best_step']:06d}"}
+    for entry in _entries(out_dir):
+        if (_STEP_DIR.fullmatch(entry) and entry not in keep) or entry.startswith(".tmp-"):
+            path = os.path.join(out_dir, entry)
+            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
+
+
+def _entries(directory):
+    return os.listdir(directory) if os.path.isdir(directory) else []
+
+
+def _rng_states():
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_rng_states(states):
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 # -------------------------------------------------------------------------------------------------------- bench

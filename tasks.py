@@ -649,6 +649,15 @@ def guide_prompt(problem: str) -> str:
     return f"{_PROBLEM}{problem}\nStrategy:\n"
 
 
+STOP = "</strategy>"  # the guide's completion ends here (or at its EOS token)
+
+
+def prompt_tokens(tokenizer, problem: str) -> list:
+    """The guide's prompt as token ids: <|bos|> then guide_prompt(problem), where a special token's spelling stays
+    text. Supervised training, RL and evaluation all encode prompts here, so they always agree."""
+    return [tokenizer.encode_single_token("<|bos|>")] + tokenizer.encode(guide_prompt(problem), disallowed_special=())
+
+
 def core_messages(problem: str, strategy: str | None) -> list:
     user = _PROBLEM + problem + ("" if strategy is None else _STRATEGY + strategy)
     return [{"role": "system", "content": CORE_SYSTEM}, {"role": "user", "content": user}]

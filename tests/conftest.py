@@ -1,5 +1,152 @@
+"""What several test files share: the repository root on sys.path, a scripted fake HTTP server that records what
+reached it, a gate that measures how many requests a server holds at once, and a fixture that runs torch on one
+thread."""
+import json
 import os
 import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
 
 # Tests import the project's top-level modules (model, tasks, ...) from the repository root.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+# ---- a scripted fake server: request n gets script[min(n, len - 1)] ----
+def reply(text=None):
+    """A well-formed reply in the shape of the path that was asked; by default its text echoes the last user
+    message. 11 input + 7 output tokens."""
+    def action(handler, body):
+        content = text if text is not None else "echo: " + body["messages"][-1]["content"]
+        if handler.path.endswith("/messages"):
+            out = {"type": "message", "role": "assistant", "content": [{"type": "text", "text": content}],
+                   "stop_reason": "end_turn", "usage": {"input_tokens": 11, "output_tokens": 7}}
+        else:
+            out = {"object": "chat.completion", "choices": [{"index": 0, "finish_reason": "stop",
+                   "message": {"role": "assistant", "content": content}}],
+                   "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}}
+        send(handler, 200, json.dumps(out).encode())
+    return action
+
+
+ok = reply()
+
+
+def fail(status, message="boom", headers=None, **error):
+    """An error in OpenAI's shape; `error` adds fields to the error object (code=..., type=...)."""
+    def action(handler, body):
+        send(handler, status, json.dumps({"error": {"type": "x", "message": message, **error}}).encode(), headers)
+    return action
+
+
+def raw(status, payload: bytes, headers=None):
+    return lambda handler, body: send(handler, status, payload, headers)
+
+
+def cut(handler, body):
+    handler.close_connection = True  # close the socket without a reply
+
+
+def hang(seconds):
+    def action(handler, body):
+        time.sleep(seconds)
+        cut(handler, body)
+    return action
+
+
+def send(handler, status, payload, headers=None):
+    try:
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(payload)))
+        for name, value in (headers or {}).items():
+            handler.send_header(name, value)
+        handler.end_headers()
+        handler.wfile.write(payload)
+    except OSError:
+        pass  # the client gave up (a timeout test): nobody is left to answer
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # the default backlog of 5 drops a burst of connects, which then wait 1 s to retry
+
+
+class Gate:
+    """A server action that holds each request until n are inside at once, then answers with `then`. `most` is the
+    largest number that were inside together: the overlap of the requests, counted where it happens, so it does not
+    depend on how fast a busy machine runs (a wall-clock threshold does). Fewer than n arriving together (a client
+    that sends fewer at once, a server that serves one at a time) breaks the barrier after `timeout` seconds; every
+    request is still answered and `most` says how many overlapped."""
+
+    def __init__(self, n, then=ok, timeout=10.0):
+        self.barrier, self.then = threading.Barrier(n, timeout=timeout), then
+        self.inside = self.most = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, handler, body):
+        with self.lock:
+            self.inside += 1
+            self.most = max(self.most, self.inside)
+        try:
+            self.barrier.wait()
+        except threading.BrokenBarrierError:
+            pass  # not n at once: recorded in `most`, which the test checks
+        with self.lock:
+            self.inside -= 1   # before the answer goes out, so the client's next request cannot be counted with it
+        self.then(handler, body)
+
+
+class Fake:
+    """`hits`: (path, headers, body) of each request in arrival order."""
+
+    def __init__(self, script):
+        self.script, self.hits, self.lock = list(script), [], threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as real APIs do
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with fake.lock:
+                    n = len(fake.hits)
+                    fake.hits.append((self.path, dict(self.headers), body))
+                fake.script[min(n, len(fake.script) - 1)](self, body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fake():
+    """fake(*script) starts a Fake server (default: always `ok`); every one is stopped after the test."""
+    servers = []
+
+    def start(*script):
+        servers.append(Fake(script or [ok]))
+        return servers[-1]
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from a second thread, and one thread keeps the tests quick on a busy machine."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

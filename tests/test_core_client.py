@@ -5,113 +5,18 @@ import math
 import os
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 import core_client
 import sim_core
 import tasks
+from conftest import ROOT, Gate, cut, fail, hang, ok, raw
 from core_client import Completion, CoreClient, CoreError, model_price, retry_after_s
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = dict(backoff_base=0.01, backoff_cap=0.05, progress=False)  # real retries, short waits
 USER = [{"role": "user", "content": "hello"}]
-
-
-# ---- a scripted fake server: request n gets script[min(n, len - 1)] ----
-def ok(handler, body, latency=0.0):
-    """A well-formed reply in the shape of the path that was asked; the text echoes the last user message."""
-    time.sleep(latency)
-    text = "echo: " + body["messages"][-1]["content"]
-    if handler.path.endswith("/messages"):
-        reply = {"type": "message", "role": "assistant", "content": [{"type": "text", "text": text}],
-                 "stop_reason": "end_turn", "usage": {"input_tokens": 11, "output_tokens": 7}}
-    else:
-        reply = {"object": "chat.completion", "choices": [{"index": 0, "finish_reason": "stop",
-                 "message": {"role": "assistant", "content": text}}],
-                 "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}}
-    send(handler, 200, json.dumps(reply).encode())
-
-
-def slow(latency):
-    return lambda handler, body: ok(handler, body, latency)
-
-
-def fail(status, message="boom", headers=None):
-    def action(handler, body):
-        send(handler, status, json.dumps({"error": {"type": "x", "message": message}}).encode(), headers)
-    return action
-
-
-def raw(status, payload: bytes):
-    return lambda handler, body: send(handler, status, payload)
-
-
-def cut(handler, body):
-    handler.close_connection = True  # close the socket without a reply
-
-
-def hang(seconds):
-    def action(handler, body):
-        time.sleep(seconds)
-        cut(handler, body)
-    return action
-
-
-def send(handler, status, payload, headers=None):
-    try:
-        handler.send_response(status)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(payload)))
-        for name, value in (headers or {}).items():
-            handler.send_header(name, value)
-        handler.end_headers()
-        handler.wfile.write(payload)
-    except OSError:
-        pass  # the client gave up (a timeout test)
-
-
-class Server(ThreadingHTTPServer):
-    request_queue_size = 128  # the default backlog of 5 drops a burst of connects, which then wait 1 s to retry
-
-
-class Fake:
-    def __init__(self, script):
-        self.script, self.hits, self.lock = list(script), [], threading.Lock()
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # keep-alive, as real APIs do
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with fake.lock:
-                    n = len(fake.hits)
-                    fake.hits.append((self.path, dict(self.headers), body))
-                fake.script[min(n, len(fake.script) - 1)](self, body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-
-
-@pytest.fixture
-def fake():
-    servers = []
-
-    def start(*script):
-        servers.append(Fake(script or [ok]))
-        return servers[-1]
-    yield start
-    for server in servers:
-        server.server.shutdown()
-        server.server.server_close()
 
 
 # ---- retries ----
@@ -130,14 +35,59 @@ def test_retry_after_header_forms():
     in_5s = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 5))
     assert 3.5 < retry_after_s({"retry-after": in_5s}) <= 5.0
     assert retry_after_s({"retry-after": "soon"}) is None and retry_after_s({}) is None
+    an_hour_ago = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() - 3600))
+    assert retry_after_s({"retry-after": an_hour_ago}) < 0 and retry_after_s({"retry-after": "0"}) == 0
 
 
-def test_retry_after_is_capped(fake):
-    server = fake(fail(503, "busy", {"retry-after": "3600"}), ok)
-    client = CoreClient(server.url + "/v1", "sim-core", retry_after_cap=0.2, **FAST)
+AN_HOUR_AGO = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() - 3600))
+
+
+@pytest.mark.parametrize("headers", [{}, {"retry-after": "0"}, {"retry-after-ms": "0"}, {"retry-after": "-3"},
+                                     {"retry-after": AN_HOUR_AGO}], ids=["absent", "0", "0ms", "negative", "past"])
+def test_no_usable_retry_after_means_backoff_not_an_instant_retry(fake, headers):
+    server = fake(fail(429, "slow down", headers), fail(503, "busy", headers), ok)
+    client = CoreClient(server.url + "/v1", "sim-core", backoff_base=0.2, backoff_cap=10, progress=False)
     start = time.monotonic()
     assert client.chat(USER).text == "echo: hello"
-    assert 0.2 <= time.monotonic() - start < 2
+    # two backoffs, 0.75-1x of 0.2 s and of 0.4 s
+    assert time.monotonic() - start >= 0.75 * (0.2 + 0.4) and client.stats()["retries"] == 2
+
+
+def test_backoff_doubles_up_to_its_cap_with_jitter():
+    client = CoreClient("http://127.0.0.1:9/v1", "sim-core", backoff_base=1.0, backoff_cap=4.0)
+    for attempt, full in [(0, 1.0), (1, 2.0), (2, 4.0), (5, 4.0)]:
+        waits = [client._backoff(attempt) for _ in range(200)]
+        assert all(0.75 * full <= w <= full for w in waits) and len(set(waits)) > 100
+
+
+def test_a_retry_after_beyond_the_ceiling_fails_at_once(fake):
+    """A server that asks for 61 s (a daily limit, say) is not waited for: one clear error, one request."""
+    server = fake(fail(429, "daily token limit reached", {"retry-after": "61"}), ok)
+    client = CoreClient(server.url + "/v1", "sim-core", **FAST)
+    assert client.max_retry_after == 60
+    start = time.monotonic()
+    with pytest.raises(CoreError) as info:
+        client.chat(USER)
+    assert time.monotonic() - start < 5 and len(server.hits) == 1 and info.value.status == 429
+    assert "daily token limit" in info.value.message and "wait 61 s" in info.value.hint
+    server = fake(fail(429, "slow down", {"retry-after": "0.1"}), ok)  # within a (lower) ceiling: waited for
+    client = CoreClient(server.url + "/v1", "sim-core", max_retry_after=0.2, **FAST)
+    assert client.chat(USER).text == "echo: hello" and len(server.hits) == 2
+
+
+@pytest.mark.parametrize("first,retried", [(fail(400, "try again", {"x-should-retry": "true"}), True),
+                                           (fail(500, "do not", {"x-should-retry": "false"}), False),
+                                           (fail(429, "slow down", {"x-should-retry": "false"}), False)],
+                         ids=["400-true", "500-false", "429-false"])
+def test_x_should_retry_overrides_the_status(fake, first, retried):
+    server = fake(first, ok)
+    client = CoreClient(server.url + "/v1", "sim-core", **FAST)
+    if retried:
+        assert client.chat(USER).text == "echo: hello" and len(server.hits) == 2
+    else:
+        with pytest.raises(CoreError):
+            client.chat(USER)
+        assert len(server.hits) == 1
 
 
 def test_5xx_and_529_retried_then_succeed(fake):
@@ -167,12 +117,31 @@ def test_401_fails_at_once_naming_the_key_variable(fake, api, var):
     assert var in str(info.value) and "invalid x-api-key" in str(info.value) and "\n" not in str(info.value)
 
 
-def test_quota_429_is_not_retried(fake):
-    server = fake(fail(429, "You exceeded your current quota, please check your plan and billing details."))
-    client = CoreClient(server.url + "/v1", "sim-core", **FAST)
+ANTHROPIC_BILLING = json.dumps({"type": "error", "error": {"type": "billing_error",
+                                                            "message": "Your credit balance is too low."}}).encode()
+
+
+@pytest.mark.parametrize("api,answer", [
+    ("openai", fail(429, "You exceeded your current quota, please check your plan and billing details.",
+                    type="insufficient_quota", code="insufficient_quota")),
+    ("openai", fail(429, "Request denied.", type="requests", code="insufficient_quota")),   # the code decides
+    ("anthropic", raw(402, ANTHROPIC_BILLING)),
+    ("anthropic", raw(429, ANTHROPIC_BILLING))], ids=["openai-quota", "openai-code-only", "anthropic-402",
+                                                       "anthropic-429"])
+def test_quota_and_billing_errors_are_not_retried(fake, api, answer):
+    server = fake(answer, ok)
+    client = CoreClient(server.url + ("/v1" if api == "openai" else ""), "sim-core", api=api, **FAST)
     with pytest.raises(CoreError) as info:
         client.chat(USER)
-    assert len(server.hits) == 1 and info.value.status == 429 and "billing" in info.value.hint
+    assert len(server.hits) == 1 and info.value.status in (402, 429) and "billing" in info.value.hint
+
+
+def test_a_rate_limit_that_mentions_quota_is_still_retried(fake):
+    """Only the error object's code / type says "out of money", not a word in its message."""
+    server = fake(fail(429, "Rate limit reached: 10,000 tokens per minute quota. Please try again in 20ms.",
+                       type="tokens", code="rate_limit_exceeded"), ok)
+    client = CoreClient(server.url + "/v1", "sim-core", **FAST)
+    assert client.chat(USER).text == "echo: hello" and len(server.hits) == 2
 
 
 @pytest.mark.parametrize("status,hint_word", [(400, "messages"), (403, "access"), (404, "model name"),
@@ -260,13 +229,14 @@ def test_key_precedence(fake, monkeypatch):
 
 
 # ---- concurrency, order, cache ----
-def test_64_requests_at_200ms_with_concurrency_16_take_under_1_5s(fake):
-    server = fake(slow(0.2))
+def test_chat_many_keeps_concurrency_requests_in_flight_and_the_input_order(fake):
+    """Measured on the server: the most requests it held at once is the client's concurrency, never more."""
+    gate = Gate(16)
+    server = fake(gate)
     client = CoreClient(server.url + "/v1", "sim-core", concurrency=16, **FAST)
-    start = time.monotonic()
-    results = client.chat_many([[{"role": "user", "content": f"q{i}"}] for i in range(64)])
-    assert time.monotonic() - start < 1.5
-    assert [r.text for r in results] == [f"echo: q{i}" for i in range(64)]
+    results = client.chat_many([[{"role": "user", "content": f"q{i}"}] for i in range(48)])
+    assert [r.text for r in results] == [f"echo: q{i}" for i in range(48)]
+    assert gate.most == 16 and len(server.hits) == 48
 
 
 def test_cache_hits_skip_the_network_and_cost_nothing(fake, tmp_path):
@@ -280,9 +250,23 @@ def test_cache_hits_skip_the_network_and_cost_nothing(fake, tmp_path):
     assert [r.text for r in second] == [r.text for r in first] and all(r.cached and r.cost == 0.0 for r in second)
     assert (second[0].input_tokens, second[0].output_tokens, second[0].finish_reason) == (11, 7, "stop")
     assert again.stats()["cache_hits"] == 5 and again.stats()["requests"] == 0 and again.stats()["dollars"] == 0
+    assert again.dollars(second[0]) == first[0].cost == (11 * 0.80 + 7 * 4.0) / 1e6  # what the request is worth
     again.chat(batch[0], draw=1)              # another draw is another sample
     again.chat(batch[0], temperature=0.5)     # other params, another request
     assert len(server.hits) == 7 and server.hits[-2][2]["seed"] == 1
+
+
+def test_cache_key_is_the_model_and_request_not_the_port(fake, tmp_path):
+    """A local core started on a new port each run must still answer from the run's cache."""
+    path = str(tmp_path / "cache.sqlite")
+    first, second = fake(), fake()
+    assert first.url != second.url
+    CoreClient(first.url + "/v1", "sim-core", cache_path=path, **FAST).chat(USER)
+    again = CoreClient(second.url + "/v1", "sim-core", cache_path=path, **FAST)
+    assert again.chat(USER).cached and len(second.hits) == 0
+    assert not CoreClient(second.url + "/v1", "sim-core-large", cache_path=path, **FAST).chat(USER).cached
+    assert not CoreClient(second.url, "sim-core", api="anthropic", cache_path=path, **FAST).chat(USER).cached
+    assert len(second.hits) == 2
 
 
 def test_cache_is_shared_by_processes(tmp_path):
@@ -349,6 +333,17 @@ def test_key_never_in_cache_file_logs_or_errors(fake, tmp_path, caplog, capfd):
     assert secret.encode() not in stored and secret not in caplog.text + out + err  # ...and never the key
 
 
+@pytest.mark.parametrize("key", ["k9x", "sk-SECRET-7f3a9c"])
+def test_every_configured_key_is_scrubbed_whatever_its_length(fake, monkeypatch, key):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "ant-zz")   # not this client's key, but one this process could send
+    server = fake(fail(500, "upstream said: key ant-zz is fine"), fail(401, f"Incorrect API key provided: {key}"))
+    client = CoreClient(server.url + "/v1", "sim-core", api_key=key, max_retries=0, **FAST)
+    errors = client.chat_many([USER, [{"role": "user", "content": "other"}]])
+    assert all(isinstance(e, CoreError) for e in errors) and {e.status for e in errors} == {500, 401}
+    text = " ".join(str(e) + repr(e) for e in errors)
+    assert "***" in text and key not in text and "ant-zz" not in text
+
+
 def test_chat_many_checks_its_input():
     client = CoreClient("http://127.0.0.1:9/v1", "sim-core", **FAST)
     with pytest.raises(ValueError):
@@ -394,15 +389,6 @@ def test_both_shapes_round_trip_through_sim_core(sim):
         texts[client.api] = ([r.text for r in first], [r.text for r in third])
     assert texts["openai"][0] != texts["openai"][1]        # OpenAI draws are independent samples (seed = draw)...
     assert texts["anthropic"][0] == texts["anthropic"][1]  # ...Anthropic has no seed: at a fixed temperature they repeat
-
-
-def test_sim_core_64_requests_at_200ms_with_concurrency_16(sim):
-    client = CoreClient(sim(latency_ms=200) + "/v1", "sim-core", concurrency=16, **FAST)
-    batch = solo_requests(64, seed=9)
-    start = time.monotonic()
-    results = client.chat_many(batch)
-    assert time.monotonic() - start < 1.5
-    assert all(isinstance(r, Completion) for r in results) and len({r.text for r in results}) > 32
 
 
 def test_sim_core_fail_rate_0_3_over_500_requests(sim):

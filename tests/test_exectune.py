@@ -11,8 +11,8 @@ import torch
 import exectune
 import model as guide_model
 import sim_core
+from conftest import ROOT, fail, reply
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_SFT = ["--steps", "8", "--batch-size", "4", "--eval-every", "4", "--n-layer", "1", "--n-embd", "32",
             "--n-head", "2", "--n-kv-head", "1", "--no-compile"]
 
@@ -127,11 +127,11 @@ def test_sft_resume_matches_uninterrupted(tiny_run, core_url, tmp_path, monkeypa
     monkeypatch.setattr(exectune, "lr_at", crash_at_step_6)
     with pytest.raises(KeyboardInterrupt):
         cli(tmp_path / "b", core_url, "sft", "--data", "raw", *TINY_SFT)
-    assert json.load(open(tmp_path / "b" / "sft-raw" / "last" / "state.json"))["step"] == 4
+    assert sorted(os.listdir(tmp_path / "b" / "sft-raw")) == ["best", "step-000004"]   # one complete checkpoint
     monkeypatch.setattr(exectune, "lr_at", real_lr_at)
     assert cli(tmp_path / "b", core_url, "sft", "--data", "raw", *TINY_SFT) == 0
-    a = guide_model.load_checkpoint(str(tmp_path / "a" / "sft-raw" / "last")).state_dict()
-    b = guide_model.load_checkpoint(str(tmp_path / "b" / "sft-raw" / "last")).state_dict()
+    a = guide_model.load_checkpoint(str(tmp_path / "a" / "sft-raw" / "step-000008")).state_dict()
+    b = guide_model.load_checkpoint(str(tmp_path / "b" / "sft-raw" / "step-000008")).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -181,14 +181,23 @@ def test_user_errors(tiny_run, core_url, tmp_path, capsys):
     # a missing checkpoint, and an unreachable core
     assert cli(tiny_run, core_url, "eval", "--guide", "no-such-dir") == 1
     assert "no-such-dir" in capsys.readouterr().err
-    dead = "http://127.0.0.1:9/v1"
+    dead = "http://127.0.0.1:9/v1"   # (a model never asked before: the run's cache answers what was asked)
     assert exectune.main(["eval", "--run", str(tiny_run), "--core-url", dead, "--guide", "none",
-                          "--name", "dead", "--max-retries", "0"]) == 1
+                          "--name", "dead", "--max-retries", "0", "--core-model", "never-asked"]) == 1
     assert "127.0.0.1:9" in capsys.readouterr().err
     # a device this machine does not have
     if not torch.cuda.is_available():
-        assert cli(tiny_run, core_url, "eval", "--guide", "none", "--device", "cuda") == 1
-        assert "no CUDA GPU" in capsys.readouterr().err
+        with pytest.raises(SystemExit) as info:
+            cli(tiny_run, core_url, "eval", "--guide", "none", "--device", "cuda")
+        assert info.value.code == 2 and "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_a_rerun_with_the_core_gone_answers_from_the_run_cache(tiny_run):
+    """train.sh starts the local core on a new port each run: the cache must not care where the core listens."""
+    assert exectune.main(["eval", "--run", str(tiny_run), "--core-url", "http://127.0.0.1:9/v1", "--guide", "none",
+                          "--name", "core alone again", "--max-retries", "0"]) == 0
+    rows = {r["name"]: r for r in json.load(open(tiny_run / "results.json"))}
+    assert rows["core alone again"]["accuracy"] == rows["core alone"]["accuracy"]
 
 
 def test_train_sh_quick(tmp_path):
@@ -202,44 +211,14 @@ def test_train_sh_quick(tmp_path):
     assert "| ExecTune |" in out.stdout
 
 
-def test_a_failed_teacher_call_fails_its_task_not_runs_it_without_a_strategy(tiny_run, core_url, capsys):
-    """One teacher request in 12 fails for good (a 400): that task is counted as failed and never sent to the core."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    count, lock = [0], threading.Lock()
-
-    class Teacher(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def do_POST(self):
-            self.rfile.read(int(self.headers["Content-Length"]))
-            with lock:
-                count[0] += 1
-                n = count[0]
-            if n == 3:
-                status, body = 400, {"error": {"message": "bad request", "type": "invalid_request_error"}}
-            else:
-                body = {"id": "x", "object": "chat.completion", "model": "sim-teacher",
-                        "choices": [{"index": 0, "finish_reason": "stop", "message": {
-                            "role": "assistant", "content": "<strategy>\n1. Add 1 to 2.\n</strategy>"}}],
-                        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}
-                status = 200
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Teacher)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        assert cli(tiny_run, core_url, "eval", "--guide", "teacher", "--name", "flaky teacher",
-                   "--teacher-url", f"http://127.0.0.1:{server.server_port}/v1") == 0
-    finally:
-        server.shutdown()
+def test_a_failed_teacher_call_fails_its_task_not_runs_it_without_a_strategy(tiny_run, core_url, fake, capsys):
+    """One teacher request in 18 (test and ood) fails for good (a 400): that task is counted as failed and never sent to the core.
+    The teacher is a model with no known price: its dollars are unknown ("n/a"), never $0."""
+    strategy = reply("<strategy>\n1. Add 1 to 2.\n</strategy>")
+    teacher = fake(strategy, strategy, fail(400, "bad request", type="invalid_request_error"), strategy)
+    assert cli(tiny_run, core_url, "eval", "--guide", "teacher", "--name", "flaky teacher",
+               "--teacher-url", teacher.url + "/v1", "--teacher-model", "flaky-teacher") == 0
+    assert len(teacher.hits) == 12 + 6
     assert "1 requests failed" in capsys.readouterr().err
     rows = read_jsonl(tiny_run / "eval" / "flaky-teacher.jsonl")
     assert len(rows) == 12 + 6 and sum(r["failed"] for r in rows) == 1
@@ -247,3 +226,33 @@ def test_a_failed_teacher_call_fails_its_task_not_runs_it_without_a_strategy(tin
     assert failed["strategy"] is None and "correct" not in failed and "dollars" not in failed
     row = {r["name"]: r for r in json.load(open(tiny_run / "results.json"))}["flaky teacher"]
     assert row["n"] + row["n_ood"] == 17 and row["failures"] + 6 - row["n_ood"] == 1 and row["validity"] == 1.0
+    assert row["teacher_dollars_per_1k"] is None and row["core_dollars_per_1k"] > 0
+    table_row = next(line for line in open(tiny_run / "results.md") if line.startswith("| flaky teacher |"))
+    assert table_row.rstrip().endswith("| n/a | 0.0 | n/a |")
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["data", "--n-train", "-1"], "--n-train"), (["sample", "--chunk", "0"], "--chunk"),
+    (["sft", "--eval-every", "0"], "--eval-every"), (["sft", "--n-embd", "30", "--n-head", "4"], "--n-embd"),
+    (["sft", "--min-lr-ratio", "2"], "--min-lr-ratio"), (["grpo", "--init", "x", "--group-size", "1"], "--group-size"),
+    (["baselines", "--alone-runs", "0"], "--alone-runs"), (["tokenizer", "--vocab-size", "100"], "--vocab-size"),
+    (["eval", "--guide", "none", "--batch-size", "0"], "--batch-size"), (["data", "--concurrency", "0"], "--concurrency"),
+    (["data", "--n-val", "many"], "--n-val")])
+def test_a_bad_flag_is_one_line_exit_2_and_leaves_the_run_untouched(tiny_run, capsys, argv, flag):
+    before = {p: open(os.path.join(tiny_run, p), "rb").read() for p in ("config.json", "metrics.jsonl")}
+    with pytest.raises(SystemExit) as info:
+        exectune.main([argv[0], "--run", str(tiny_run), *argv[1:]])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and flag in err, err
+    assert {p: open(os.path.join(tiny_run, p), "rb").read() for p in before} == before
+    with pytest.raises(SystemExit):
+        exectune.main([argv[0], "--run", str(tiny_run / "new"), *argv[1:]])
+    assert not os.path.exists(tiny_run / "new")          # nothing created either
+
+
+def test_help_says_what_each_stage_does(capsys):
+    with pytest.raises(SystemExit) as info:
+        exectune.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert info.value.code == 0
+    assert all(f"{name} {' '.join(what.split())}" in out for name, (_, _, what) in exectune.STAGES.items())

@@ -115,8 +115,8 @@ def test_gradient_is_the_same_for_any_micro_batch_split():
 # ----------------------------------------------------------------------------------------------- rewards
 
 
-class FakeCore:
-    """Answers each request with a scripted reply; records what reached it."""
+class FakeCore(core_client.CoreClient):
+    """A CoreClient (its pricing) whose chat_many answers each request with a scripted reply; records what came."""
 
     price_in, price_out = 0.8, 4.0     # $ per million tokens
 
@@ -198,7 +198,7 @@ def test_rewards_through_the_local_core():
         client = core_client.CoreClient(url + "/v1", "sim-core")
         alone_replies = client.chat_many([tasks.core_messages(t.problem, None) for t in task_list])
         alone = {t.id: {"alone_majority_correct": tasks.extract_answer(a.text) == t.answer,
-                        "alone_dollars": grpo.request_dollars(client, a)} for t, a in zip(task_list, alone_replies)}
+                        "alone_dollars": client.dollars(a)} for t, a in zip(task_list, alone_replies)}
         calls = client.stats()["calls"]
         r = grpo.compute_rewards(task_list, strategies, client, alone)
         assert client.stats()["calls"] - calls == 11   # one call per valid strategy
@@ -215,15 +215,6 @@ def test_rewards_through_the_local_core():
 
 
 # ----------------------------------------------------------------------------------------------- grpo_step
-
-
-@pytest.fixture
-def one_thread():
-    # A tiny model decodes token by token: on a busy 2-core machine two threads mostly wait on each other.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tokenizer_for(texts, vocab_size):
@@ -265,7 +256,7 @@ def test_short_grpo_run_raises_the_reward_of_a_weak_guide(one_thread):
                                                     n_embd=64, ffn_hidden=192, max_seq_len=256))
 
     # Supervised warm start on (prompt, strategy + EOS) pairs, good and bad alike.
-    pairs = [(grpo.prompt_tokens(tok, t.problem), tok.encode(s, disallowed_special=()) + [eos])
+    pairs = [(tasks.prompt_tokens(tok, t.problem), tok.encode(s, disallowed_special=()) + [eos])
              for t, g, b in zip(task_list, good, bad) for s in (g, b)]
     width = max(len(c) for _, c in pairs)
     completions = torch.tensor([c + [eos] * (width - len(c)) for _, c in pairs])                 # (8, width)
@@ -288,14 +279,14 @@ def test_short_grpo_run_raises_the_reward_of_a_weak_guide(one_thread):
         for i, t in enumerate(task_list):
             replies = alone_replies[i * runs:(i + 1) * runs]
             alone[t.id] = {"alone_majority_correct": sum(tasks.extract_answer(r.text) == t.answer for r in replies) > 2,
-                           "alone_dollars": sum(grpo.request_dollars(client, r) for r in replies) / runs}
+                           "alone_dollars": sum(client.dollars(r) for r in replies) / runs}
 
         def mean_reward(n=32):
             net.eval()
             generator = torch.Generator().manual_seed(123)
             texts = [text for t in task_list for text in guide_model.generate_group(
-                net, grpo.prompt_tokens(tok, t.problem), n, 48, eos, generator=generator,
-                stop_strings=[grpo.STOP], tokenizer=tok).texts]
+                net, tasks.prompt_tokens(tok, t.problem), n, 48, eos, generator=generator,
+                stop_strings=[tasks.STOP], tokenizer=tok).texts]
             rewards = grpo.compute_rewards([t for t in task_list for _ in range(n)], texts, client, alone,
                                            draw=10**6)
             return sum(r.total for r in rewards) / len(rewards), sum(r.valid for r in rewards) / len(rewards)

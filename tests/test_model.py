@@ -13,6 +13,8 @@ import torch
 
 import model as M
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: a second thread only adds waiting
+
 TINY = dict(n_layer=2, n_head=4, n_kv_head=2, n_embd=64, max_seq_len=96,
             tie_embeddings=False)   # a tied model at random init mostly repeats its last token: too easy a test
 TEXT = ("Tom has 12 apples and buys 7 more. How many apples does Tom have now? #### 19\n"
@@ -28,15 +30,6 @@ def tiny_model(dtype=torch.float64, seed=0, **overrides):
 def mixed_prompts(vocab=300, lengths=(1, 5, 12, 3), seed=1):
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(0, vocab - 3, (n,), generator=g).tolist() for n in lengths]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and one thread keeps the tests quick on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -201,8 +194,8 @@ def test_checkpoint_round_trip_is_bit_exact(tmp_path, tie, bias, dtype):
     with torch.no_grad():
         for p in model.parameters():          # make every tensor distinct, biases and norms included
             p.add_(torch.randn_like(p) * 0.01)
-    M.save_checkpoint(model, tmp_path / "ckpt", extra={"step": 3})
-    assert sorted(os.listdir(tmp_path / "ckpt")) == ["config.json", "extra.json", "model.safetensors"]  # no temps
+    M.save_checkpoint(model, tmp_path / "ckpt")
+    assert sorted(os.listdir(tmp_path / "ckpt")) == ["config.json", "model.safetensors"]  # no temps
     loaded = M.load_checkpoint(tmp_path / "ckpt")
     assert loaded.config == model.config
     a, b = model.state_dict(), loaded.state_dict()
@@ -210,7 +203,62 @@ def test_checkpoint_round_trip_is_bit_exact(tmp_path, tie, bias, dtype):
     assert (loaded.lm_head.weight is loaded.tok_emb.weight) == tie
     idx = torch.tensor([mixed_prompts()[2]])
     assert torch.equal(model(idx), loaded(idx))
-    assert json.loads((tmp_path / "ckpt" / "extra.json").read_text()) == {"step": 3}
+
+
+def trained_step(net, optimizer, seed):
+    """One AdamW step on a random batch, so the optimizer has moments to save."""
+    idx = torch.randint(0, 297, (2, 8), generator=torch.Generator().manual_seed(seed))
+    loss = net(idx).float().logsumexp(-1).mean()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
+def test_training_checkpoints_resume_exactly_and_keep_only_newest_and_best(tmp_path):
+    out = tmp_path / "run"
+    os.makedirs(out)
+    assert M.resume_training(out) is None
+    net = tiny_model(torch.float32).train()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    for step, best in [(1, 1), (2, 2), (3, 2), (4, 2)]:
+        trained_step(net, optimizer, step)
+        M.save_training(out, net, optimizer, dict(step=step, best_step=best, note="mine"))
+    expected_rand = torch.rand(3)          # what the RNG gives right after the last save...
+    torch.manual_seed(1234)
+    resumed, optimizer_state, state = M.resume_training(out)
+    assert torch.equal(torch.rand(3), expected_rand)   # ...is what it gives after the resume
+    assert sorted(os.listdir(out)) == ["best", "step-000002", "step-000004"]
+    assert os.readlink(out / "best") == "step-000002" and M.load_checkpoint(out / "best").config == net.config
+    assert state == dict(step=4, best_step=2, note="mine")
+    a, b = net.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    fresh = torch.optim.AdamW(resumed.parameters(), lr=1e-2)
+    fresh.load_state_dict(optimizer_state)
+    trained_step(net, optimizer, 5)         # one more step from either side gives the same weights
+    trained_step(resumed, fresh, 5)
+    a, b = net.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_killed_save_leaves_the_previous_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    os.makedirs(out)
+    net = tiny_model(torch.float32)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    M.save_training(out, net, optimizer, dict(step=10, best_step=10))
+    # killed while writing step 20: a torn temporary directory
+    os.makedirs(out / ".tmp-step-000020")
+    (out / ".tmp-step-000020" / "model.safetensors").write_bytes(b"torn")
+    assert M.resume_training(out)[2]["step"] == 10
+    assert sorted(os.listdir(out)) == ["best", "step-000010"]
+    # killed after the rename, before `best` moved and the old directory went: the newest one is the state
+    M.save_training(out, net, optimizer, dict(step=20, best_step=20))
+    os.makedirs(out / "step-000030")
+    for file in os.listdir(out / "step-000020"):
+        (out / "step-000030" / file).write_bytes((out / "step-000020" / file).read_bytes())
+    (out / "step-000030" / "state.json").write_text(json.dumps(dict(step=30, best_step=30)))
+    assert M.resume_training(out)[2]["step"] == 30
+    assert sorted(os.listdir(out)) == ["best", "step-000030"] and os.readlink(out / "best") == "step-000030"
 
 
 def test_broken_checkpoints_give_a_clear_error(tmp_path):

@@ -1,0 +1,190 @@
+"""Evaluation and the results table: what `exectune.py eval` measures and what each column of results.md means.
+
+Every system (a guide checkpoint, the teacher, or no guide at all) writes a strategy for each held-out task, the
+same core executes it with the same seeds, and each task is graded. One row of results.md is one system:
+
+  accuracy (95% CI)       share of test tasks the core answered correctly, with a Wilson 95% interval. Test is drawn
+                          like train (i.i.d.). A task whose teacher or core call failed after retries is left out
+                          of every column (counted in `failures` in results.json), never scored as wrong.
+  accuracy on held-out    the same on the `ood` split: phrasings (sentence templates, names, scenes) that training
+  phrasings               never shows.
+  valid                   share of strategies that parse (DESIGN 4.2); "—" for a system without strategies.
+  success given valid     accuracy over the tasks whose strategy is valid.
+  leak                    share of strategies that state the answer.
+  harm                    share of tasks the core alone solved (its own run, the "core alone" row) but got wrong with
+                          the strategy.
+  core in / out tok       mean tokens the core read and wrote per task.
+  $ / 1k tasks            core dollars plus, for the teacher row, the teacher's, per 1,000 tasks at the models'
+                          prices; "n/a" when a price is unknown (never counted as $0).
+  guide tok               mean tokens the guide wrote per task (a small local model: not priced).
+  cost vs large           $ / 1k tasks divided by that of the large core alone; "n/a" when either is unknown.
+
+The functions here are pure (tasks, texts and replies in; rows and text out); exectune.py reads and writes the run
+directory around them.
+"""
+import math
+
+import torch
+from tqdm import tqdm
+
+import model as guide_model
+import tasks
+from core_client import CoreError
+
+
+@torch.no_grad()
+def guide_strategies(net, tok, problems, max_new_tokens, batch_size, desc="guide writes"):
+    """Greedy strategies for each problem; returns (texts, completion token counts)."""
+    net.eval()
+    eos = tok.encode_single_token("<|eos|>")
+    texts, lengths = [], []
+    for i in tqdm(range(0, len(problems), batch_size), desc=desc, leave=False):
+        prompts = [tasks.prompt_tokens(tok, p) for p in problems[i:i + batch_size]]
+        out = guide_model.generate(net, prompts, max_new_tokens, eos_id=eos, temperature=0.0,
+                                   stop_strings=[tasks.STOP], tokenizer=tok)
+        texts.extend(out.texts)
+        lengths.extend(out.mask.sum(1).tolist())
+    return texts, lengths
+
+
+def plan_scores(val_tasks, texts):
+    """Strategies for val tasks scored with the tasks' hidden solutions: (share that is the task's plan, mean
+    probability that the simulated cheap core then answers correctly). Oracle measures for learning curves: they
+    read the offline world's exact probabilities and never feed training or checkpoint choice."""
+    import sim_core                   # the offline world, read in-process here only, like a gym's `info` dict
+    strategies = [tasks.extract_strategy(s) or s for s in texts]
+    plan_exact = sum(tasks.plan_matches(t, s) for t, s in zip(val_tasks, strategies)) / max(1, len(val_tasks))
+    success = sum(sim_core.exact_success(t.problem, s) for t, s in zip(val_tasks, strategies)) / max(1, len(val_tasks))
+    return plan_exact, success
+
+
+def grade(task_list, strategies, replies, client, guide_tokens, teacher_dollars):
+    """One row per task: its strategy (None without one), and the core's reply graded; a reply that is a CoreError
+    (the call failed for good) makes the row `failed`, with no grade."""
+    rows = []
+    for t, s, r, g, td in zip(task_list, strategies, replies, guide_tokens, teacher_dollars):
+        row = dict(id=t.id, split=t.split, strategy=s, guide_tokens=g, teacher_dollars=td)
+        if isinstance(r, CoreError):
+            row.update(failed=True)
+        else:
+            row.update(failed=False, correct=tasks.extract_answer(r.text) == t.answer, dollars=client.dollars(r),
+                       input_tokens=r.input_tokens, output_tokens=r.output_tokens)
+        if s is not None:
+            row.update(valid=tasks.parse_strategy(s).valid, leaks=tasks.leaks(s, t.problem, t.answer))
+        rows.append(row)
+    return rows
+
+
+def wilson(k, n, z=1.96):
+    """The Wilson score interval of k successes in n trials (95% for z = 1.96)."""
+    if n == 0:
+        return 0.0, 0.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def summarize(per_task, core_model, guide, alone=None):
+    """The table's columns for one system from its graded test rows; `alone` (id -> the core-alone row of the same
+    task) gives the harm rate."""
+    done = [r for r in per_task if not r["failed"]]
+    n = len(done)
+    k = sum(r["correct"] for r in done)
+    with_strategy = [r for r in done if "valid" in r]
+    valid = [r for r in with_strategy if r["valid"]]
+    harm = None
+    if alone is not None and guide != "none":
+        harm = sum(bool(alone.get(r["id"], {}).get("correct")) and not r["correct"] for r in done) / max(1, n)
+    core_dollars, teacher_dollars = (mean_or_unknown([r[key] for r in done], n) for key in ("dollars",
+                                                                                             "teacher_dollars"))
+    return dict(
+        core=core_model, guide=guide, n=n, failures=len(per_task) - n,   # teacher or core, after retries
+        accuracy=k / max(1, n), accuracy_ci=wilson(k, n),
+        validity=len(valid) / len(with_strategy) if with_strategy else None,
+        success_given_valid=sum(r["correct"] for r in valid) / len(valid) if valid else None,
+        leak_rate=sum(r["leaks"] for r in with_strategy) / len(with_strategy) if with_strategy else None,
+        harm_rate=harm,
+        core_input_tokens=sum(r["input_tokens"] for r in done) / max(1, n),
+        core_output_tokens=sum(r["output_tokens"] for r in done) / max(1, n),
+        core_dollars_per_1k=None if core_dollars is None else 1000 * core_dollars,
+        teacher_dollars_per_1k=None if teacher_dollars is None else 1000 * teacher_dollars,
+        guide_tokens=sum(r["guide_tokens"] for r in done) / max(1, n),
+    )
+
+
+def mean_or_unknown(values, n):
+    """sum / n, or None when any value is unknown (an unpriced model): unknown is never counted as 0."""
+    return None if any(v is None for v in values) else sum(values) / max(1, n)
+
+
+def dollars_per_1k(row):
+    """Core plus teacher dollars per 1,000 tasks; None (unknown) when either price is unknown."""
+    core, teacher = row["core_dollars_per_1k"], row["teacher_dollars_per_1k"]
+    return None if core is None or teacher is None else core + teacher
+
+
+def fmt(value, spec="{:.3f}", none="—"):
+    return none if value is None else spec.format(value)
+
+
+def table(results):
+    """results.md's text: one row per system (see the module docstring), cost relative to the large core alone."""
+    large = next((r for r in results if r["spec"]["core_role"] == "large" and r["guide"] == "none"), None)
+    large_cost = large and dollars_per_1k(large)
+    lines = ["| system | accuracy (95% CI) | accuracy on held-out phrasings | valid | success given valid | leak | "
+             "harm | core in tok | core out tok | $ / 1k tasks | guide tok | cost vs large |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        total = dollars_per_1k(r)
+        rel = None if not (total is not None and large_cost) else total / large_cost
+        lo, hi = r["accuracy_ci"]
+        ood_lo, ood_hi = r["accuracy_ood_ci"]
+        lines.append(f"| {r['name']} | {r['accuracy']:.3f} ({lo:.3f}–{hi:.3f}) | "
+                     f"{r['accuracy_ood']:.3f} ({ood_lo:.3f}–{ood_hi:.3f}) | {fmt(r['validity'])} | "
+                     f"{fmt(r['success_given_valid'])} | {fmt(r['leak_rate'])} | {fmt(r['harm_rate'])} | "
+                     f"{r['core_input_tokens']:.0f} | {r['core_output_tokens']:.0f} | "
+                     f"{fmt(total, '{:.3f}', 'n/a')} | {r['guide_tokens']:.1f} | {fmt(rel, '{:.2f}×', 'n/a')} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(rows, out):
+    """Draw `out` (curves.png) from metrics.jsonl rows: the SFT learning curves (val loss; greedy exact-plan rate and
+    mean exact success on val) beside the GRPO ones (reward; greedy accuracy on val), one line per stage. Needs
+    matplotlib (optional): returns None without it, or without curves to draw."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    sft = sorted({r["stage"] for r in rows if r["stage"].startswith("sft-")})
+    rl = sorted({r["stage"] for r in rows if r["stage"].startswith("grpo-")})
+    if not sft and not rl:
+        return None
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
+    for stage in sft:
+        evals = [r for r in rows if r["stage"] == stage and "val_plan_exact" in r]
+        steps = [r["step"] for r in evals]
+        axes[0].plot(steps, [r["val_loss"] for r in evals], label=stage)
+        axes[1].plot(steps, [r["val_plan_exact"] for r in evals], label=f"{stage}: exact plans")
+        axes[1].plot(steps, [r["val_exact_success"] for r in evals], ls="--", label=f"{stage}: exact success")
+        axes[1].plot(steps, [r["val_accuracy"] for r in evals], ls=":", marker=".", label=f"{stage}: core accuracy")
+    for stage in rl:
+        steps = [r for r in rows if r["stage"] == stage and r.get("reward") is not None]
+        evals = [r for r in rows if r["stage"] == stage and "val_accuracy" in r]
+        axes[2].plot([r["step"] + 1 for r in steps], [r["reward"] for r in steps], label=stage)
+        axes[3].plot([r["step"] for r in evals], [r["val_accuracy"] for r in evals], marker="o", label=stage)
+    axes[0].set(xlabel="SFT step", ylabel="loss on canonical val strategies", title="SFT: val loss")
+    axes[1].set(xlabel="SFT step", ylabel="share / probability / accuracy", title="SFT: greedy strategies on val",
+                ylim=(0, 1))
+    axes[2].set(xlabel="GRPO step", ylabel="mean reward (own reward)", title="GRPO: reward")
+    axes[3].set(xlabel="GRPO step", ylabel="greedy accuracy on val", title="GRPO: val accuracy")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
