@@ -14,6 +14,9 @@
    check that generate gives the same tokens, and `python model.py --bench` measures how much faster generate is.
 5. Checkpoints: a directory with model.safetensors and config.json, each written atomically (temp file + rename);
    load_checkpoint raises CheckpointError naming the file and the problem.
+6. load_hf / save_hf: pretrained Hugging Face guides in and out (Llama, Qwen2, Mistral; tokenizer.json as a
+   tiktoken.Encoding). They live in hf.py, because reading and writing that format takes longer than the model
+   itself, and are re-exported here so `model.load_hf(dir)` works.
 On CUDA, generation runs under bf16 autocast and can compile its decode step (static shapes); the CPU path uses
 neither.
 """
@@ -50,17 +53,18 @@ class GuideConfig:
     rope_theta: float = 10000.0
     tie_embeddings: bool = True   # the output layer reuses the token embedding (saves vocab_size * n_embd weights)
     qkv_bias: bool = False
+    norm_eps: float = 1e-5        # RMSNorm epsilon (pretrained models use 1e-5 or 1e-6)
+    head_dim: int | None = None   # None: n_embd // n_head; some pretrained models set it apart from n_embd
 
     def __post_init__(self):
         if self.ffn_hidden is None:
             self.ffn_hidden = 64 * math.ceil(8 * self.n_embd / 3 / 64)
-        if self.n_embd % self.n_head or self.n_head % self.n_kv_head or (self.n_embd // self.n_head) % 2:
-            raise ValueError(f"GuideConfig: need n_embd % n_head == 0, n_head % n_kv_head == 0 and an even head "
-                             f"size; got n_embd={self.n_embd}, n_head={self.n_head}, n_kv_head={self.n_kv_head}")
-
-    @property
-    def head_dim(self):
-        return self.n_embd // self.n_head
+        if self.head_dim is None:
+            self.head_dim = self.n_embd // self.n_head if self.n_embd % self.n_head == 0 else 0
+        if not self.head_dim or self.head_dim % 2 or self.n_head % self.n_kv_head:
+            raise ValueError(f"GuideConfig: need n_embd % n_head == 0 (or a head_dim), n_head % n_kv_head == 0 and "
+                             f"an even head size; got n_embd={self.n_embd}, n_head={self.n_head}, "
+                             f"n_kv_head={self.n_kv_head}, head_dim={self.head_dim}")
 
 
 class RMSNorm(nn.Module):
@@ -77,6 +81,13 @@ def apply_rope(x, cos, sin):
     """Rotate each (first half, second half) pair of x's channels by its position's angle. x: (B, h, T, hd)."""
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
+def rope_tables(cfg):
+    """cos and sin of every position's angle for each channel pair: two (max_seq_len, head_dim / 2) tensors."""
+    inv_freq = cfg.rope_theta ** (-torch.arange(0, cfg.head_dim, 2, dtype=torch.float64) / cfg.head_dim)
+    angles = torch.outer(torch.arange(cfg.max_seq_len, dtype=torch.float64), inv_freq)  # (max_seq_len, hd/2)
+    return angles.cos().float(), angles.sin().float()
 
 
 class Attention(nn.Module):
@@ -119,8 +130,8 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.attn_norm, self.attn = RMSNorm(cfg.n_embd), Attention(cfg)
-        self.mlp_norm, self.mlp = RMSNorm(cfg.n_embd), MLP(cfg)
+        self.attn_norm, self.attn = RMSNorm(cfg.n_embd, cfg.norm_eps), Attention(cfg)
+        self.mlp_norm, self.mlp = RMSNorm(cfg.n_embd, cfg.norm_eps), MLP(cfg)
 
     def forward(self, x, cos, sin, mask, cache, slots):
         x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache, slots)
@@ -155,14 +166,13 @@ class Guide(nn.Module):
         self.config = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.norm = RMSNorm(cfg.n_embd)
+        self.norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
-        inv_freq = cfg.rope_theta ** (-torch.arange(0, cfg.head_dim, 2, dtype=torch.float64) / cfg.head_dim)
-        angles = torch.outer(torch.arange(cfg.max_seq_len, dtype=torch.float64), inv_freq)  # (max_seq_len, hd/2)
-        self.register_buffer("rope_cos", angles.cos().float(), persistent=False)
-        self.register_buffer("rope_sin", angles.sin().float(), persistent=False)
+        rope_cos, rope_sin = rope_tables(cfg)
+        self.register_buffer("rope_cos", rope_cos, persistent=False)
+        self.register_buffer("rope_sin", rope_sin, persistent=False)
         # Small init keeps early logits mild; the two projections that add into the residual stream are scaled
         # down further so the stream's variance does not grow with depth.
         residual_std = 0.02 / (2 * cfg.n_layer) ** 0.5
@@ -582,6 +592,18 @@ def load_checkpoint(path_dir, device="cpu") -> Guide:
                               f"unexpected {unexpected[:3]}, wrong shapes {wrong[:3]}")
     model.load_state_dict(weights, strict=False)   # strict=False: a tied lm_head.weight is not stored
     return model.to(device)
+
+
+def load_hf(directory, device="cpu", dtype=None):
+    """(Guide, tiktoken.Encoding) from a local Hugging Face directory; see hf.load_hf."""
+    import hf                          # imported here: hf.py imports this module
+    return hf.load_hf(directory, device, dtype)
+
+
+def save_hf(guide, tokenizer, directory):
+    """Write a Hugging Face directory that transformers and vLLM load; see hf.save_hf."""
+    import hf
+    return hf.save_hf(guide, tokenizer, directory)
 
 
 # -------------------------------------------------------------------------------------------------------- bench
