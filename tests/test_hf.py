@@ -63,7 +63,7 @@ def write_tokenizer(tok, directory):
 
 
 def tiny_hf(kind, directory, tie=False):
-    """A random tiny Llama or Qwen2 written by transformers' save_pretrained, with a tokenizers-trained BPE."""
+    """A random tiny Llama, Qwen2 or Mistral written by transformers' save_pretrained, with a tokenizers-trained BPE."""
     tok = train_bpe("qwen2")
     common = dict(vocab_size=tok.get_vocab_size() + 5, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
@@ -72,6 +72,9 @@ def tiny_hf(kind, directory, tie=False):
     if kind == "llama":
         config = transformers.LlamaConfig(**common, rms_norm_eps=1e-5, head_dim=32)   # head_dim != hidden / heads
         net = transformers.LlamaForCausalLM(config)
+    elif kind == "mistral":
+        config = transformers.MistralConfig(**common, rms_norm_eps=1e-5, sliding_window=64)
+        net = transformers.MistralForCausalLM(config)
     else:
         config = transformers.Qwen2Config(**common, rms_norm_eps=1e-6)
         net = transformers.Qwen2ForCausalLM(config)
@@ -84,7 +87,7 @@ def tiny_hf(kind, directory, tie=False):
     return net
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2"])
+@pytest.fixture(scope="module", params=["llama", "qwen2", "mistral"])
 def pair(request, tmp_path_factory):
     directory = str(tmp_path_factory.mktemp(request.param))
     theirs = tiny_hf(request.param, directory, tie=request.param == "qwen2")
