@@ -9,7 +9,9 @@
    into per-step probabilities; the sampler draws from that plan and `exact_success` multiplies it out, so the
    simulation and the exact probability cannot drift apart. A step that goes wrong poisons every step that reads
    it, and a poisoned value is always written as a wrong number (never the value it should have had, and never the
-   answer at the last step), so "wrong somewhere on the path to the answer" means "wrong answer" in both.
+   answer at the last step), so "wrong somewhere on the path to the answer" means "wrong answer" in both. At the
+   first unclear step the core abandons the strategy and solves what the answer still needs alone, at its solo
+   accuracy and with the distractor rule: an unclear step is never worth more than solving alone.
 4. Randomness is a pure function of (model, messages, temperature, seed, choice index): the same request gets the
    same reply, another seed draws again. At temperature 0 the seed and choice index are ignored (greedy decoding).
 5. `--selfcheck` runs the real prompt path over HTTP on seeded test tasks and prints one JSON line.
@@ -91,7 +93,6 @@ MODELS = {m.name: m for m in (CHEAP, LARGE, TEACHER)}
 # The plan: what a core makes of a strategy, with the chance that each step comes out right.
 @dataclass(frozen=True)
 class StepPlan:
-    clear: bool           # False: the core works the step out on its own (solo accuracy)
     op: str | None        # the verb's operation, None when the verb is unknown
     comprehension: float  # chance the verb is understood; otherwise a uniformly random operation
     accuracy: float       # chance of no slip
@@ -102,8 +103,6 @@ class StepPlan:
 
     def p_ok(self) -> float:
         """The chance this step's value comes out as `ideal`."""
-        if not self.clear:
-            return self.accuracy
         if self.ideal is None:
             return 0.0
         hits = sum(v == self.ideal for v in self.values) / len(OPS)
@@ -114,8 +113,9 @@ class StepPlan:
 @dataclass(frozen=True)
 class Plan:
     task: object          # tasks.MathTask, read from the problem text
-    steps: tuple | None   # None: no usable strategy, the core solves alone
+    steps: tuple | None   # the steps the core follows; None: no usable strategy, the core solves alone
     leak: bool
+    abandoned: bool = False  # an unclear step came after `steps`: there the core solved the rest alone
 
 
 _STOP = {"the", "a", "an", "of", "number", "per", "in", "on", "at", "for", "to", "each", "all", "those", "these",
@@ -158,13 +158,13 @@ def _nodes(task) -> list:
     return out
 
 
-def _needed(nodes: list, produced: set, op: str | None, known: list, answer: int) -> Fraction:
-    """The value the correct solution needs at a step the core cannot follow: the first operation of the solution
-    not produced yet that matches the step's verb and readable operands (then the verb alone, then any)."""
+def _needed(nodes: list, produced: set, known: list, answer: int) -> Fraction:
+    """The value the correct solution needs at a step whose verb the core does not know: the first operation of the
+    solution not produced yet whose operands include the step's (then any not produced yet)."""
     todo = [n for n in nodes if n[3] not in produced]
-    for strict in (2, 1, 0):
-        for n_op, x, y, v in todo:
-            if strict == 0 or ((op is None or n_op == op) and (strict == 1 or all(k in (x, y) for k in known))):
+    for strict in (True, False):
+        for _, x, y, v in todo:
+            if not strict or all(k in (x, y) for k in known):
                 return v
     return Fraction(answer)
 
@@ -176,36 +176,55 @@ def _read(problem: str):
 
 @lru_cache(maxsize=8192)
 def make_plan(problem: str, strategy: str | None, model: str) -> Plan:
-    """What the core `model` makes of the problem and strategy (cached: the recipe repeats requests a lot)."""
+    """What the core `model` makes of the problem and strategy (cached: the recipe repeats requests a lot).
+    The core follows the steps up to the first unclear one; there it abandons the strategy (DESIGN 4.3)."""
     core, task = MODELS[model], _read(problem)
     parsed = parse_strategy(strategy) if strategy is not None else None
     if parsed is None or not parsed.valid:
         return Plan(task, None, False)        # an invalid strategy is ignored
+    leak = leaks(strategy, problem, task.answer)
     nodes, produced, ideals, steps = _nodes(task), set(), [], []
     long = core.long_penalty * max(0, len(parsed.steps) - core.long_after)
     for j, step in enumerate(parsed.steps, 1):
         refs = [_resolve(t, j, task) for t in step.args]
-        args = tuple(None if r is None else (r[1], None) if r[0] == "step" else (None, r[1]) for r in refs)
-        vals = [None if a is None else ideals[a[0]] if a[0] is not None else a[1] for a in args]
         if None in refs:
-            ideal = _needed(nodes, produced, step.op, [v for v in vals if v is not None], task.answer)
-            plan = StepPlan(False, step.op, 0.0, core.solo_accuracy, args, (), ideal, ())
-        else:
-            values = tuple(None if None in vals else apply_op(op, *vals) for op in OPS)
-            ideal = values[OPS.index(step.op)] if step.op else _needed(nodes, produced, None, vals, task.answer)
-            accuracy = core.step_accuracy - core.filler_penalty * step.filler_words - long
-            deps = tuple(a[0] for a in args if a[0] is not None)
-            plan = StepPlan(True, step.op, core.comprehension(step.verb) if step.op else 0.0,
-                            min(1.0, max(0.0, accuracy)), args, values, ideal, deps)
+            return Plan(task, tuple(steps), leak, abandoned=True)
+        args = tuple((r[1], None) if r[0] == "step" else (None, r[1]) for r in refs)
+        vals = [ideals[a[0]] if a[0] is not None else a[1] for a in args]
+        values = tuple(None if None in vals else apply_op(op, *vals) for op in OPS)
+        ideal = values[OPS.index(step.op)] if step.op else _needed(nodes, produced, vals, task.answer)
+        accuracy = core.step_accuracy - core.filler_penalty * step.filler_words - long
+        deps = tuple(a[0] for a in args if a[0] is not None)
+        steps.append(StepPlan(step.op, core.comprehension(step.verb) if step.op else 0.0,
+                              min(1.0, max(0.0, accuracy)), args, values, ideal, deps))
         ideals.append(ideal)
         produced.add(ideal)
-        steps.append(plan)
-    return Plan(task, tuple(steps), leaks(strategy, problem, task.answer))
+    return Plan(task, tuple(steps), leak)
 
 
-def _on_path(steps: tuple) -> set:
-    """The steps the last step's value depends on, itself included."""
-    seen, stack = set(), [len(steps) - 1]
+def _handover(plan: Plan) -> tuple:
+    """Where an abandoned strategy leaves the core: ({operation of the solution: the followed step that produced its
+    value}, [operations the answer still needs, to solve alone, in order], {followed steps whose values they read})."""
+    nodes, ops = _nodes(plan.task), plan.task.ops
+    source = {}
+    for k, node in enumerate(nodes):
+        j = next((j for j, s in enumerate(plan.steps) if s.ideal == node[3]), None)
+        if j is not None:
+            source[k] = j
+    todo, used, stack = set(), set(), [len(nodes) - 1]
+    while stack:                              # walk back from the answer, stopping at values already produced
+        k = stack.pop()
+        if k in source:
+            used.add(source[k])
+        elif k not in todo:
+            todo.add(k)
+            stack.extend(r[1] for r in (ops[k].a, ops[k].b) if r[0] == "s")
+    return source, sorted(todo), used
+
+
+def _on_path(steps: tuple, ends) -> set:
+    """The steps the values of steps `ends` depend on, themselves included."""
+    seen, stack = set(), list(ends)
     while stack:
         j = stack.pop()
         if j not in seen:
@@ -225,11 +244,17 @@ def exact_success(problem: str, strategy: str | None, model: str = "sim-core") -
     core = _core(model)
     plan = make_plan(problem, strategy, model)
     task = plan.task
+    alone = core.ignore_distractor ** len(task.distractors)
     if plan.steps is None:
-        return core.solo_accuracy ** len(task.ops) * core.ignore_distractor ** len(task.distractors)
-    chain = 0.0
-    if plan.steps[-1].ideal == task.answer:
-        chain = math.prod(plan.steps[j].p_ok() for j in _on_path(plan.steps))
+        return core.solo_accuracy ** len(task.ops) * alone
+    if plan.abandoned:
+        _, todo, used = _handover(plan)
+        chain = math.prod(plan.steps[j].p_ok() for j in _on_path(plan.steps, used)) * \
+            core.solo_accuracy ** len(todo) * alone
+    elif plan.steps[-1].ideal == task.answer:
+        chain = math.prod(plan.steps[j].p_ok() for j in _on_path(plan.steps, [len(plan.steps) - 1]))
+    else:
+        chain = 0.0
     copy = core.leak_copy if plan.leak else 0.0
     return copy + (1 - copy) * chain
 
@@ -260,55 +285,70 @@ def _guided_reply(plan: Plan, core: CoreModel, rng: random.Random) -> str:
     shown, bad, lines = [], [], []
     for j, s in enumerate(plan.steps):
         avoid = {s.ideal} | ({Fraction(task.answer)} if j == len(plan.steps) - 1 else set())
-        if s.clear:
-            op = s.op if rng.random() < s.comprehension else rng.choice(OPS)
-            slip = rng.random() >= s.accuracy
-            ok = not slip and s.ideal is not None and s.values[OPS.index(op)] == s.ideal
-            x, y = (shown[k] if k is not None else v for k, v in s.args)
-            is_bad = not ok or any(bad[k] for k in s.deps)
-            guess = None if slip else apply_op(op, x, y) if None not in (x, y) else None
-            value = _wrong(rng, guess, avoid) if is_bad else s.ideal
-            lines.append(f"Step {j + 1}: {_fmt(x)} {SYMBOLS[op]} {_fmt(y)} = {_fmt(value)}")
-        else:
-            is_bad = rng.random() >= s.accuracy
-            value = _wrong(rng, None, avoid) if is_bad else s.ideal
-            lines.append(f"Step {j + 1}: working this one out from the problem, {_fmt(value)}")
+        op = s.op if rng.random() < s.comprehension else rng.choice(OPS)
+        slip = rng.random() >= s.accuracy
+        ok = not slip and s.ideal is not None and s.values[OPS.index(op)] == s.ideal
+        x, y = (shown[k] if k is not None else v for k, v in s.args)
+        is_bad = not ok or any(bad[k] for k in s.deps)
+        guess = None if slip else apply_op(op, x, y) if None not in (x, y) else None
+        value = _wrong(rng, guess, avoid) if is_bad else s.ideal
+        lines.append(f"Step {j + 1}: {_fmt(x)} {SYMBOLS[op]} {_fmt(y)} = {_fmt(value)}")
         shown.append(value)
         bad.append(is_bad)
-    return "\n".join(lines + [f"#### {_fmt(shown[-1])}"])
+    if not plan.abandoned:
+        return "\n".join(lines + [f"#### {_fmt(shown[-1])}"])
+    source, todo, _ = _handover(plan)
+    known = {k: (shown[j], bad[j]) for k, j in source.items()}
+    rest, answer = _solve_alone(task, core, rng, known, todo, len(lines))
+    lines.append(f"Step {len(lines) + 1} of the strategy is unclear, so I solve the rest myself.")
+    return "\n".join(lines + rest + [f"#### {_fmt(answer)}"])
 
 
 def _solo_reply(task, core: CoreModel, rng: random.Random) -> str:
-    """Solving alone: one slip per operation with 1 - solo accuracy, and a distractor that is not ignored gets
-    mixed into a random operation; either makes the answer wrong. The core also explains more: a longer chain of
-    thought, about three times the tokens of a guided step."""
-    slips = [rng.random() >= core.solo_accuracy for _ in task.ops]
+    lines, answer = _solve_alone(task, core, rng, {}, list(range(len(task.ops))), 0)
+    return "\n".join(lines + [f"#### {_fmt(answer)}"])
+
+
+def _solve_alone(task, core: CoreModel, rng: random.Random, known: dict, todo: list, first: int) -> tuple:
+    """Solving the operations `todo` of the solution alone, reading `known` ({operation: (value, wrong?)}, from steps
+    already followed) for the others: one slip per operation with 1 - solo accuracy, and a distractor that is not
+    ignored gets mixed into a random one of them (into the answer when none is left); either makes the answer wrong.
+    The core also explains more: a longer chain of thought, about three times the tokens of a guided step.
+    Returns (the lines written, numbered after `first` steps; the answer)."""
+    nodes, root = _nodes(task), len(task.ops) - 1
+    slips = {k: rng.random() >= core.solo_accuracy for k in todo}
     mixed = {}
     for d in task.distractors:
         if rng.random() >= core.ignore_distractor:
-            mixed.setdefault(rng.randrange(len(task.ops)), []).append(task.quantities[d])
+            mixed.setdefault(todo[rng.randrange(len(todo))] if todo else root, []).append(task.quantities[d])
     lines = [f"The {task.quantities[d].handle} are not needed." for d in task.distractors
-              if all(task.quantities[d] not in m for m in mixed.values())]
-    nodes, shown, bad = _nodes(task), [], []
-    for k, op in enumerate(task.ops):
-        names, xs, bads = [], [], []
+             if all(task.quantities[d] not in m for m in mixed.values())]
+    shown, number = dict(known), first
+    for k in todo:
+        op, names, xs, bads = task.ops[k], [], [], []
         for r in (op.a, op.b):
             q = task.quantities[r[1]] if r[0] == "q" else None
             names.append(q.handle if q else f"result of step {r[1] + 1}")
-            xs.append(Fraction(q.value) if q else shown[r[1]])
-            bads.append(False if q else bad[r[1]])
-        is_bad = slips[k] or k in mixed or any(bads)
-        guess = apply_op(op.op, *xs)
-        extra = ""
+            xs.append(Fraction(q.value) if q else shown[r[1]][0])
+            bads.append(False if q else shown[r[1]][1])
+        guess, extra = apply_op(op.op, *xs), ""
         for q in mixed.get(k, []):
             guess, extra = (None if guess is None else guess + q.value), extra + f", plus {q.handle}"
-        avoid = {nodes[k][3]} | ({Fraction(task.answer)} if k == len(task.ops) - 1 else set())
+        is_bad = slips[k] or k in mixed or any(bads)
+        avoid = {nodes[k][3]} | ({Fraction(task.answer)} if k == root else set())
         value = _wrong(rng, None if slips[k] else guess, avoid) if is_bad else nodes[k][3]
-        lines.append(f"Step {k + 1}: {names[0]}, {names[1]}{extra}: "
+        number += 1
+        lines.append(f"Step {number}: {names[0]}, {names[1]}{extra}: "
                      f"{_fmt(xs[0])} {SYMBOLS[op.op]} {_fmt(xs[1])} = {_fmt(value)}")
-        shown.append(value)
-        bad.append(is_bad)
-    return "\n".join(lines + [f"#### {_fmt(shown[-1])}"])
+        shown[k] = (value, is_bad)
+    value, is_bad = shown[root]
+    if root not in todo and root in mixed:     # everything was followed, yet a distractor slips into the answer
+        q = mixed[root][0]
+        wrong = _wrong(rng, value + q.value, {nodes[root][3]})
+        lines.append(f"Step {number + 1}: {_fmt(value)} plus {q.handle}: "
+                     f"{_fmt(value)} + {q.value} = {_fmt(wrong)}")
+        value = wrong
+    return lines, value
 
 
 _PREFIX = ["Now", "Next", "Then", "Carefully", "Simply", "First"]
@@ -580,13 +620,13 @@ def start_server(host: str = "127.0.0.1", port: int = 0, latency_ms: float = 0, 
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def selfcheck(n: int, seed: int = 0) -> dict:
+def selfcheck(n: int, seed: int = 0, level: int = 2) -> dict:
     """The real prompt path over HTTP: each configuration's accuracy, mean tokens and dollars per task, and the
     mean exact success probability beside it."""
     import requests
     server, url = start_server()
     local = threading.local()
-    test = generate_tasks(n, seed, "test")
+    test = generate_tasks(n, seed, "test", level)
 
     def call(model, messages):
         if not hasattr(local, "session"):
@@ -623,7 +663,7 @@ def selfcheck(n: int, seed: int = 0) -> dict:
     teacher = summary(with_teacher, strategies, CHEAP.name, [(r[1], r[2], r[3]) for r in taught])
     teacher["teacher_dollars"] = round(sum(r[3] for r in taught) / n, 7)
     teacher["valid"] = round(sum(parse_strategy(s).valid for s in strategies) / n, 4)
-    return {"n": n, "seed": seed, "cheap_alone": summary(cheap, alone, CHEAP.name),
+    return {"n": n, "seed": seed, "level": level, "cheap_alone": summary(cheap, alone, CHEAP.name),
             "large_alone": summary(large, alone, LARGE.name),
             "cheap_canonical": summary(with_canonical, canonical, CHEAP.name),
             "cheap_teacher": teacher, "requests_per_s": round(5 * n / seconds, 1)}
@@ -639,6 +679,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the failure draws; of the tasks in --selfcheck")
     parser.add_argument("--selfcheck", action="store_true", help="run the prompt path over HTTP, print one JSON line")
     parser.add_argument("--n", type=int, default=500, help="tasks for --selfcheck")
+    parser.add_argument("--level", type=int, default=2, choices=[1, 2], help="task level for --selfcheck")
     args = parser.parse_args(argv)
     if not 0 <= args.fail_rate <= 1:
         parser.error(f"--fail-rate must be between 0 and 1, got {args.fail_rate}")
@@ -649,7 +690,7 @@ def main(argv=None) -> int:
     if args.selfcheck:
         if args.n < 1:
             parser.error(f"--n must be >= 1, got {args.n}")
-        print(json.dumps(selfcheck(args.n, args.seed)), flush=True)
+        print(json.dumps(selfcheck(args.n, args.seed, args.level)), flush=True)
         return 0
     try:
         server = SimServer((args.host, args.port), args.latency_ms, args.fail_rate, args.seed)

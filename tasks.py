@@ -1,13 +1,16 @@
 """Task family `mathsim`: word problems, their reader, the strategy grammar and the prompts.
 
-1. `generate_tasks` writes seeded GSM8K-style word problems: 2-6 operations forming a tree-shaped DAG (an operation
-   may combine two earlier results), 0-2 distractor facts, facts in shuffled order, integer answers, `#### N`
-   solutions. Every given number has a handle, a short noun phrase from its sentence, unique within the problem.
+1. `generate_tasks` writes seeded GSM8K-style word problems: operations forming a tree-shaped DAG (an operation may
+   combine two earlier results), distractor facts, integer answers, `#### N` solutions. Every given number has a
+   handle, a short noun phrase from its sentence, unique within the problem. Two levels (DESIGN 4.1): level 2 has
+   2-6 operations, 0-2 distractors and facts in shuffled order; level 1, the easy form for small compute, has 1-3
+   operations, 0-1 distractor and facts in computation order (what an operation needs is stated before it).
 2. The text is invertible: `read_problem` recovers quantities, handles, operations and answer from the text alone,
    so the simulated core (sim_core.py) understands requests without hidden metadata.
-3. The test split holds out sentence templates and vocabulary that train / val never use (names marked `test_only`
-   below: leaf templates `list_shows` and `packs_each`, relation templates `adding`, `outnumber`, `for_every`,
-   `splitting`, `fit_into`, question `work_out`, intro `keeps_track`; the last three names and scenes).
+3. Splits: `train`, `val` and `test` are drawn from one distribution (other seeds), as GSM8K's are. `ood` also uses
+   held-out phrasings that the other splits never show (templates marked `ood_only` below: leaf templates
+   `list_shows` and `packs_each`, relation templates `adding`, `outnumber`, `for_every`, `splitting`, `fit_into`,
+   question `work_out`, intro `keeps_track`; the names and scenes of OOD_NAMES and OOD_SCENES).
 4. `parse_strategy` reads the `<strategy>` format of DESIGN 4.2 with the verb grammar `VERBS`; it returns the steps or
    the reason the strategy is invalid. `leaks` and `extract_answer` grade, and the prompts for the guide, the core and
    the teacher live here only, so the real and the simulated path see the same text.
@@ -23,7 +26,8 @@ from fractions import Fraction
 
 OPS = ("add", "sub", "mul", "div")
 SYMBOLS = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "ood")   # train / val / test i.i.d.; ood: held-out phrasings
+LEVELS = {1: (1, 3, 1), 2: (2, 6, 2)}         # level: (fewest operations, most operations, most distractors)
 
 
 class UnreadableProblem(ValueError):
@@ -88,13 +92,13 @@ def apply_op(op: str, x, y):
 # rate = items / boxes; addition and subtraction combine two quantities of one kind.
 NAMES = ["Mia", "Noah", "Lena", "Omar", "Sofia", "Ravi", "Emma", "Jack", "Aisha", "Leo", "Hana", "Diego", "Grace",
          "Yusuf", "Chloe", "Mateo", "Nora", "Kofi", "Ella", "Ivan", "Zara", "Ben", "Lucia", "Sam"]
-TEST_NAMES = ["Priya", "Tomas", "Keiko"]
+OOD_NAMES = ["Priya", "Tomas", "Keiko"]
 SCENES = [("apples", "crate", "crates"), ("muffins", "tray", "trays"), ("eggs", "carton", "cartons"),
           ("pencils", "box", "boxes"), ("stickers", "sheet", "sheets"), ("books", "shelf", "shelves"),
           ("marbles", "bag", "bags"), ("cookies", "tin", "tins"), ("flowers", "vase", "vases"),
           ("seeds", "packet", "packets"), ("bottles", "case", "cases"), ("oranges", "basket", "baskets"),
           ("beads", "jar", "jars"), ("cards", "pack", "packs"), ("candles", "carton", "cartons")]
-TEST_SCENES = [("tomatoes", "bucket", "buckets"), ("toys", "bin", "bins"), ("shells", "pail", "pails")]
+OOD_SCENES = [("tomatoes", "bucket", "buckets"), ("toys", "bin", "bins"), ("shells", "pail", "pails")]
 # Qualifiers never contain a word of the strategy grammar (to, by, from, and, with, into, among, each, fit, so,
 # which) nor of a relation template, so handles can be used as strategy operands and read back unambiguously.
 QUALS = ["in the kitchen", "in the garage", "in the shed", "on the porch", "in the van", "at the shop", "at home",
@@ -116,41 +120,41 @@ class Template:
     part: str            # intro | leaf | add | sub | mul | div | question
     text: str
     kinds: tuple = ("items", "boxes", "rate")   # kinds of the quantity the sentence states or defines
-    test_only: bool = False
+    ood_only: bool = False
 
 
 T = Template
 TEMPLATES = [
     T("counting", "intro", "{N} is counting {items} and {containers}."),
     T("sorting", "intro", "{N} is busy sorting {items}."),
-    T("keeps_track", "intro", "{N} keeps track of {items} and {containers}.", test_only=True),
+    T("keeps_track", "intro", "{N} keeps track of {items} and {containers}.", ood_only=True),
     T("there_are", "leaf", "There are {n} {H}."),
     T("counts", "leaf", "{N} counts {n} {H}.", ("items", "boxes")),
     T("has", "leaf", "{N} has {n} {H}.", ("items", "boxes")),
     T("finds", "leaf", "{N} finds {n} {H}.", ("items", "boxes")),
     T("each_holds", "leaf", "Each {container}{ qual} holds {n} {items}.", ("rate",)),
-    T("list_shows", "leaf", "The list shows {n} {H}.", test_only=True),
-    T("packs_each", "leaf", "{N} packs {n} {items} into each {container}{ qual}.", ("rate",), test_only=True),
+    T("list_shows", "leaf", "The list shows {n} {H}.", ood_only=True),
+    T("packs_each", "leaf", "{N} packs {n} {items} into each {container}{ qual}.", ("rate",), ood_only=True),
     T("plus", "add", "The number of {X} is the number of {A} plus the number of {B}."),
     T("make_up", "add", "Together, the {A} and the {B} make up the {X}."),
     T("together_with", "add", "The {X} are the {A} together with the {B}."),
-    T("adding", "add", "Adding the {B} to the {A} gives the {X}.", test_only=True),
+    T("adding", "add", "Adding the {B} to the {A} gives the {X}.", ood_only=True),
     T("minus", "sub", "The number of {X} is the number of {A} minus the number of {B}."),
     T("remain", "sub", "The {X} are the {A} that remain once the {B} are taken out."),
     T("removed", "sub", "After the {B} are removed from the {A}, the {X} remain."),
-    T("outnumber", "sub", "The {A} outnumber the {B} by the {X}.", test_only=True),
+    T("outnumber", "sub", "The {A} outnumber the {B} by the {X}.", ood_only=True),
     T("times", "mul", "The number of {X} is the number of {A} times the number of {B}."),
     T("each_of", "mul", "Each of the {B} holds the {A}, and together they hold the {X}."),
     T("fill_with", "mul", "The {X} fill the {B}, with the {A} in each one."),
-    T("for_every", "mul", "For every one of the {B} there are the {A}, which makes the {X}.", test_only=True),
+    T("for_every", "mul", "For every one of the {B} there are the {A}, which makes the {X}.", ood_only=True),
     T("divided", "div", "The number of {X} is the number of {A} divided by the number of {B}."),
     T("packed", "div", "The {A} are packed into groups of the {B} to fill the {X}.", ("boxes",)),
     T("shared", "div", "The {A} are shared equally among the {B}, which gives the {X}.", ("rate",)),
-    T("splitting", "div", "Splitting the {A} evenly across the {B} gives the {X}.", ("rate",), test_only=True),
-    T("fit_into", "div", "The {X} are how many times the {B} fit into the {A}.", ("boxes",), test_only=True),
+    T("splitting", "div", "Splitting the {A} evenly across the {B} gives the {X}.", ("rate",), ood_only=True),
+    T("fit_into", "div", "The {X} are how many times the {B} fit into the {A}.", ("boxes",), ood_only=True),
     T("how_many", "question", "How many {X} are there?"),
     T("number_of", "question", "What is the number of {X}?"),
-    T("work_out", "question", "Can you work out how many {X} there are?", test_only=True),
+    T("work_out", "question", "Can you work out how many {X} there are?", ood_only=True),
 ]
 del T
 _SLOTS = {"n": r"(?P<n>\d+)", "N": r"(?P<N>[A-Z][a-z]+)", " qual": r"(?: (?P<qual>[A-Za-z ]+?))?",
@@ -254,17 +258,19 @@ def _solution(quantities: tuple, ops: tuple) -> tuple:
     return "\n".join(lines + [f"#### {values[-1]}"]), values[-1]
 
 
-def _make_task(rng: random.Random, split: str, task_id: str) -> MathTask:
-    test = split == "test"
-    pick = [t for t in TEMPLATES if test or not t.test_only]
-    name = rng.choice(NAMES + (TEST_NAMES if test else []))
-    scene = rng.choice(SCENES + (TEST_SCENES if test else []))
-    n_ops, n_distractors = rng.randint(2, 6), rng.randint(0, 2)
+def _make_task(rng: random.Random, split: str, task_id: str, level: int) -> MathTask:
+    ood = split == "ood"
+    pick = [t for t in TEMPLATES if ood or not t.ood_only]
+    name = rng.choice(NAMES + (OOD_NAMES if ood else []))
+    scene = rng.choice(SCENES + (OOD_SCENES if ood else []))
+    ops_lo, ops_hi, max_distractors = LEVELS[level]
+    n_ops, n_distractors = rng.randint(ops_lo, ops_hi), rng.randint(0, max_distractors)
     while True:
         nodes = _shape(rng, n_ops)
         root_value = rng.randint(6, 300) if nodes[0].kind == "items" else rng.randint(2, 30)
         if _fill(rng, nodes, 0, root_value):
             break
+    n_real = len(nodes)
     for _ in range(n_distractors):
         kind = rng.choice(["items", "boxes", "rate"])
         nodes.append(_Node(kind, value=rng.randint(2, min(60, LEAF_CAP[kind]))))
@@ -285,9 +291,22 @@ def _make_task(rng: random.Random, split: str, task_id: str) -> MathTask:
         if not node.handle:
             name_node(node, None)              # a distractor
 
-    facts = list(range(1, len(nodes)))         # every quantity but the root is stated in a sentence
-    rng.shuffle(facts)
-    facts.insert(rng.randint(0, len(facts)), 0)  # the root's defining sentence goes anywhere too
+    # every quantity is stated in one sentence; the root's sentence defines what the question asks for
+    if level == 1:                             # computation order: a post-order walk, what an operation needs first
+        facts = []
+
+        def post_order(i: int):
+            for kid in nodes[i].kids:
+                post_order(kid)
+            facts.append(i)
+
+        post_order(0)
+        for d in range(n_real, len(nodes)):    # distractors anywhere
+            facts.insert(rng.randint(0, len(facts)), d)
+    else:                                      # shuffled, the root's sentence anywhere too
+        facts = list(range(1, len(nodes)))
+        rng.shuffle(facts)
+        facts.insert(rng.randint(0, len(facts)), 0)
     position = {i: p for p, i in enumerate(facts)}
     leaves = sorted((i for i in facts if nodes[i].op is None), key=position.__getitem__)
     ops_at = [i for i in range(len(nodes)) if nodes[i].op]
@@ -317,13 +336,16 @@ def _make_task(rng: random.Random, split: str, task_id: str) -> MathTask:
     return MathTask(task_id, split, " ".join(sentences), answer, solution, quantities, ops, distractors)
 
 
-def generate_tasks(n: int, seed: int, split: str) -> list:
-    """n tasks, a pure function of (n, seed, split); task i depends only on (seed, split, i)."""
+def generate_tasks(n: int, seed: int, split: str, level: int = 2) -> list:
+    """n tasks, a pure function of (n, seed, split, level); task i depends only on (seed, split, level, i)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {', '.join(map(str, LEVELS))}, got {level!r}")
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    return [_make_task(random.Random(f"mathsim/{split}/{seed}/{i}"), split, f"{split}-{seed}-{i}") for i in range(n)]
+    stream = f"mathsim/{split}/{seed}" if level == 2 else f"mathsim/L{level}/{split}/{seed}"
+    return [_make_task(random.Random(f"{stream}/{i}"), split, f"{split}-{seed}-{i}", level) for i in range(n)]
 
 
 def _match_sentences(problem: str) -> list:
@@ -777,10 +799,12 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split", default="train", choices=SPLITS)
+    parser.add_argument("--level", type=int, default=2, choices=sorted(LEVELS),
+                        help="1: 1-3 operations in computation order; 2: 2-6 operations, shuffled facts")
     args = parser.parse_args(argv)
     if args.n < 0:
         parser.error(f"--n must be >= 0, got {args.n}")
-    for task in generate_tasks(args.n, args.seed, args.split):
+    for task in generate_tasks(args.n, args.seed, args.split, args.level):
         print(json.dumps(task.to_json()))
     return 0
 

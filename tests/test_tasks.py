@@ -15,6 +15,7 @@ from tasks import (MathTask, UnreadableProblem, canonical_strategy, core_message
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIXED = [t for split in tasks.SPLITS for t in generate_tasks(200, 3, split)]
+LEVEL1 = [t for split in tasks.SPLITS for t in generate_tasks(200, 3, split, level=1)]
 
 
 def value_of(task, ref, results):
@@ -22,32 +23,67 @@ def value_of(task, ref, results):
 
 
 # ---- generator and reader ----
-def test_reader_inverts_the_generator_over_2100_tasks():
-    for split in tasks.SPLITS:
-        for task in generate_tasks(700, 11, split):
-            assert read_problem(task.problem) == dataclasses.replace(task, id="", split=""), task.problem
+def test_reader_inverts_the_generator_over_3200_tasks():
+    for level in (1, 2):
+        for split in tasks.SPLITS:
+            for task in generate_tasks(400, 11, split, level):
+                assert read_problem(task.problem) == dataclasses.replace(task, id="", split=""), task.problem
+
+
+def check_task(task):
+    """What every task of every level satisfies."""
+    # only fact sentences carry numbers, so the numbers in the text are the quantities in order of appearance
+    assert [int(n) for n in re.findall(r"\d+", task.problem)] == [q.value for q in task.quantities]
+    assert len({q.handle for q in task.quantities}) == len(task.quantities)
+    results = []
+    for k, op in enumerate(task.ops):
+        assert all(r[0] == "q" or r[1] < k for r in (op.a, op.b))
+        v = tasks.apply_op(op.op, value_of(task, op.a, results), value_of(task, op.b, results))
+        assert v.denominator == 1 and v >= 0          # exact division, no negative results
+        results.append(int(v))
+    assert task.answer == results[-1] and task.solution.endswith(f"\n#### {task.answer}")
+    used_steps = {r[1] for op in task.ops for r in (op.a, op.b) if r[0] == "s"}
+    assert used_steps == set(range(len(task.ops) - 1))   # every result feeds the answer
+    used = {r[1] for op in task.ops for r in (op.a, op.b) if r[0] == "q"}
+    assert set(task.distractors) == set(range(len(task.quantities))) - used
+    assert max(q.value for q in task.quantities) <= 250 and task.answer <= 600
+
+
+def in_computation_order(task):
+    """Is every operation's sentence after the sentences of the quantities and results it reads?"""
+    sentences = [(t.part, m.groupdict()) for t, m in tasks._match_sentences(task.problem)]
+    leaf_at = [i for i, (part, _) in enumerate(sentences) if part == "leaf"]
+    op_at = [i for i, (part, _) in enumerate(sentences) if part in tasks.OPS]
+    # ops are numbered in computation order, which is not sentence order: match each op by its value's operands
+    defined = {g["X"]: i for i, (part, g) in enumerate(sentences) if part in tasks.OPS}
+    handle_at = {q.handle: leaf_at[k] for k, q in enumerate(task.quantities)}
+    for part, g in (sentences[i] for i in op_at):
+        if any((handle_at.get(x) if x in handle_at else defined[x]) > defined[g["X"]] for x in (g["A"], g["B"])):
+            return False
+    return True
+
+
+def test_level_1_is_short_and_stated_in_computation_order():
+    for task in LEVEL1:
+        check_task(task)
+        assert 1 <= len(task.ops) <= 3 and 0 <= len(task.distractors) <= 1
+        assert in_computation_order(task)
+    assert {len(t.ops) for t in LEVEL1} == {1, 2, 3} and {len(t.distractors) for t in LEVEL1} == {0, 1}
+    assert {o.op for t in LEVEL1 for o in t.ops} == set(tasks.OPS)
+    # distractors anywhere: first, last and in between
+    positions = {t.distractors[0] for t in LEVEL1 if t.distractors}
+    assert 0 in positions and len(positions) >= 3
+    assert not {t.problem for t in LEVEL1} & {t.problem for t in MIXED}
+    with pytest.raises(ValueError, match="level"):
+        generate_tasks(3, 1, "train", level=3)
 
 
 def test_tasks_follow_the_design():
     for task in MIXED:
-        assert 2 <= len(task.ops) <= 6 and 0 <= len(task.distractors) <= 2
-        # only fact sentences carry numbers, so the numbers in the text are the quantities in order of appearance
-        assert [int(n) for n in re.findall(r"\d+", task.problem)] == [q.value for q in task.quantities]
-        assert len({q.handle for q in task.quantities}) == len(task.quantities)
-        results = []
-        for k, op in enumerate(task.ops):
-            assert all(r[0] == "q" or r[1] < k for r in (op.a, op.b))
-            v = tasks.apply_op(op.op, value_of(task, op.a, results), value_of(task, op.b, results))
-            assert v.denominator == 1 and v >= 0          # exact division, no negative results
-            results.append(int(v))
-        assert task.answer == results[-1] and task.solution.endswith(f"\n#### {task.answer}")
-        used_steps = {r[1] for op in task.ops for r in (op.a, op.b) if r[0] == "s"}
-        assert used_steps == set(range(len(task.ops) - 1))   # every result feeds the answer
-        used = {r[1] for op in task.ops for r in (op.a, op.b) if r[0] == "q"}
-        assert set(task.distractors) == set(range(len(task.quantities))) - used
-        assert max(q.value for q in task.quantities) <= 250 and task.answer <= 600
+        check_task(task)
     assert {len(t.ops) for t in MIXED} == {2, 3, 4, 5, 6} and {len(t.distractors) for t in MIXED} == {0, 1, 2}
     assert {o.op for t in MIXED for o in t.ops} == set(tasks.OPS)
+    assert sum(not in_computation_order(t) for t in MIXED) > len(MIXED) / 2     # level 2 shuffles the facts
     two_results = [t for t in MIXED if any(o.a[0] == o.b[0] == "s" for o in t.ops)]
     assert 0.3 < len(two_results) / len(MIXED) < 0.9   # DAGs, not only chains
     # facts are not stated in computation order: quantity indices in order of use are often not increasing
@@ -66,16 +102,20 @@ def test_generation_is_a_pure_function_of_n_seed_split():
         generate_tasks(3, 1, "dev")
 
 
-def test_test_split_holds_out_templates_and_vocabulary():
-    held = {t.name for t in tasks.TEMPLATES if t.test_only}
-    held_words = set(tasks.TEST_NAMES) | {w for scene in tasks.TEST_SCENES for w in scene}
-    for task in (t for t in MIXED if t.split != "test"):
+def test_only_the_ood_split_holds_out_templates_and_vocabulary():
+    held = {t.name for t in tasks.TEMPLATES if t.ood_only}
+    held_words = set(tasks.OOD_NAMES) | {w for scene in tasks.OOD_SCENES for w in scene}
+    for task in (t for t in MIXED + LEVEL1 if t.split != "ood"):
         assert not held & set(tasks.templates_used(task.problem))
         assert not held_words & set(re.findall(r"[A-Za-z]+", task.problem))
-    test = [t for t in MIXED if t.split == "test"]
-    assert sum(bool(held & set(tasks.templates_used(t.problem))) for t in test) > 0.8 * len(test)
-    seen = {name for t in test for name in tasks.templates_used(t.problem)}
-    assert held <= seen
+    for pool in (MIXED, LEVEL1):
+        ood = [t for t in pool if t.split == "ood"]
+        assert sum(bool(held & set(tasks.templates_used(t.problem))) for t in ood) > 0.8 * len(ood)
+        assert held <= {name for t in ood for name in tasks.templates_used(t.problem)}
+    # train and test come from one distribution: every template the test split uses, training uses too
+    for pool in (MIXED, LEVEL1):
+        train = {name for t in pool if t.split == "train" for name in tasks.templates_used(t.problem)}
+        assert {name for t in pool if t.split == "test" for name in tasks.templates_used(t.problem)} <= train
 
 
 def test_json_round_trip_and_bad_records():
