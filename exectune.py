@@ -38,6 +38,7 @@ from tqdm import tqdm
 import tasks
 import model as guide_model
 import grpo
+import hf
 from core_client import CoreClient, CoreError
 
 
@@ -222,7 +223,7 @@ def load_tasks(run, split):
     path = run.file("data", f"{split}.jsonl")
     rows = read_jsonl(path, required=("id", "problem", "answer"))
     try:
-        return [tasks.MathTask.from_json(r) for r in rows]
+        return [tasks.FAMILIES[r.get("family", "mathsim")].task_from_json(r) for r in rows]
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{path}: a task could not be read ({e})")
 
@@ -269,8 +270,10 @@ def core_params(args):
 
 def stage_data(args, run):
     cfg = stage_config(DataConfig, args, "data")
+    if cfg.family == "gsm8k":
+        return stage_data_gsm8k(args, run, cfg)
     if cfg.family != "mathsim":
-        raise UserError(f"unknown task family {cfg.family!r} (available: mathsim)")
+        raise UserError(f"unknown task family {cfg.family!r} (available: mathsim, gsm8k)")
     run.check_config("data", cfg)
     os.makedirs(run.file("data"), exist_ok=True)
     for i, (split, n) in enumerate([("train", cfg.n_train), ("val", cfg.n_val), ("test", cfg.n_test)]):
@@ -284,6 +287,25 @@ def stage_data(args, run):
     run.log("data", **asdict(cfg))
 
 
+def stage_data_gsm8k(args, run, cfg):
+    """GSM8K's files from --data-dir, copied into the run: the first n_train / n_test problems (at most), and
+    n_val carved from train with the seed."""
+    run.check_config("data", dict(asdict(cfg), data_dir=os.path.abspath(args.data_dir)))
+    try:
+        splits = tasks.load_gsm8k(args.data_dir, cfg.n_val, cfg.seed)
+    except ValueError as e:
+        raise UserError(str(e))
+    os.makedirs(run.file("data"), exist_ok=True)
+    for split, n in [("train", cfg.n_train), ("val", cfg.n_val), ("test", cfg.n_test)]:
+        path = run.file("data", f"{split}.jsonl")
+        if os.path.exists(path):
+            print(f"data: {path} exists, kept")
+            continue
+        write_jsonl(path, [t.to_json() for t in splits[split][:n]])
+        print(f"data: {min(n, len(splits[split]))} gsm8k {split} problems -> {path}")
+    run.log("data", **asdict(cfg), data_dir=args.data_dir)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # 2. tokenizer
 
@@ -291,6 +313,9 @@ def training_text(train_tasks):
     """What the guide reads and writes: prompts and canonical strategies (every verb form of the grammar once,
     so teacher paraphrases tokenize sensibly too)."""
     for t in train_tasks:
+        if isinstance(t, tasks.GSM8KTask):
+            yield from tasks.gsm8k_training_text(t)
+            continue
         yield tasks.guide_prompt(t.problem)
         yield tasks.canonical_strategy(t)
 
@@ -334,13 +359,13 @@ def stage_baselines(args, run):
         return
     train = load_tasks(run, "train")
     client = client_for(args, "core", run)
-    messages = [tasks.core_messages(t.problem, None) for t in train for _ in range(cfg.alone_runs)]
+    messages = [tasks.family_of(t).core_messages(t.problem, None) for t in train for _ in range(cfg.alone_runs)]
     draws = [d for _ in train for d in range(cfg.alone_runs)]
     out = run_requests(client, messages, "core alone on train", draws=draws, **core_params(args))
     rows = []
     for i, t in enumerate(train):
         runs = [r for r in out[i * cfg.alone_runs:(i + 1) * cfg.alone_runs] if not isinstance(r, CoreError)]
-        correct = [tasks.extract_answer(r.text) == t.answer for r in runs]
+        correct = [tasks.family_of(t).extract_answer(r.text) == t.answer for r in runs]
         dollars = [d for d in (grpo.request_dollars(client, r) for r in runs) if d is not None]
         rows.append(dict(id=t.id, runs=len(runs), correct=sum(correct),
                          majority_correct=bool(runs) and 2 * sum(correct) > len(runs),
@@ -403,7 +428,8 @@ def stage_sample(args, run):
 
 def sample_chunk(args, chunk, cfg, teacher, core):
     """K teacher strategies per task, each valid one run M times by the cheap core. One row per strategy."""
-    replies = run_requests(teacher, [tasks.teacher_messages(t.problem) for t in chunk for _ in range(cfg.k)],
+    replies = run_requests(teacher, [tasks.family_of(t).teacher_messages(t.problem) for t in chunk
+                                     for _ in range(cfg.k)],
                            "teacher", draws=[d for _ in chunk for d in range(cfg.k)],
                            temperature=1.0, max_tokens=args.core_max_tokens)
     rows, runs_needed = [], []
@@ -413,19 +439,21 @@ def sample_chunk(args, chunk, cfg, teacher, core):
             if isinstance(reply, CoreError):
                 continue
             strategy = tasks.extract_strategy(reply.text) or reply.text.strip()
-            parsed = tasks.parse_strategy(strategy)
+            parsed = tasks.family_of(t).parse_strategy(strategy)
             rows.append(dict(task_id=t.id, draw=d, strategy=strategy, valid=parsed.valid,
                              invalid_reason=None if parsed.valid else parsed.error,
-                             leaks=tasks.leaks(strategy, t.problem, t.answer),
+                             leaks=tasks.family_of(t).leaks(strategy, t.problem, t.answer),
                              teacher_dollars=grpo.request_dollars(teacher, reply), runs=[], _task=t))
             if parsed.valid:
                 runs_needed.extend((len(rows) - 1, m) for m in range(cfg.m))
-    executions = run_requests(core, [tasks.core_messages(rows[i]["_task"].problem, rows[i]["strategy"])
+    executions = run_requests(core, [tasks.family_of(rows[i]["_task"]).core_messages(rows[i]["_task"].problem,
+                                                                                     rows[i]["strategy"])
                                      for i, _ in runs_needed],
                               "cheap core executes", draws=[m for _, m in runs_needed], **core_params(args))
     for (i, _), out in zip(runs_needed, executions):
         if not isinstance(out, CoreError):
-            rows[i]["runs"].append(dict(correct=tasks.extract_answer(out.text) == rows[i]["_task"].answer,
+            task = rows[i]["_task"]
+            rows[i]["runs"].append(dict(correct=tasks.family_of(task).extract_answer(out.text) == task.answer,
                                         dollars=grpo.request_dollars(core, out), output_tokens=out.output_tokens))
     for r in rows:
         del r["_task"]
@@ -471,7 +499,7 @@ def sft_examples(run, tok, data, split_tasks, max_len):
         t = by_id.get(r["task_id"])
         if t is None:
             continue
-        prompt = grpo.prompt_tokens(tok, t.problem)
+        prompt = grpo.prompt_tokens(tok, t.problem, tasks.family_of(t))
         completion = tok.encode(r["strategy"], disallowed_special=()) + [eos]
         if len(prompt) + len(completion) > max_len:
             dropped += 1
@@ -530,35 +558,46 @@ def lr_at(step, cfg, base_lr):
 def stage_sft(args, run):
     cfg = stage_config(SFTConfig, args, "sft")
     data = args.data
-    run.check_config(f"sft-{data}", cfg)
+    run.check_config(f"sft-{data}", dict(asdict(cfg), init=args.init) if args.init else cfg)
     out_dir = run.file(f"sft-{data}")
     best_dir, last_dir = os.path.join(out_dir, "best"), os.path.join(out_dir, "last")
-    tok = load_tokenizer(run)
+    tok = load_guide_tokenizer(run, args.init)
     pad = tok.encode_single_token("<|pad|>")
-    train = sft_examples(run, tok, data, load_tasks(run, "train"), cfg.max_seq_len)
+    train_tasks = load_tasks(run, "train")
+    if train_tasks and isinstance(train_tasks[0], tasks.GSM8KTask):
+        # GSM8K has no canonical strategies: the strategies of every 20th training task are held out instead
+        train = sft_examples(run, tok, data, [t for i, t in enumerate(train_tasks) if i % 20], cfg.max_seq_len)
+        val = sft_examples(run, tok, data, train_tasks[::20], cfg.max_seq_len)
+    else:
+        train = sft_examples(run, tok, data, train_tasks, cfg.max_seq_len)
+        # validation: the same kind of strategies would need teacher calls on val; canonical strategies of val
+        # tasks measure what matters (can the guide write a clear plan for an unseen problem) at no cost.
+        eos = tok.encode_single_token("<|eos|>")
+        val = [(p, c) for p, c in ((grpo.prompt_tokens(tok, t.problem),
+                                     tok.encode(tasks.canonical_strategy(t), disallowed_special=()) + [eos])
+                                    for t in load_tasks(run, "val")) if len(p) + len(c) <= cfg.max_seq_len]
     if not train:
         raise UserError(f"{run.file(data + '.jsonl')} holds no usable strategies")
-    # validation: the same kind of strategies would need teacher calls on val; canonical strategies of val tasks
-    # measure what matters (can the guide write a clear plan for an unseen problem) at no cost.
-    eos = tok.encode_single_token("<|eos|>")
-    val = [(p, c) for p, c in ((grpo.prompt_tokens(tok, t.problem),
-                                 tok.encode(tasks.canonical_strategy(t), disallowed_special=()) + [eos])
-                                for t in load_tasks(run, "val")) if len(p) + len(c) <= cfg.max_seq_len]
 
     torch.manual_seed(cfg.seed)
     start_step, best_val = 0, float("inf")
     if os.path.exists(os.path.join(last_dir, "config.json")):
-        net = load_guide(run, last_dir, args.device)
+        net, _ = load_guide(run, last_dir, args.device)
         state = read_json(os.path.join(last_dir, "state.json"))
         start_step, best_val = state["step"], state["best_val"]
         if start_step >= cfg.steps:
             print(f"sft: {out_dir} finished ({start_step} steps), kept")
             return
         print(f"sft: resuming {out_dir} from step {start_step}")
+    elif args.init:
+        net, _ = load_guide(run, args.init, args.device)       # a pretrained guide (hf:<dir>)
     else:
         net = guide_model.Guide(guide_model.GuideConfig(
             vocab_size=tok.n_vocab, n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_head=cfg.n_head,
             n_kv_head=cfg.n_kv_head, max_seq_len=cfg.max_seq_len)).to(args.device)
+    if cfg.max_seq_len > net.config.max_seq_len:
+        raise UserError(f"sft: --max-seq-len {cfg.max_seq_len} is longer than the guide's {net.config.max_seq_len}")
+    net.grad_checkpointing = args.grad_checkpointing
     optimizer = make_optimizer(net, cfg.lr, cfg.weight_decay)
     if start_step:
         optimizer.load_state_dict(torch.load(os.path.join(last_dir, "optimizer.pt"), map_location=args.device))
@@ -584,8 +623,8 @@ def stage_sft(args, run):
             val_loss = sft_val_loss(net, val, pad, 64)
             if val_loss < best_val:
                 best_val = val_loss
-                guide_model.save_checkpoint(net, best_dir, extra=dict(step=step + 1, val_loss=val_loss))
-            guide_model.save_checkpoint(net, last_dir)
+                save_guide(net, tok, best_dir, extra=dict(step=step + 1, val_loss=val_loss))
+            save_guide(net, tok, last_dir)
             torch.save(optimizer.state_dict(), os.path.join(last_dir, "optimizer.pt.tmp"))
             os.replace(os.path.join(last_dir, "optimizer.pt.tmp"), os.path.join(last_dir, "optimizer.pt"))
             write_json(os.path.join(last_dir, "state.json"), dict(step=step + 1, best_val=best_val))
@@ -614,37 +653,39 @@ def stage_grpo(args, run):
     run.check_config(name, dict(asdict(cfg), init=args.init))
     out_dir = run.file(name)
     best_dir, last_dir = os.path.join(out_dir, "best"), os.path.join(out_dir, "last")
-    tok = load_tokenizer(run)
+    tok = load_guide_tokenizer(run, args.init)
     train, val = load_tasks(run, "train"), load_tasks(run, "val")[:cfg.n_val_eval]
     alone = {i: dict(alone_majority_correct=r["majority_correct"], alone_dollars=r["dollars"])
              for i, r in load_alone_stats(run).items()}
     client = client_for(args, "core", run)
     if os.path.exists(os.path.join(last_dir, "state.json")):
-        net, state = load_guide(run, last_dir, args.device), read_json(os.path.join(last_dir, "state.json"))
+        net, state = load_guide(run, last_dir, args.device)[0], read_json(os.path.join(last_dir, "state.json"))
         if state["step"] >= cfg.steps:
             print(f"grpo: {out_dir} finished ({state['step']} steps), kept")
             return
         print(f"grpo: resuming {out_dir} from step {state['step']}")
     else:
-        net = load_guide(run, args.init, args.device)
+        net = load_guide(run, args.init, args.device)[0]
         state = dict(step=0, best_accuracy=-1.0)
+    net.grad_checkpointing = args.grad_checkpointing
     optimizer = make_optimizer(net, cfg.lr, weight_decay=0.0)
     if state["step"]:
         optimizer.load_state_dict(torch.load(os.path.join(last_dir, "optimizer.pt"), map_location=args.device))
     ref_model = None
     if cfg.kl_beta > 0:
-        ref_model = load_guide(run, args.init, args.device).eval().requires_grad_(False)
+        ref_model = load_guide(run, args.init, args.device)[0].eval().requires_grad_(False)
     order = random.Random(cfg.seed).sample(train, len(train))   # a fixed pass order, so a resume sees the same tasks
 
     def validate(step):
-        texts, _ = guide_strategies(net, tok, [t.problem for t in val], cfg.max_new_tokens, 64, desc="grpo val")
-        replies = run_requests(client, [tasks.core_messages(t.problem, s) for t, s in zip(val, texts)],
+        texts, _ = guide_strategies(net, tok, val, cfg.max_new_tokens, 64, desc="grpo val")
+        replies = run_requests(client, [tasks.family_of(t).core_messages(t.problem, s) for t, s in zip(val, texts)],
                                "grpo val core", **core_params(args))
-        ok = [tasks.extract_answer(r.text) == t.answer for t, r in zip(val, replies) if not isinstance(r, CoreError)]
+        ok = [tasks.family_of(t).extract_answer(r.text) == t.answer for t, r in zip(val, replies)
+              if not isinstance(r, CoreError)]
         accuracy = sum(ok) / max(1, len(ok))
         if accuracy > state["best_accuracy"]:
             state["best_accuracy"] = accuracy
-            guide_model.save_checkpoint(net, best_dir, extra=dict(step=step, val_accuracy=accuracy))
+            save_guide(net, tok, best_dir, extra=dict(step=step, val_accuracy=accuracy))
         run.log(name, step=step, val_accuracy=round(accuracy, 4), best_val_accuracy=round(state["best_accuracy"], 4))
         return accuracy
 
@@ -664,7 +705,7 @@ def stage_grpo(args, run):
             bar.write(f"{name} step {step + 1}: reward {fmt(metrics['reward'])}, val accuracy {accuracy:.3f} "
                       f"(best {state['best_accuracy']:.3f})")
             state["step"] = step + 1
-            guide_model.save_checkpoint(net, last_dir)
+            save_guide(net, tok, last_dir)
             torch.save(optimizer.state_dict(), os.path.join(last_dir, "optimizer.pt.tmp"))
             os.replace(os.path.join(last_dir, "optimizer.pt.tmp"), os.path.join(last_dir, "optimizer.pt"))
             write_json(os.path.join(last_dir, "state.json"), state)
@@ -673,22 +714,59 @@ def stage_grpo(args, run):
 # ----------------------------------------------------------------------------------------------------------------
 # 7. eval
 
+def guide_dir(run, guide):
+    """A guide argument as a directory: "hf:<dir>" is a Hugging Face directory as given, else a path (relative to
+    the run when it does not exist as given)."""
+    if guide.startswith("hf:"):
+        return guide[len("hf:"):]
+    return guide if os.path.isabs(guide) or os.path.exists(guide) else run.file(guide)
+
+
+def is_hf_dir(path):
+    return os.path.isfile(os.path.join(path, "tokenizer.json"))
+
+
 def load_guide(run, guide, device="cpu"):
-    path = guide if os.path.isabs(guide) or os.path.exists(guide) else run.file(guide)
+    """(model, tokenizer) of a guide: a Hugging Face directory (a pretrained guide, or a checkpoint trained from
+    one) brings its own tokenizer; a project checkpoint uses the run's."""
+    path = guide_dir(run, guide)
     try:
-        return guide_model.load_checkpoint(path, device)
-    except guide_model.CheckpointError as e:
+        if is_hf_dir(path) or guide.startswith("hf:"):
+            return hf.load_hf(path, device, torch.float32)   # fp32 weights; on CUDA the math runs in bf16 autocast
+        return guide_model.load_checkpoint(path, device), load_tokenizer(run)
+    except (guide_model.CheckpointError, hf.HFError) as e:
         raise UserError(str(e))
 
 
+def load_guide_tokenizer(run, init):
+    """The tokenizer a stage trains with: the pretrained guide's when init is one, else the run's own."""
+    path = guide_dir(run, init) if init else None
+    if path and (is_hf_dir(path) or init.startswith("hf:")):
+        try:
+            return hf.load_hf_tokenizer(path)
+        except hf.HFError as e:
+            raise UserError(str(e))
+    return load_tokenizer(run)
+
+
+def save_guide(net, tok, path, extra=None):
+    """A guide with a pretrained tokenizer is saved as a Hugging Face directory (servable as it is), else as a
+    project checkpoint."""
+    if not isinstance(tok, hf.HFEncoding):
+        return guide_model.save_checkpoint(net, path, extra=extra)
+    hf.save_hf(net, tok, path)
+    if extra is not None:
+        write_json(os.path.join(path, "extra.json"), extra)
+
+
 @torch.no_grad()
-def guide_strategies(net, tok, problems, max_new_tokens, batch_size, desc="guide writes"):
-    """Greedy strategies for each problem; returns (texts, completion token counts)."""
+def guide_strategies(net, tok, task_list, max_new_tokens, batch_size, desc="guide writes"):
+    """Greedy strategies for each task; returns (texts, completion token counts)."""
     net.eval()
     eos = tok.encode_single_token("<|eos|>")
     texts, lengths = [], []
-    for i in tqdm(range(0, len(problems), batch_size), desc=desc):
-        prompts = [grpo.prompt_tokens(tok, p) for p in problems[i:i + batch_size]]
+    for i in tqdm(range(0, len(task_list), batch_size), desc=desc):
+        prompts = [grpo.prompt_tokens(tok, t.problem, tasks.family_of(t)) for t in task_list[i:i + batch_size]]
         out = guide_model.generate(net, prompts, max_new_tokens, eos_id=eos, temperature=0.0,
                                    stop_strings=[grpo.STOP], tokenizer=tok)
         texts.extend(out.texts)
@@ -721,7 +799,8 @@ def evaluate(args, run, name, guide, role="core"):
         strategies = [None] * len(test)
     elif guide == "teacher":
         teacher = client_for(args, "teacher", run)
-        replies = run_requests(teacher, [tasks.teacher_messages(t.problem) for t in test], "teacher on test",
+        replies = run_requests(teacher, [tasks.family_of(t).teacher_messages(t.problem) for t in test],
+                               "teacher on test",
                                temperature=1.0, max_tokens=args.core_max_tokens)
         # a task whose teacher call failed for good is counted as failed, never quietly run without a strategy
         failed = {i: r for i, r in enumerate(replies) if isinstance(r, CoreError)}
@@ -730,12 +809,11 @@ def evaluate(args, run, name, guide, role="core"):
         teacher_dollars = [0.0 if i in failed else grpo.request_dollars(teacher, r) or 0.0
                            for i, r in enumerate(replies)]
     else:
-        tok = load_tokenizer(run)
-        net = load_guide(run, guide, args.device)
-        strategies, guide_tokens = guide_strategies(net, tok, [t.problem for t in test], cfg.max_new_tokens,
-                                                    cfg.batch_size)
+        net, tok = load_guide(run, guide, args.device)
+        strategies, guide_tokens = guide_strategies(net, tok, test, cfg.max_new_tokens, cfg.batch_size)
     todo = [i for i in range(len(test)) if i not in failed]
-    core_replies = run_requests(client, [tasks.core_messages(test[i].problem, strategies[i]) for i in todo],
+    core_replies = run_requests(client, [tasks.family_of(test[i]).core_messages(test[i].problem, strategies[i])
+                                         for i in todo],
                                 f"{name}: core", **core_params(args))
     replies = failed | dict(zip(todo, core_replies))
     per_task = []
@@ -745,11 +823,12 @@ def evaluate(args, run, name, guide, role="core"):
         if isinstance(r, CoreError):
             row.update(failed=True)
         else:
-            row.update(failed=False, correct=tasks.extract_answer(r.text) == t.answer,
+            row.update(failed=False, correct=tasks.family_of(t).extract_answer(r.text) == t.answer,
                        dollars=grpo.request_dollars(client, r),
                        input_tokens=r.input_tokens, output_tokens=r.output_tokens)
         if s is not None:
-            row.update(valid=tasks.parse_strategy(s).valid, leaks=tasks.leaks(s, t.problem, t.answer))
+            row.update(valid=tasks.family_of(t).parse_strategy(s).valid,
+                       leaks=tasks.family_of(t).leaks(s, t.problem, t.answer))
         per_task.append(row)
     os.makedirs(run.file("eval"), exist_ok=True)
     slug = "".join(c if c.isalnum() else "-" for c in name.lower())
@@ -905,13 +984,23 @@ def build_parser():
         s.add_argument("--core-max-tokens", type=int, default=512)
         for cls in configs:
             add_config_flags(s, cls)
+        if name == "data":
+            s.add_argument("--data-dir", default=env("DATA_DIR", "data/gsm8k"),
+                           help="where --family gsm8k finds train.jsonl and test.jsonl (default data/gsm8k)")
         if name == "sft":
             s.add_argument("--data", choices=["accepted", "raw"], default="accepted")
+            s.add_argument("--init", help="hf:<dir>: fine-tune a pretrained Hugging Face guide (its tokenizer too) "
+                                          "instead of training one from scratch")
         if name == "grpo":
-            s.add_argument("--init", required=True, help="checkpoint to start from, e.g. sft-accepted/best")
+            s.add_argument("--init", required=True, help="checkpoint to start from, e.g. sft-accepted/best, or "
+                                                         "hf:<dir> for a Hugging Face directory")
             s.add_argument("--reward", choices=["structure", "outcome"], default="structure")
+        if name in ("sft", "grpo"):
+            s.add_argument("--grad-checkpointing", action="store_true",
+                           help="recompute activations in the backward pass (less memory, more compute)")
         if name == "eval":
-            s.add_argument("--guide", required=True, help="checkpoint dir (relative to the run), 'teacher' or 'none'")
+            s.add_argument("--guide", required=True, help="checkpoint dir (relative to the run), hf:<dir>, "
+                                                          "'teacher' or 'none'")
             s.add_argument("--core-role", choices=["core", "large"], default="core")
             s.add_argument("--name", help="row name in the results table")
         if name == "table":

@@ -36,6 +36,7 @@ import tiktoken
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from safetensors.torch import load_file, save
 
 # ----------------------------------------------------------------------------------------------------- the model
@@ -164,6 +165,7 @@ class Guide(nn.Module):
     def __init__(self, cfg: GuideConfig):
         super().__init__()
         self.config = cfg
+        self.grad_checkpointing = False   # set True to trade compute for activation memory in training
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
@@ -207,7 +209,12 @@ class Guide(nn.Module):
         x = self.tok_emb(idx)                                                                     # (B, T, C)
         for i, block in enumerate(self.blocks):
             cache = (kv_cache.k[i], kv_cache.v[i]) if kv_cache is not None else None
-            x = block(x, cos, sin, mask, cache, slots)
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                # keep only each block's input; its activations are recomputed in the backward pass (a pretrained
+                # guide's long sequences then fit in memory, for about a third more compute)
+                x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, mask, cache, slots, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, mask, cache, slots)
         return self.lm_head(self.norm(x))                                                         # (B, T, V)
 
 

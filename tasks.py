@@ -663,8 +663,8 @@ class GSM8KTask:
     solution: str      # GSM8K's worked solution (with its <<calculator>> annotations), for reference only
 
     def to_json(self) -> dict:
-        return {"id": self.id, "split": self.split, "problem": self.problem, "answer": self.answer,
-                "solution": self.solution}
+        return {"family": "gsm8k", "id": self.id, "split": self.split, "problem": self.problem,
+                "answer": self.answer, "solution": self.solution}
 
     @staticmethod
     def from_json(d: dict) -> "GSM8KTask":
@@ -791,6 +791,44 @@ def gsm8k_core_messages(problem: str, strategy: str | None) -> list:
 
 def gsm8k_teacher_messages(problem: str) -> list:
     return [{"role": "system", "content": GSM8K_TEACHER_SYSTEM}, {"role": "user", "content": _PROBLEM + problem}]
+
+
+def gsm8k_guide_prompt(problem: str) -> str:
+    """The guide's input as plain text, for a guide without a chat format (a from-scratch or base model)."""
+    return f"{GSM8K_GUIDE_SYSTEM}\n\n{_PROBLEM}{problem}\nStrategy:\n"
+
+
+def gsm8k_training_text(task: GSM8KTask):
+    """Text for a from-scratch guide's tokenizer: its prompt and GSM8K's worked solution (no strategies exist yet)."""
+    yield gsm8k_guide_prompt(task.problem)
+    yield task.solution
+
+
+@dataclass(frozen=True)
+class Family:
+    """What the recipe needs from a task family; family_of(task) picks it, so a task always meets its own rules."""
+    name: str
+    task_from_json: object
+    guide_prompt: object        # problem -> text (a guide without a chat format)
+    guide_messages: object      # problem -> messages (a pretrained chat guide, through its template)
+    core_messages: object       # (problem, strategy or None) -> messages
+    teacher_messages: object    # problem -> messages
+    parse_strategy: object      # text -> ParsedStrategy
+    leaks: object               # (strategy, problem, answer) -> bool
+    extract_answer: object      # reply -> number or None
+
+
+FAMILIES = {
+    "mathsim": Family("mathsim", MathTask.from_json, guide_prompt,
+                      lambda problem: [{"role": "user", "content": guide_prompt(problem)}], core_messages,
+                      teacher_messages, parse_strategy, leaks, extract_answer),
+    "gsm8k": Family("gsm8k", GSM8KTask.from_json, gsm8k_guide_prompt, gsm8k_guide_messages, gsm8k_core_messages,
+                    gsm8k_teacher_messages, gsm8k_parse_strategy, gsm8k_leaks, gsm8k_extract_answer),
+}
+
+
+def family_of(task) -> Family:
+    return FAMILIES["gsm8k" if isinstance(task, GSM8KTask) else "mathsim"]
 
 
 def main(argv=None) -> int:

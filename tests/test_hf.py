@@ -62,11 +62,11 @@ def write_tokenizer(tok, directory):
                    "pad_token": "<|endoftext|>", "bos_token": None}, f)
 
 
-def tiny_hf(kind, directory, tie=False):
+def tiny_hf(kind, directory, tie=False, max_len=128):
     """A random tiny Llama, Qwen2 or Mistral written by transformers' save_pretrained, with a tokenizers-trained BPE."""
     tok = train_bpe("qwen2")
     common = dict(vocab_size=tok.get_vocab_size() + 5, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_len,
                   tie_word_embeddings=tie, rope_theta=500000.0)
     torch.manual_seed(0)
     if kind == "llama":
