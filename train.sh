@@ -3,6 +3,9 @@
 #   bash train.sh                    full default run against the local simulated core (about 14 min on 2 CPU cores)
 #   QUICK=1 bash train.sh            a smoke version of every stage (under a minute)
 # Overrides: CORE_URL CORE_MODEL CORE_API LARGE_CORE_MODEL TEACHER_URL TEACHER_MODEL TEACHER_API RUN DEVICE
+# The paper's experiment: TASK=gsm8k GUIDE_INIT=<Hugging Face dir> CORE_URL=https://api.anthropic.com bash train.sh
+#   (GSM8K from DATA_DIR, default data/gsm8k; a pretrained guide fine-tuned instead of one trained from scratch;
+#   with Anthropic's URL the core is Claude 3.5 Haiku and the teacher and large core Claude 3.5 Sonnet by default)
 # With CORE_URL unset, sim_core.py is started on a free loopback port and stopped on exit, however the script ends.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -11,7 +14,33 @@ PY=${PYTHON:-python}
 if [ "${QUICK:-0}" = "1" ]; then export QUICK=1; RUN=${RUN:-runs/quick}; else export QUICK=0; RUN=${RUN:-runs/default}; fi
 export RUN
 export DEVICE=${DEVICE:-cpu}
+TASK=${TASK:-mathsim}
 start=$(date +%s)
+
+if [ "$TASK" != "mathsim" ] && [ -z "${CORE_URL:-}" ]; then
+    echo "error: TASK=$TASK needs a real core: set CORE_URL (the simulated core only knows mathsim)" >&2; exit 1
+fi
+if [ -n "${GUIDE_INIT:-}" ] && [ ! -f "$GUIDE_INIT/config.json" ]; then
+    echo "error: GUIDE_INIT=$GUIDE_INIT: no config.json there (a local Hugging Face model directory)" >&2; exit 1
+fi
+case "${CORE_URL:-}" in
+    *api.anthropic.com*)
+        export CORE_API=${CORE_API:-anthropic} CORE_MODEL=${CORE_MODEL:-claude-3-5-haiku-20241022}
+        export LARGE_CORE_MODEL=${LARGE_CORE_MODEL:-claude-3-5-sonnet-20241022}
+        export TEACHER_MODEL=${TEACHER_MODEL:-claude-3-5-sonnet-20241022} ;;
+esac
+DATA_FLAGS=(--family "$TASK")
+GEN_FLAGS=()
+if [ "$TASK" = "gsm8k" ]; then
+    [ "$QUICK" = "1" ] || DATA_FLAGS+=(--n-train 7473 --n-test 1319)   # all of GSM8K (200 of train become val)
+    GEN_FLAGS=(--max-new-tokens 256)               # free-text strategies run longer than mathsim's
+fi
+SFT_FLAGS=()                                       # (used as ${A[@]+"${A[@]}"}: an empty array under set -u)
+GRPO_FLAGS=()
+if [ -n "${GUIDE_INIT:-}" ]; then                  # fine-tuning a pretrained guide: small learning rates
+    SFT_FLAGS=(--init "hf:$GUIDE_INIT" --lr 1e-5 --warmup 20)
+    GRPO_FLAGS=(--lr 1e-6)
+fi
 
 if [ -z "${CORE_URL:-}" ]; then
     mkdir -p "$RUN"
@@ -31,19 +60,19 @@ if [ -z "${CORE_URL:-}" ]; then
 fi
 
 X="$PY exectune.py"
-$X data
-$X tokenizer
+$X data "${DATA_FLAGS[@]}"
+[ -n "${GUIDE_INIT:-}" ] || $X tokenizer           # a pretrained guide brings its own tokenizer
 $X baselines
 $X sample
-$X sft --data accepted
-$X sft --data raw
-$X grpo --init sft-raw/best --reward outcome
-$X grpo --init sft-accepted/best --reward structure
+$X sft --data accepted ${SFT_FLAGS[@]+"${SFT_FLAGS[@]}"}
+$X sft --data raw ${SFT_FLAGS[@]+"${SFT_FLAGS[@]}"}
+$X grpo --init sft-raw/best --reward outcome ${GRPO_FLAGS[@]+"${GRPO_FLAGS[@]}"} ${GEN_FLAGS[@]+"${GEN_FLAGS[@]}"}
+$X grpo --init sft-accepted/best --reward structure ${GRPO_FLAGS[@]+"${GRPO_FLAGS[@]}"} ${GEN_FLAGS[@]+"${GEN_FLAGS[@]}"}
 $X eval --guide teacher --name "teacher strategies (reference)"
-$X eval --guide sft-raw/best --name "supervised GCoP"
-$X eval --guide grpo-outcome/best --name "advisor-style GCoP"
-$X eval --guide sft-accepted/best --name "ExecTune w/o RL"
-$X eval --guide grpo-structure/best --name "ExecTune"
+$X eval --guide sft-raw/best --name "supervised GCoP" ${GEN_FLAGS[@]+"${GEN_FLAGS[@]}"}
+$X eval --guide grpo-outcome/best --name "advisor-style GCoP" ${GEN_FLAGS[@]+"${GEN_FLAGS[@]}"}
+$X eval --guide sft-accepted/best --name "ExecTune w/o RL" ${GEN_FLAGS[@]+"${GEN_FLAGS[@]}"}
+$X eval --guide grpo-structure/best --name "ExecTune" ${GEN_FLAGS[@]+"${GEN_FLAGS[@]}"}
 
 echo
 $X table --wall-s $(( $(date +%s) - start ))
