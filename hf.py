@@ -15,8 +15,8 @@
 4. save_hf(guide, tokenizer, dir) writes config.json, model.safetensors, tokenizer.json, tokenizer_config.json and
    generation_config.json that transformers and vLLM load; a from-scratch guide's BPE is written as a tokenizer.json
    whose merges are every split of every token ranked by the merged token, which is how tiktoken merges.
-Every input a user can get wrong raises HFError with one line naming the file; `python hf.py DIR` loads a directory
-and prints one line, the error included. It is its own module (model.py re-exports load_hf / save_hf) because the
+Every input a user can get wrong raises HFError with one line naming the file, printed as that one line (no
+traceback) when nothing catches it; `python hf.py DIR` loads a directory and prints one line. It is its own module (model.py re-exports load_hf / save_hf) because the
 format plumbing is longer than the model it feeds.
 """
 import json
@@ -38,6 +38,18 @@ GPT2_PAT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(
 
 class HFError(Exception):
     """A Hugging Face directory this module cannot read or write; the message is one line naming the file."""
+
+
+def _excepthook(kind, value, tb, default=sys.excepthook):
+    """An HFError that reaches the top of a script (`python -c "import model; model.load_hf(d)"`) prints as the one
+    line it is, not a traceback; the exit status is still 1. Any other exception prints as usual."""
+    if issubclass(kind, HFError):
+        print(f"error: {value}", file=sys.stderr)
+    else:
+        default(kind, value, tb)
+
+
+sys.excepthook = _excepthook
 
 
 def byte_to_unicode():
@@ -368,9 +380,6 @@ def save_hf(guide, tokenizer, directory):
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: python hf.py DIR   (load a Hugging Face directory and print what it holds)")
-    try:
-        net, enc = load_hf(sys.argv[1])
-    except HFError as e:
-        sys.exit(f"error: {e}")
+    net, enc = load_hf(sys.argv[1])
     print(json.dumps({"config": vars(net.config), "params": sum(p.numel() for p in net.parameters()),
                       "tokens": enc.n_vocab, "chat": enc.chat, "roles": enc.roles}))

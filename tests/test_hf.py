@@ -211,6 +211,9 @@ def test_malformed_directories_fail_with_one_line(tmp_path, what, message):
     with pytest.raises(hf.HFError, match=message) as e:
         M.load_hf(d)
     assert "\n" not in str(e.value)
-    proc = subprocess.run([sys.executable, "hf.py", d], cwd=ROOT, capture_output=True, text=True)
+    # what a user types (the check): one line on stderr, exit status 1
+    proc = subprocess.run([sys.executable, "-c", f"import model; g, tok = model.load_hf({d!r})"], cwd=ROOT,
+                          capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+    assert str(e.value) in proc.stderr
