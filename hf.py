@@ -1,9 +1,10 @@
 """Pretrained guides in and out: Hugging Face directories <-> model.Guide + tiktoken.Encoding, with no transformers.
 
-1. load_hf(dir) reads config.json (LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM), model.safetensors or a
-   sharded model.safetensors.index.json, and tokenizer.json, and returns (Guide, HFEncoding). The Guide already is a
-   Llama: HF's separate q/k/v projections are concatenated into its fused qkv, and both use the rotate-half RoPE
-   layout (channel i pairs with channel i + head_dim / 2), so no weight is permuted.
+1. load_hf(dir) reads config.json (LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM; plain RoPE or Llama
+   3.1's scaled RoPE), model.safetensors or a sharded model.safetensors.index.json, and tokenizer.json, and returns
+   (Guide, HFEncoding). The Guide already is a Llama: HF's separate q/k/v projections are concatenated into its fused
+   qkv, and both use the rotate-half RoPE layout (channel i pairs with channel i + head_dim / 2), so no weight is
+   permuted.
 2. tokenizer.json (byte-level BPE) becomes a tiktoken.Encoding: each vocabulary string is mapped back to bytes through
    GPT-2's byte <-> unicode table, ranks = token ids (the merge order of every such vocabulary), the pre-tokenizer's
    regex is tiktoken's pat_str, added tokens are special tokens, and an NFC normalizer is applied before encoding.
@@ -206,11 +207,16 @@ def _config(hf, path):
     if hf.get("hidden_act", "silu") != "silu" or hf.get("mlp_bias") or (arch != "Qwen2ForCausalLM"
                                                                        and hf.get("attention_bias")):
         raise HFError(f"{path}: unsupported options (need hidden_act silu, no mlp_bias, no attention_bias)")
-    # transformers >= 5 writes rope_parameters {rope_type, rope_theta}; older files rope_theta and rope_scaling
+    # transformers >= 5 writes rope_parameters {rope_type, rope_theta, ...}; older files rope_theta, rope_scaling
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    if rope.get("rope_type", rope.get("type", "default")) != "default":
-        raise HFError(f"{path}: RoPE scaling {rope} is not supported (plain RoPE only)")
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ("default", "llama3"):
+        raise HFError(f"{path}: RoPE scaling {rope_type!r} is not supported (plain RoPE or Llama 3's)")
     theta = rope.get("rope_theta") or hf.get("rope_theta") or 10000.0
+    keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+    if rope_type == "llama3" and not all(k in rope for k in keys):
+        raise HFError(f"{path}: llama3 RoPE scaling needs {', '.join(keys)}")
+    scaling = {k: rope[k] for k in keys} if rope_type == "llama3" else None
     max_len = hf.get("max_position_embeddings", 4096)
     if hf.get("sliding_window") and (arch == "MistralForCausalLM" or hf.get("use_sliding_window")):
         max_len = min(max_len, hf["sliding_window"])      # within the window, sliding attention is full attention
@@ -221,7 +227,8 @@ def _config(hf, path):
             n_kv_head=hf.get("num_key_value_heads") or n_head, n_embd=hf["hidden_size"],
             ffn_hidden=hf["intermediate_size"], max_seq_len=max_len, rope_theta=float(theta),
             tie_embeddings=bool(hf.get("tie_word_embeddings", False)), qkv_bias=arch == "Qwen2ForCausalLM",
-            norm_eps=float(hf.get("rms_norm_eps", 1e-6)), head_dim=hf.get("head_dim") or hf["hidden_size"] // n_head)
+            norm_eps=float(hf.get("rms_norm_eps", 1e-6)), head_dim=hf.get("head_dim") or hf["hidden_size"] // n_head,
+            rope_scaling=scaling)
     except KeyError as e:
         raise HFError(f"{path}: missing field {e.args[0]!r}") from None
     except (ValueError, TypeError) as e:
@@ -355,7 +362,9 @@ def save_hf(guide, tokenizer, directory):
               "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head,
               "num_key_value_heads": cfg.n_kv_head, "head_dim": cfg.head_dim, "hidden_act": "silu",
               "max_position_embeddings": cfg.max_seq_len, "rms_norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_theta,
-              "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+              "rope_scaling": {"rope_type": "llama3", **cfg.rope_scaling} if cfg.rope_scaling else None,
+              "rope_parameters": {"rope_type": "llama3" if cfg.rope_scaling else "default",
+                                  "rope_theta": cfg.rope_theta, **(cfg.rope_scaling or {})},
               "tie_word_embeddings": cfg.tie_embeddings, "attention_bias": False, "mlp_bias": False,
               "bos_token_id": token_id("<|bos|>"), "eos_token_id": token_id("<|eos|>"),
               "torch_dtype": str(state["tok_emb.weight"].dtype).removeprefix("torch.")}

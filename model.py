@@ -56,6 +56,8 @@ class GuideConfig:
     qkv_bias: bool = False
     norm_eps: float = 1e-5        # RMSNorm epsilon (pretrained models use 1e-5 or 1e-6)
     head_dim: int | None = None   # None: n_embd // n_head; some pretrained models set it apart from n_embd
+    rope_scaling: dict | None = None  # Llama 3.1's rule: {factor, low_freq_factor, high_freq_factor,
+                                      # original_max_position_embeddings}; None: plain RoPE
 
     def __post_init__(self):
         if self.ffn_hidden is None:
@@ -87,6 +89,13 @@ def apply_rope(x, cos, sin):
 def rope_tables(cfg):
     """cos and sin of every position's angle for each channel pair: two (max_seq_len, head_dim / 2) tensors."""
     inv_freq = cfg.rope_theta ** (-torch.arange(0, cfg.head_dim, 2, dtype=torch.float64) / cfg.head_dim)
+    if cfg.rope_scaling:
+        # Llama 3.1+ stretches the slow channels (wavelength beyond the original context / low_freq_factor) by
+        # `factor`, keeps the fast ones (below original context / high_freq_factor), and blends in between.
+        s = cfg.rope_scaling
+        ramp = (s["original_max_position_embeddings"] * inv_freq / (2 * math.pi) - s["low_freq_factor"]) / (
+            s["high_freq_factor"] - s["low_freq_factor"])
+        inv_freq = inv_freq * (ramp.clamp(0, 1) + (1 - ramp.clamp(0, 1)) / s["factor"])
     angles = torch.outer(torch.arange(cfg.max_seq_len, dtype=torch.float64), inv_freq)  # (max_seq_len, hd/2)
     return angles.cos().float(), angles.sin().float()
 

@@ -72,6 +72,11 @@ def tiny_hf(kind, directory, tie=False, max_len=128):
     if kind == "llama":
         config = transformers.LlamaConfig(**common, rms_norm_eps=1e-5, head_dim=32)   # head_dim != hidden / heads
         net = transformers.LlamaForCausalLM(config)
+    elif kind == "llama3.1":                    # Llama 3.1's scaled RoPE, with a short original context so it bites
+        rope = dict(rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                    original_max_position_embeddings=32)
+        config = transformers.LlamaConfig(**{**common, "rope_theta": None}, rms_norm_eps=1e-5, rope_parameters=rope)
+        net = transformers.LlamaForCausalLM(config)
     elif kind == "mistral":
         config = transformers.MistralConfig(**common, rms_norm_eps=1e-5, sliding_window=64)
         net = transformers.MistralForCausalLM(config)
@@ -87,7 +92,7 @@ def tiny_hf(kind, directory, tie=False, max_len=128):
     return net
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2", "mistral"])
+@pytest.fixture(scope="module", params=["llama", "qwen2", "mistral", "llama3.1"])
 def pair(request, tmp_path_factory):
     directory = str(tmp_path_factory.mktemp(request.param))
     theirs = tiny_hf(request.param, directory, tie=request.param == "qwen2")
