@@ -257,8 +257,11 @@ def _weight_files(directory):
     """{tensor name: file} from model.safetensors or model.safetensors.index.json; every listed shard must exist."""
     single, index = os.path.join(directory, "model.safetensors"), os.path.join(directory, "model.safetensors.index.json")
     if os.path.isfile(single):
-        with safe_open(single, "pt") as f:
-            return {k: single for k in f.keys()}
+        try:
+            with safe_open(single, "pt") as f:
+                return {k: single for k in f.keys()}
+        except Exception as e:                  # safetensors raises its own error type for torn or corrupt files
+            raise HFError(f"{single}: torn or corrupt safetensors file ({e})") from None
     if not os.path.isfile(index):
         raise HFError(f"{directory}: no model.safetensors or model.safetensors.index.json")
     weight_map = _read_json(index).get("weight_map")
@@ -294,12 +297,13 @@ def load_hf(directory, device="cpu", dtype=None):
     net.to_empty(device=device)                 # no random init of billions of weights that are overwritten next
     if cfg.tie_embeddings:
         net.lm_head.weight = net.tok_emb.weight  # to_empty gives each module its own tensor: tie them again
-    net.rope_cos, net.rope_sin = (t.to(device) for t in guide_model.rope_tables(cfg))
     wrong = [f"{k} {tuple(v.shape)}" for k, v in state.items() if v.shape != net.state_dict()[k].shape]
     if wrong:
         raise HFError(f"{config_path}: weights do not fit the config: {wrong[:3]}")
     net.to(dtype or state["tok_emb.weight"].dtype)
     net.load_state_dict(state, strict=False)    # strict=False: a tied lm_head.weight is the embedding
+    # the RoPE tables stay fp32 whatever the weights' precision: bf16 angles would blur far positions
+    net.rope_cos, net.rope_sin = (t.to(device) for t in guide_model.rope_tables(cfg))
     return net.eval(), tokenizer
 
 
