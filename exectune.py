@@ -18,8 +18,12 @@ Every stage reads and writes inside runs/<name>/, can be re-run alone, and resum
 work: a stage whose outputs exist is skipped; sample and sft pick up where an interrupted run stopped. A run
 directory remembers each stage's configuration and refuses to mix in another one.
 
-Where this departs from the paper: the guide is a tiny decoder trained from scratch (the paper fine-tunes pretrained
-LLMs), so the defaults fit a 2-core CPU in about 13 minutes; SFT validates on canonical strategies of val tasks (no
+The real path: `data --family gsm8k` reads GSM8K from --data-dir (tasks.py), and `sft|grpo --init hf:<dir>`
+fine-tunes a pretrained Hugging Face guide (hf.py) instead of training one; there is no tokenizer stage then, and
+every checkpoint of that guide is written as a Hugging Face directory with its tokenizer, so it can be served as is.
+
+Where this departs from the paper: by default the guide is a tiny decoder trained from scratch (the paper fine-tunes
+pretrained LLMs), so the defaults fit a 2-core CPU in about 13 minutes; SFT validates on canonical strategies of val tasks (no
 teacher calls needed); GRPO keeps the checkpoint with the best greedy accuracy on val, the SFT one included.
 """
 import argparse
@@ -47,14 +51,16 @@ class UserError(Exception):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# stage configurations (one dataclass per stage; QUICK shrinks each to a smoke test)
+# stage configurations (one dataclass per stage; a preset resizes them for another budget)
 
 @dataclass
 class DataConfig:
     family: str = "mathsim"
+    level: int = 1               # 1: 1-3 operations in computation order (CPU); 2: 2-6, shuffled facts
     n_train: int = 3000
     n_val: int = 200
-    n_test: int = 500
+    n_test: int = 500            # the table's accuracy: drawn like train
+    n_ood: int = 500             # the table's "held-out phrasings" column
     seed: int = 0
 
 
@@ -86,6 +92,7 @@ class SFTConfig:
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     eval_every: int = 50
+    prompt_loss_weight: float = 0.0   # weight of the language-modelling loss on the problem text
     seed: int = 0
     n_layer: int = 4
     n_embd: int = 128
@@ -110,18 +117,30 @@ class EvalConfig:
     batch_size: int = 64
 
 
-QUICK = {
-    "data": dict(n_train=80, n_val=24, n_test=60),
+# Presets: sizes for other budgets, over the defaults above (bash train.sh picks one from QUICK, LEVEL and DEVICE).
+PRESETS = {}
+PRESETS["quick"] = {
+    "data": dict(n_train=80, n_val=24, n_test=60, n_ood=30),
     "sample": dict(k=2, chunk=40),
     "sft": dict(steps=30, batch_size=8, eval_every=15, n_layer=2, n_embd=64, n_head=2, n_kv_head=1),
     "grpo": dict(steps=3, prompts_per_step=4, group_size=4, max_new_tokens=96, eval_every=3, n_val_eval=24),
     "eval": dict(max_new_tokens=96),
 }
+PRESETS["level2"] = {        # LEVEL=2 on a CPU: today's world; the guide is not expected to learn to read in this time
+    "data": dict(level=2),
+}
+PRESETS["cuda"] = {          # DEVICE=cuda: level 2, a larger guide and more steps for one modern GPU
+    "data": dict(level=2, n_train=20000),
+    "sft": dict(steps=6000, batch_size=64, lr=1e-3, warmup=200, eval_every=500, n_layer=8, n_embd=384, n_head=6,
+                n_kv_head=2),
+    "grpo": dict(steps=100, prompts_per_step=16, eval_every=20, n_val_eval=500),
+    "eval": dict(batch_size=250),
+}
 
 
 def stage_config(cls, args, stage):
-    """The stage's dataclass: defaults, then QUICK overrides, then flags the user set explicitly."""
-    cfg = cls(**(QUICK.get(stage, {}) if args.quick else {}))
+    """The stage's dataclass: defaults, then the preset's sizes, then flags the user set explicitly."""
+    cfg = cls(**(PRESETS[args.preset].get(stage, {}) if args.preset else {}))
     for f in dataclasses.fields(cls):
         value = getattr(args, f.name, None)
         if value is not None:
@@ -167,6 +186,10 @@ class Run:
 
 def fmt(value, spec="{:.3f}"):
     return "—" if value is None else spec.format(value)
+
+
+def rounded(value, digits=4):
+    return None if value is None else round(value, digits)
 
 
 def write_json(path, obj):
@@ -274,14 +297,17 @@ def stage_data(args, run):
         return stage_data_gsm8k(args, run, cfg)
     if cfg.family != "mathsim":
         raise UserError(f"unknown task family {cfg.family!r} (available: mathsim, gsm8k)")
+    if cfg.level not in tasks.LEVELS:
+        raise UserError(f"--level must be one of {', '.join(map(str, tasks.LEVELS))}, got {cfg.level}")
     run.check_config("data", cfg)
     os.makedirs(run.file("data"), exist_ok=True)
-    for i, (split, n) in enumerate([("train", cfg.n_train), ("val", cfg.n_val), ("test", cfg.n_test)]):
+    sizes = dict(train=cfg.n_train, val=cfg.n_val, test=cfg.n_test, ood=cfg.n_ood)
+    for i, split in enumerate(tasks.SPLITS):
         path = run.file("data", f"{split}.jsonl")
         if os.path.exists(path):
             print(f"data: {path} exists, kept")
             continue
-        rows = [t.to_json() for t in tasks.generate_tasks(n, seed=cfg.seed * 1000 + i, split=split)]
+        rows = [t.to_json() for t in tasks.generate_tasks(sizes[split], cfg.seed * 1000 + i, split, cfg.level)]
         write_jsonl(path, rows)
         print(f"data: {len(rows)} {split} tasks -> {path}")
     run.log("data", **asdict(cfg))
@@ -524,13 +550,31 @@ def sft_batch(examples, pad_id):
     return inputs, targets, loss_mask
 
 
-def sft_loss(model, inputs, targets, loss_mask):
-    """Mean cross-entropy over strategy tokens (prompt and padding carry no loss)."""
+def sft_batch_examples(examples, cfg, step, group=8):
+    """The examples of SFT step `step`: a function of (seed, step), so a resumed run sees exactly the batches it would
+    have seen. Every `group` steps draw group * batch_size examples at random and cut them, sorted by length, into
+    `group` batches: a batch of similar lengths wastes little compute on padding (about a third less here)."""
+    group = max(1, min(group, len(examples) // cfg.batch_size))
+    rng = random.Random(cfg.seed * 1_000_003 + step // group)
+    pool = sorted(rng.sample(examples, min(group * cfg.batch_size, len(examples))), key=lambda e: len(e[0]) + len(e[1]))
+    batches = [pool[i * cfg.batch_size:(i + 1) * cfg.batch_size] for i in range(group)]
+    rng.shuffle(batches)
+    return batches[step % group]
+
+
+def sft_loss(model, inputs, targets, loss_mask, prompt_weight=0.0):
+    """Mean cross-entropy over strategy tokens (padding carries no loss), plus prompt_weight times the mean
+    cross-entropy over the problem text before them: language modelling on unlabeled problem text, which the
+    forward pass computes anyway."""
     with guide_model.autocast(inputs.device):
         logits = model(inputs)                                              # (B, T, V)
-    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
-    mask = loss_mask.flatten().float()
-    return (ce * mask).sum() / mask.sum()
+    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
+                                         reduction="none").view_as(targets)  # (B, T)
+    loss = (ce * loss_mask).sum() / loss_mask.sum()
+    if prompt_weight:
+        prompt_mask = loss_mask.cumsum(1) == 0                              # (B, T) positions before the strategy
+        loss = loss + prompt_weight * (ce * prompt_mask).sum() / prompt_mask.sum()
+    return loss
 
 
 @torch.no_grad()
@@ -563,8 +607,9 @@ def stage_sft(args, run):
     best_dir, last_dir = os.path.join(out_dir, "best"), os.path.join(out_dir, "last")
     tok = load_guide_tokenizer(run, args.init)
     pad = tok.encode_single_token("<|pad|>")
-    train_tasks = load_tasks(run, "train")
-    if train_tasks and isinstance(train_tasks[0], tasks.GSM8KTask):
+    train_tasks, val_tasks = load_tasks(run, "train"), load_tasks(run, "val")
+    gsm8k = bool(train_tasks) and isinstance(train_tasks[0], tasks.GSM8KTask)
+    if gsm8k:
         # GSM8K has no canonical strategies: the strategies of every 20th training task are held out instead
         train = sft_examples(run, tok, data, [t for i, t in enumerate(train_tasks) if i % 20], cfg.max_seq_len)
         val = sft_examples(run, tok, data, train_tasks[::20], cfg.max_seq_len)
@@ -575,7 +620,7 @@ def stage_sft(args, run):
         eos = tok.encode_single_token("<|eos|>")
         val = [(p, c) for p, c in ((grpo.prompt_tokens(tok, t.problem),
                                      tok.encode(tasks.canonical_strategy(t), disallowed_special=()) + [eos])
-                                    for t in load_tasks(run, "val")) if len(p) + len(c) <= cfg.max_seq_len]
+                                    for t in val_tasks) if len(p) + len(c) <= cfg.max_seq_len]
     if not train:
         raise UserError(f"{run.file(data + '.jsonl')} holds no usable strategies")
 
@@ -609,10 +654,9 @@ def stage_sft(args, run):
     for step in bar:
         for g in optimizer.param_groups:
             g["lr"] = lr_at(step, cfg, cfg.lr)
-        # the batch is a function of (seed, step), so a resumed run sees exactly the batches it would have seen
-        batch = random.Random(cfg.seed * 1_000_003 + step).sample(train, min(cfg.batch_size, len(train)))
+        batch = sft_batch_examples(train, cfg, step)
         inputs, targets, loss_mask = (x.to(args.device) for x in sft_batch(batch, pad))
-        loss = sft_loss(net, inputs, targets, loss_mask)
+        loss = sft_loss(net, inputs, targets, loss_mask, cfg.prompt_loss_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip).item()
@@ -621,6 +665,11 @@ def stage_sft(args, run):
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             val_loss = sft_val_loss(net, val, pad, 64)
+            plan_exact = exact_success = None          # the offline world's oracle reads mathsim only
+            if not gsm8k:
+                texts, _ = guide_strategies(net, tok, val_tasks, 160, 64, desc="val plans")
+                plan_exact, exact_success = plan_scores(val_tasks, texts)
+            net.train()
             if val_loss < best_val:
                 best_val = val_loss
                 save_guide(net, tok, best_dir, extra=dict(step=step + 1, val_loss=val_loss))
@@ -629,9 +678,25 @@ def stage_sft(args, run):
             os.replace(os.path.join(last_dir, "optimizer.pt.tmp"), os.path.join(last_dir, "optimizer.pt"))
             write_json(os.path.join(last_dir, "state.json"), dict(step=step + 1, best_val=best_val))
             run.log(f"sft-{data}", step=step + 1, loss=round(loss.item(), 4), val_loss=round(val_loss, 4),
+                    val_plan_exact=rounded(plan_exact), val_exact_success=rounded(exact_success),
                     lr=optimizer.param_groups[0]["lr"], grad_norm=round(grad_norm, 3),
                     tokens_per_s=round(tokens / (time.time() - t0)))
-            bar.write(f"sft {data} step {step + 1}: train {loss.item():.3f} val {val_loss:.3f} (best {best_val:.3f})")
+            bar.write(f"sft {data} step {step + 1}: train {loss.item():.3f} val {val_loss:.3f} (best {best_val:.3f}), "
+                      f"exact plans {fmt(plan_exact, '{:.1%}')}, mean exact success {fmt(exact_success)}")
+
+
+def plan_scores(val_tasks, texts):
+    """Strategies for val tasks scored with the tasks' hidden solutions: (share that is the task's plan, mean
+    probability that the simulated cheap core then answers correctly). Oracle measures for learning curves: they
+    read the offline world's exact probabilities and never feed training or checkpoint choice. (None, None) for a
+    real task family, which has no such oracle."""
+    if any(isinstance(t, tasks.GSM8KTask) for t in val_tasks):
+        return None, None
+    import sim_core                   # the offline world, read in-process here only, like a gym's `info` dict
+    strategies = [tasks.extract_strategy(s) or s for s in texts]
+    plan_exact = sum(tasks.plan_matches(t, s) for t, s in zip(val_tasks, strategies)) / max(1, len(val_tasks))
+    success = sum(sim_core.exact_success(t.problem, s) for t, s in zip(val_tasks, strategies)) / max(1, len(val_tasks))
+    return plan_exact, success
 
 
 def make_optimizer(net, lr, weight_decay):
@@ -683,10 +748,12 @@ def stage_grpo(args, run):
         ok = [tasks.family_of(t).extract_answer(r.text) == t.answer for t, r in zip(val, replies)
               if not isinstance(r, CoreError)]
         accuracy = sum(ok) / max(1, len(ok))
+        plan_exact, exact_success = plan_scores(val, texts)
         if accuracy > state["best_accuracy"]:
             state["best_accuracy"] = accuracy
             save_guide(net, tok, best_dir, extra=dict(step=step, val_accuracy=accuracy))
-        run.log(name, step=step, val_accuracy=round(accuracy, 4), best_val_accuracy=round(state["best_accuracy"], 4))
+        run.log(name, step=step, val_accuracy=round(accuracy, 4), best_val_accuracy=round(state["best_accuracy"], 4),
+                val_plan_exact=rounded(plan_exact), val_exact_success=rounded(exact_success))
         return accuracy
 
     if state["step"] == 0:
@@ -765,7 +832,7 @@ def guide_strategies(net, tok, task_list, max_new_tokens, batch_size, desc="guid
     net.eval()
     eos = tok.encode_single_token("<|eos|>")
     texts, lengths = [], []
-    for i in tqdm(range(0, len(task_list), batch_size), desc=desc):
+    for i in tqdm(range(0, len(task_list), batch_size), desc=desc, leave=False):
         prompts = [grpo.prompt_tokens(tok, t.problem, tasks.family_of(t)) for t in task_list[i:i + batch_size]]
         out = guide_model.generate(net, prompts, max_new_tokens, eos_id=eos, temperature=0.0,
                                    stop_strings=[grpo.STOP], tokenizer=tok)
@@ -784,7 +851,8 @@ def wilson(k, n, z=1.96):
 
 
 def evaluate(args, run, name, guide, role="core"):
-    """One system on the test split: guide (checkpoint path, 'teacher' or 'none') + core (role core|large)."""
+    """One system on the test split and the held-out-phrasing split: guide (checkpoint path, 'teacher' or 'none')
+    + core (role core|large). The table's columns come from test; `accuracy_ood` from ood."""
     results_path = run.file("results.json")
     results = read_json(results_path) if os.path.exists(results_path) else []
     cfg = stage_config(EvalConfig, args, "eval")
@@ -792,7 +860,9 @@ def evaluate(args, run, name, guide, role="core"):
     if any(r["spec"] == spec for r in results):
         print(f"eval: {name!r} already in {results_path}, kept")
         return
-    test = load_tasks(run, "test")
+    # a real benchmark (gsm8k) has no held-out-phrasing split: its ood column stays empty
+    has_ood = os.path.exists(run.file("data", "ood.jsonl"))
+    test = load_tasks(run, "test") + (load_tasks(run, "ood") if has_ood else [])
     client = client_for(args, role, run)
     guide_tokens, teacher_dollars, failed = [0] * len(test), [0.0] * len(test), {}
     if guide == "none":
@@ -800,7 +870,7 @@ def evaluate(args, run, name, guide, role="core"):
     elif guide == "teacher":
         teacher = client_for(args, "teacher", run)
         replies = run_requests(teacher, [tasks.family_of(t).teacher_messages(t.problem) for t in test],
-                               "teacher on test",
+                               "teacher on test+ood",
                                temperature=1.0, max_tokens=args.core_max_tokens)
         # a task whose teacher call failed for good is counted as failed, never quietly run without a strategy
         failed = {i: r for i, r in enumerate(replies) if isinstance(r, CoreError)}
@@ -819,7 +889,7 @@ def evaluate(args, run, name, guide, role="core"):
     per_task = []
     for i, (t, s, g, td) in enumerate(zip(test, strategies, guide_tokens, teacher_dollars)):
         r = replies[i]
-        row = dict(id=t.id, strategy=s, guide_tokens=g, teacher_dollars=td)
+        row = dict(id=t.id, split=t.split, strategy=s, guide_tokens=g, teacher_dollars=td)
         if isinstance(r, CoreError):
             row.update(failed=True)
         else:
@@ -833,13 +903,19 @@ def evaluate(args, run, name, guide, role="core"):
     os.makedirs(run.file("eval"), exist_ok=True)
     slug = "".join(c if c.isalnum() else "-" for c in name.lower())
     write_jsonl(run.file("eval", f"{slug}.jsonl"), per_task)
-    summary = summarize(name, role, client.model, guide, per_task, run)
+    summary = summarize(name, role, client.model, guide, [r for r in per_task if r["split"] == "test"], run)
+    ood = [r for r in per_task if r["split"] == "ood" and not r["failed"]]
+    k_ood = sum(r["correct"] for r in ood)
+    summary.update(n_ood=len(ood), accuracy_ood=k_ood / max(1, len(ood)) if has_ood else None,
+                   accuracy_ood_ci=wilson(k_ood, len(ood)) if has_ood else None)
     results = [r for r in results if r["name"] != name] + [dict(name=name, spec=spec, **summary)]
     write_json(results_path, results)
     write_table(run, results)
     run.log("eval", **summary)
     print(f"eval: {name}: accuracy {summary['accuracy']:.3f} "
-          f"[{summary['accuracy_ci'][0]:.3f}, {summary['accuracy_ci'][1]:.3f}]")
+          f"[{summary['accuracy_ci'][0]:.3f}, {summary['accuracy_ci'][1]:.3f}]" + (
+              f", on held-out phrasings {summary['accuracy_ood']:.3f} [{summary['accuracy_ood_ci'][0]:.3f}, "
+              f"{summary['accuracy_ood_ci'][1]:.3f}]" if has_ood else ""))
 
 
 def summarize(name, role, core_model, guide, per_task, run):
@@ -876,14 +952,16 @@ def write_table(run, results):
     """results.md: the paper's kind of table, cost relative to the large core alone."""
     large = next((r for r in results if r["spec"]["core_role"] == "large" and r["guide"] == "none"), None)
     large_cost = large and large["core_dollars_per_1k"]
-    lines = ["| system | accuracy (95% CI) | valid | success given valid | leak | harm | core in tok | "
-             "core out tok | $ / 1k tasks | guide tok | cost vs large |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| system | accuracy (95% CI) | accuracy on held-out phrasings | valid | success given valid | leak | "
+             "harm | core in tok | core out tok | $ / 1k tasks | guide tok | cost vs large |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         total = None if r["core_dollars_per_1k"] is None else r["core_dollars_per_1k"] + r["teacher_dollars_per_1k"]
         rel = None if not (total is not None and large_cost) else total / large_cost
         lo, hi = r["accuracy_ci"]
-        lines.append(f"| {r['name']} | {r['accuracy']:.3f} ({lo:.3f}–{hi:.3f}) | {fmt(r['validity'])} | "
+        ood = "—" if r["accuracy_ood"] is None else "{:.3f} ({:.3f}–{:.3f})".format(r["accuracy_ood"],
+                                                                                   *r["accuracy_ood_ci"])
+        lines.append(f"| {r['name']} | {r['accuracy']:.3f} ({lo:.3f}–{hi:.3f}) | {ood} | {fmt(r['validity'])} | "
                      f"{fmt(r['success_given_valid'])} | {fmt(r['leak_rate'])} | {fmt(r['harm_rate'])} | "
                      f"{r['core_input_tokens']:.0f} | {r['core_output_tokens']:.0f} | {fmt(total, '{:.3f}')} | "
                      f"{r['guide_tokens']:.1f} | {fmt(rel, '{:.2f}×')} |")
@@ -901,8 +979,9 @@ def stage_eval(args, run):
     evaluate(args, run, args.name or args.guide, args.guide, role=args.core_role)
 
 
-def plot_rl(run):
-    """rl.png: reward and validation accuracy over GRPO steps, one line per reward (needs matplotlib, optional)."""
+def plot_curves(run):
+    """curves.png: the SFT learning curves (val loss; greedy exact-plan rate and mean exact success on val) beside
+    the GRPO ones (reward; greedy accuracy on val), one line per stage. Needs matplotlib (optional)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -911,36 +990,47 @@ def plot_rl(run):
         return None
     path = run.file("metrics.jsonl")
     rows = read_jsonl(path, required=("stage",)) if os.path.exists(path) else []
-    stages = sorted({r["stage"] for r in rows if r["stage"].startswith("grpo-")})
-    if not stages:
+    sft = sorted({r["stage"] for r in rows if r["stage"].startswith("sft-")})
+    rl = sorted({r["stage"] for r in rows if r["stage"].startswith("grpo-")})
+    if not sft and not rl:
         return None
-    fig, (ax_reward, ax_accuracy) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for stage in stages:
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
+    for stage in sft:
+        evals = [r for r in rows if r["stage"] == stage and "val_plan_exact" in r]
+        steps = [r["step"] for r in evals]
+        axes[0].plot(steps, [r["val_loss"] for r in evals], label=stage)
+        axes[1].plot(steps, [r["val_plan_exact"] for r in evals], label=f"{stage}: exact plans")
+        axes[1].plot(steps, [r["val_exact_success"] for r in evals], ls="--", label=f"{stage}: exact success")
+    for stage in rl:
         steps = [r for r in rows if r["stage"] == stage and r.get("reward") is not None]
         evals = [r for r in rows if r["stage"] == stage and "val_accuracy" in r]
-        ax_reward.plot([r["step"] + 1 for r in steps], [r["reward"] for r in steps], label=stage)
-        ax_accuracy.plot([r["step"] for r in evals], [r["val_accuracy"] for r in evals], marker="o", label=stage)
-    ax_reward.set(xlabel="GRPO step", ylabel="mean reward (own reward)", title="reward")
-    ax_accuracy.set(xlabel="GRPO step", ylabel="greedy accuracy on val", title="validation accuracy")
-    for ax in (ax_reward, ax_accuracy):
+        axes[2].plot([r["step"] + 1 for r in steps], [r["reward"] for r in steps], label=stage)
+        axes[3].plot([r["step"] for r in evals], [r["val_accuracy"] for r in evals], marker="o", label=stage)
+    axes[0].set(xlabel="SFT step", ylabel="loss on canonical val strategies", title="SFT: val loss")
+    axes[1].set(xlabel="SFT step", ylabel="share / probability", title="SFT: greedy plans on val", ylim=(0, 1))
+    axes[2].set(xlabel="GRPO step", ylabel="mean reward (own reward)", title="GRPO: reward")
+    axes[3].set(xlabel="GRPO step", ylabel="greedy accuracy on val", title="GRPO: val accuracy")
+    for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.lines:
+            ax.legend(fontsize=7)
     fig.tight_layout()
-    out = run.file("rl.png")
+    out = run.file("curves.png")
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
 
 
 def stage_table(args, run):
-    """Print results.md (and draw rl.png when matplotlib is installed), then one JSON summary line."""
+    """Print results.md (and draw curves.png when matplotlib is installed), then one JSON summary line."""
     results = read_json(run.file("results.json"))
     print(write_table(run, results), end="")
-    plot = plot_rl(run)
+    plot = plot_curves(run)
     if plot:
-        print(f"reward and validation accuracy over GRPO steps -> {plot}")
+        print(f"SFT and GRPO learning curves -> {plot}")
     summary = dict(run=run.path, wall_s=args.wall_s, tasks=results[0]["n"] if results else 0,
                    accuracy={r["name"]: round(r["accuracy"], 4) for r in results},
+                   accuracy_ood={r["name"]: rounded(r["accuracy_ood"]) for r in results},
                    dollars_per_1k={r["name"]: None if r["core_dollars_per_1k"] is None else
                                    round(r["core_dollars_per_1k"] + r["teacher_dollars_per_1k"], 4) for r in results})
     print(json.dumps(summary))
@@ -968,7 +1058,9 @@ def build_parser():
     for name, (_, configs) in STAGES.items():
         s = sub.add_parser(name, help=f"the {name} stage")
         s.add_argument("--run", default=env("RUN", "runs/default"), help="run directory (default runs/default)")
-        s.add_argument("--quick", action="store_true", default=env("QUICK") == "1", help="smoke-test sizes")
+        s.add_argument("--preset", default=env("PRESET") or ("quick" if env("QUICK") == "1" else None),
+                       help=f"sizes for another budget: {', '.join(PRESETS)} (env PRESET; QUICK=1 means quick)")
+        s.add_argument("--quick", dest="preset", action="store_const", const="quick", help="the same as --preset quick")
         s.add_argument("--core-url", default=env("CORE_URL"), help="core base URL (env CORE_URL)")
         s.add_argument("--core-model", default=env("CORE_MODEL", "sim-core"))
         s.add_argument("--core-api", default=env("CORE_API", "openai"), choices=["openai", "anthropic"])
@@ -1023,6 +1115,8 @@ def main(argv=None):
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     try:
         args.device = check_device(args.device)
+        if args.preset is not None and args.preset not in PRESETS:
+            raise UserError(f"--preset / PRESET {args.preset!r} is not one of {', '.join(PRESETS)}")
         run = Run(args.run)
         STAGES[args.stage][0](args, run)
     except (UserError, CoreError) as e:

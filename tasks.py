@@ -21,6 +21,7 @@ import os
 import random
 import re
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -599,6 +600,38 @@ def canonical_strategy(task: MathTask) -> str:
         a, b = (y, x) if form.swap or (op.op == "add" and op.a[0] == "s" and op.b[0] == "q") else (x, y)
         lines.append(f"{k}. {form.pattern.format(a=a, b=b)}.")
     return "<strategy>\n" + "\n".join(lines) + "\n</strategy>"
+
+
+def plan_matches(task: MathTask, strategy: str) -> bool:
+    """Is the strategy the task's plan: it parses, and its steps compute exactly the solution's operations (in any
+    order that respects their inputs), each operand a number, an exact handle, an earlier step or a pronoun for the
+    step before? For validation curves and analysis only: it reads the task's hidden solution."""
+    parsed = parse_strategy(strategy)
+    if not parsed.valid or len(parsed.steps) != len(task.ops):
+        return False
+    by_handle = {re.sub(r"^the ", "", q.handle.lower()): Fraction(q.value) for q in task.quantities}
+    values = []
+    for step in parsed.steps:
+        args = []
+        for text in step.args:
+            t = text.strip().lower()
+            ref = re.fullmatch(r"(?:the (?:result|answer|value) (?:of|from) )?step (\d+)", t)
+            if ref and 1 <= int(ref.group(1)) <= len(values):
+                args.append(values[int(ref.group(1)) - 1])
+            elif t in ("it", "that", "this", "that result", "this result", "the previous result", "the last result"):
+                args.append(values[-1] if values else None)
+            elif re.fullmatch(_NUMBER, t):
+                args.append(Fraction(t.replace(",", "")))
+            else:
+                args.append(by_handle.get(re.sub(r"^(?:the )?(?:number of )?(?:the )?", "", t)))
+        if step.op is None or None in args:
+            return False
+        values.append(apply_op(step.op, *args))
+    solution = []
+    for op in task.ops:
+        x, y = (Fraction(task.quantities[r[1]].value) if r[0] == "q" else solution[r[1]][1] for r in (op.a, op.b))
+        solution.append((op.op, apply_op(op.op, x, y)))
+    return values[-1] == task.answer and Counter(zip((s.op for s in parsed.steps), values)) == Counter(solution)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,20 +1,34 @@
 #!/usr/bin/env bash
 # ExecTune end to end: every stage of exectune.py, then the results table and one JSON summary line.
-#   bash train.sh                    full default run against the local simulated core (about 14 min on 2 CPU cores)
-#   QUICK=1 bash train.sh            a smoke version of every stage (under a minute)
-# Overrides: CORE_URL CORE_MODEL CORE_API LARGE_CORE_MODEL TEACHER_URL TEACHER_MODEL TEACHER_API RUN DEVICE
+#   bash train.sh                    the default run: level-1 mathsim against the local simulated core, on a CPU
+#   LEVEL=2 bash train.sh            level 2 (2-6 operations, shuffled facts) with sizes for a CPU
+#   DEVICE=cuda bash train.sh        the guide on a GPU; level 2 with sizes for one modern GPU (LEVEL=1 to keep level 1)
+#   QUICK=1 bash train.sh            a smoke version of every stage (under a minute and a half)
+# Overrides: CORE_URL CORE_MODEL CORE_API LARGE_CORE_MODEL TEACHER_URL TEACHER_MODEL TEACHER_API RUN DEVICE LEVEL PRESET
 # The paper's experiment: TASK=gsm8k GUIDE_INIT=<Hugging Face dir> CORE_URL=https://api.anthropic.com bash train.sh
 #   (GSM8K from DATA_DIR, default data/gsm8k; a pretrained guide fine-tuned instead of one trained from scratch;
-#   with Anthropic's URL the core is Claude 3.5 Haiku and the teacher and large core Claude 3.5 Sonnet by default)
+#   with Anthropic's URL the core is Claude 3.5 Haiku and the teacher and large core Claude 3.5 Sonnet by default;
+#   exectune's default sizes, no preset, unless QUICK=1 or PRESET says otherwise)
 # With CORE_URL unset, sim_core.py is started on a free loopback port and stopped on exit, however the script ends.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 PY=${PYTHON:-python}
-if [ "${QUICK:-0}" = "1" ]; then export QUICK=1; RUN=${RUN:-runs/quick}; else export QUICK=0; RUN=${RUN:-runs/default}; fi
-export RUN
 export DEVICE=${DEVICE:-cpu}
 TASK=${TASK:-mathsim}
+case "$DEVICE" in cuda*) LEVEL=${LEVEL:-2} ;; *) LEVEL=${LEVEL:-1} ;; esac
+if [ "${QUICK:-0}" = "1" ]; then
+    preset=quick; RUN=${RUN:-runs/quick}
+elif [ "$TASK" != "mathsim" ]; then               # the presets size the mathsim world; a real task uses the defaults
+    preset=""; RUN=${RUN:-runs/$TASK}
+elif [ "$LEVEL" = "2" ]; then
+    case "$DEVICE" in cuda*) preset=cuda; RUN=${RUN:-runs/cuda} ;; *) preset=level2; RUN=${RUN:-runs/level2} ;; esac
+elif [ "$LEVEL" = "1" ]; then
+    preset=""; RUN=${RUN:-runs/default}
+else
+    echo "error: LEVEL must be 1 or 2, got '$LEVEL'" >&2; exit 2
+fi
+export PRESET=${PRESET:-$preset} RUN QUICK=0
 start=$(date +%s)
 
 if [ "$TASK" != "mathsim" ] && [ -z "${CORE_URL:-}" ]; then
@@ -32,7 +46,7 @@ esac
 DATA_FLAGS=(--family "$TASK")
 GEN_FLAGS=()
 if [ "$TASK" = "gsm8k" ]; then
-    [ "$QUICK" = "1" ] || DATA_FLAGS+=(--n-train 7473 --n-test 1319)   # all of GSM8K (200 of train become val)
+    [ "$PRESET" = "quick" ] || DATA_FLAGS+=(--n-train 7473 --n-test 1319)   # all of GSM8K (200 of train: val)
     GEN_FLAGS=(--max-new-tokens 256)               # free-text strategies run longer than mathsim's
 fi
 SFT_FLAGS=()                                       # (used as ${A[@]+"${A[@]}"}: an empty array under set -u)

@@ -33,7 +33,7 @@ def cli(run_dir, url, *argv):
 def tiny_run(tmp_path_factory, core_url):
     """data -> tokenizer -> baselines -> sample on a few tasks, shared by the tests below."""
     run = tmp_path_factory.mktemp("run")
-    assert cli(run, core_url, "data", "--n-train", "24", "--n-val", "8", "--n-test", "12") == 0
+    assert cli(run, core_url, "data", "--n-train", "24", "--n-val", "8", "--n-test", "12", "--n-ood", "6") == 0
     assert cli(run, core_url, "tokenizer") == 0
     assert cli(run, core_url, "baselines", "--alone-runs", "3") == 0
     assert cli(run, core_url, "sample", "--k", "3", "--m", "2", "--keep", "1", "--chunk", "10") == 0
@@ -45,11 +45,19 @@ def read_jsonl(path):
 
 
 def test_data_tokenizer_baselines_sample(tiny_run):
-    assert [len(read_jsonl(tiny_run / "data" / f"{s}.jsonl")) for s in ("train", "val", "test")] == [24, 8, 12]
+    assert [len(read_jsonl(tiny_run / "data" / f"{s}.jsonl")) for s in ("train", "val", "test", "ood")] == [24, 8, 12, 6]
+    train = read_jsonl(tiny_run / "data" / "train.jsonl")
+    assert all(1 <= len(t["ops"]) <= 3 for t in train)                # level 1 by default
     assert os.path.exists(tiny_run / "tokenizer.tiktoken")
     results = json.load(open(tiny_run / "results.json"))
     assert [r["name"] for r in results] == ["core alone", "large core alone"]
-    assert all(r["n"] == 12 and 0 <= r["accuracy"] <= 1 for r in results)
+    assert all(r["n"] == 12 and r["n_ood"] == 6 for r in results)
+    for r in results:              # the row's accuracies are the shares of correct per-task rows of each split
+        rows = read_jsonl(tiny_run / "eval" / ("core-alone.jsonl" if r["name"] == "core alone" else
+                                               "large-core-alone.jsonl"))
+        for split, key in (("test", "accuracy"), ("ood", "accuracy_ood")):
+            split_rows = [x for x in rows if x["split"] == split]
+            assert r[key] == sum(x["correct"] for x in split_rows) / len(split_rows)
     alone = read_jsonl(tiny_run / "alone_train.jsonl")
     assert len(alone) == 24 and all(r["runs"] == 3 for r in alone)
     assert all(r["majority_correct"] == (r["correct"] >= 2) for r in alone)
@@ -129,6 +137,9 @@ def test_sft_resume_matches_uninterrupted(tiny_run, core_url, tmp_path, monkeypa
 
 def test_sft_grpo_eval(tiny_run, core_url, capsys):
     assert cli(tiny_run, core_url, "sft", "--data", "accepted", *TINY_SFT) == 0
+    curve = [m for m in read_jsonl(tiny_run / "metrics.jsonl") if m["stage"] == "sft-accepted"]
+    assert [m["step"] for m in curve] == [4, 8]        # every eval interval: val loss, exact plans, exact success
+    assert all(0 <= m["val_plan_exact"] <= 1 and 0 < m["val_exact_success"] < 1 and m["val_loss"] > 0 for m in curve)
     assert cli(tiny_run, core_url, "grpo", "--init", "sft-accepted/best", "--reward", "structure", "--steps", "2",
                "--prompts-per-step", "2", "--group-size", "3", "--max-new-tokens", "24", "--eval-every", "1",
                "--n-val-eval", "4") == 0
@@ -138,6 +149,7 @@ def test_sft_grpo_eval(tiny_run, core_url, capsys):
     row = {r["name"]: r for r in json.load(open(tiny_run / "results.json"))}["tiny"]
     assert row["n"] == 12 and row["validity"] is not None and row["guide_tokens"] > 0
     assert "| tiny |" in open(tiny_run / "results.md").read()
+    assert "accuracy on held-out phrasings" in open(tiny_run / "results.md").read()
     steps = [m for m in read_jsonl(tiny_run / "metrics.jsonl") if m["stage"] == "grpo-structure" and "reward" in m]
     assert [m["step"] for m in steps] == [0, 1]
     assert {"seconds_rollout", "seconds_core", "seconds_update", "clip_frac", "core_failures"} <= set(steps[0])
@@ -230,8 +242,8 @@ def test_a_failed_teacher_call_fails_its_task_not_runs_it_without_a_strategy(tin
         server.shutdown()
     assert "1 requests failed" in capsys.readouterr().err
     rows = read_jsonl(tiny_run / "eval" / "flaky-teacher.jsonl")
-    assert len(rows) == 12 and sum(r["failed"] for r in rows) == 1
+    assert len(rows) == 12 + 6 and sum(r["failed"] for r in rows) == 1
     failed = next(r for r in rows if r["failed"])
     assert failed["strategy"] is None and "correct" not in failed and "dollars" not in failed
     row = {r["name"]: r for r in json.load(open(tiny_run / "results.json"))}["flaky teacher"]
-    assert row["n"] == 11 and row["failures"] == 1 and row["validity"] == 1.0
+    assert row["n"] + row["n_ood"] == 17 and row["failures"] + 6 - row["n_ood"] == 1 and row["validity"] == 1.0
