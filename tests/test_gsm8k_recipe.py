@@ -107,6 +107,11 @@ def test_gsm8k_recipe_with_a_pretrained_guide(tmp_path, scripted_url, capsys):
     assert rows["teacher"]["validity"] == 1.0 and rows["teacher"]["accuracy"] == 1.0   # draw 0: the valid one
     for name in ("ExecTune", "untrained guide"):
         assert rows[name]["n"] == 8 and rows[name]["guide_tokens"] > 0 and rows[name]["core_dollars_per_1k"] > 0
+    assert all(r["accuracy_ood"] is None for r in rows.values())       # GSM8K has no held-out-phrasing split
+    capsys.readouterr()
+    assert cli("table") == 0
+    out = capsys.readouterr().out
+    assert "| ExecTune | " in out and json.loads(out.strip().splitlines()[-1])["accuracy"]["teacher"] == 1.0
     guide_requests = [r for r in Scripted.requests if r["messages"][0]["content"] == tasks.GSM8K_CORE_SYSTEM]
     assert guide_requests and all("Problem: Tom has" in r["messages"][-1]["content"] for r in guide_requests)
     capsys.readouterr()
