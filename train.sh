@@ -43,17 +43,15 @@ case "${CORE_URL:-}" in
         export LARGE_CORE_MODEL=${LARGE_CORE_MODEL:-claude-3-5-sonnet-20241022}
         export TEACHER_MODEL=${TEACHER_MODEL:-claude-3-5-sonnet-20241022} ;;
 esac
-DATA_FLAGS=(--family "$TASK")
-GEN_FLAGS=()
+# extra flags, word-split where they are used (so GUIDE_INIT must not contain spaces)
+DATA_FLAGS="--family $TASK" GEN_FLAGS="" SFT_FLAGS="" GRPO_FLAGS=""
 if [ "$TASK" = "gsm8k" ]; then
-    [ "$PRESET" = "quick" ] || DATA_FLAGS+=(--n-train 7473 --n-test 1319)   # all of GSM8K (200 of train: val)
-    GEN_FLAGS=(--max-new-tokens 256)               # free-text strategies run longer than mathsim's
+    [ "$PRESET" = "quick" ] || DATA_FLAGS="$DATA_FLAGS --n-train 7473 --n-test 1319"   # all of GSM8K (200 of train: val)
+    GEN_FLAGS="--max-new-tokens 256"               # free-text strategies run longer than mathsim's
 fi
-SFT_FLAGS=()                                       # (used as ${A[@]+"${A[@]}"}: an empty array under set -u)
-GRPO_FLAGS=()
 if [ -n "${GUIDE_INIT:-}" ]; then                  # fine-tuning a pretrained guide: small learning rates
-    SFT_FLAGS=(--init "hf:$GUIDE_INIT" --lr 1e-5 --warmup 20)
-    GRPO_FLAGS=(--lr 1e-6)
+    SFT_FLAGS="--init hf:$GUIDE_INIT --lr 1e-5 --warmup 20"
+    GRPO_FLAGS="--lr 1e-6"
 fi
 
 if [ -z "${CORE_URL:-}" ]; then
@@ -74,19 +72,28 @@ if [ -z "${CORE_URL:-}" ]; then
 fi
 
 X="$PY exectune.py"
-$X data "${DATA_FLAGS[@]}"
+side_by_side() {   # stages $1 and $2 at once, one core each (two small models train faster apart than sharing
+                   # two cores); $2 writes to the log $RUN/$3
+    echo "($2 runs beside it, one core each: $RUN/$3)"
+    OMP_NUM_THREADS=1 $X $1 & local first=$!
+    OMP_NUM_THREADS=1 $X $2 >"$RUN/$3" 2>&1 & local second=$!
+    local status=0
+    wait $first || status=$?
+    wait $second || { status=$?; echo "error: '$2' failed: $(tail -n 1 "$RUN/$3")" >&2; }
+    return $status
+}
+$X data $DATA_FLAGS
 [ -n "${GUIDE_INIT:-}" ] || $X tokenizer           # a pretrained guide brings its own tokenizer
 $X baselines
 $X sample
-$X sft --data accepted ${SFT_FLAGS[@]+"${SFT_FLAGS[@]}"}
-$X sft --data raw ${SFT_FLAGS[@]+"${SFT_FLAGS[@]}"}
-$X grpo --init sft-raw/best --reward outcome ${GRPO_FLAGS[@]+"${GRPO_FLAGS[@]}"} ${GEN_FLAGS[@]+"${GEN_FLAGS[@]}"}
-$X grpo --init sft-accepted/best --reward structure ${GRPO_FLAGS[@]+"${GRPO_FLAGS[@]}"} ${GEN_FLAGS[@]+"${GEN_FLAGS[@]}"}
+side_by_side "sft --data accepted $SFT_FLAGS" "sft --data raw $SFT_FLAGS" sft-raw.log
+side_by_side "grpo --init sft-accepted/best --reward structure $GRPO_FLAGS $GEN_FLAGS" \
+             "grpo --init sft-raw/best --reward outcome $GRPO_FLAGS $GEN_FLAGS" grpo-outcome.log
 $X eval --guide teacher --name "teacher strategies (reference)"
-$X eval --guide sft-raw/best --name "supervised GCoP" ${GEN_FLAGS[@]+"${GEN_FLAGS[@]}"}
-$X eval --guide grpo-outcome/best --name "advisor-style GCoP" ${GEN_FLAGS[@]+"${GEN_FLAGS[@]}"}
-$X eval --guide sft-accepted/best --name "ExecTune w/o RL" ${GEN_FLAGS[@]+"${GEN_FLAGS[@]}"}
-$X eval --guide grpo-structure/best --name "ExecTune" ${GEN_FLAGS[@]+"${GEN_FLAGS[@]}"}
+$X eval --guide sft-raw/best --name "supervised GCoP" $GEN_FLAGS
+$X eval --guide grpo-outcome/best --name "advisor-style GCoP" $GEN_FLAGS
+$X eval --guide sft-accepted/best --name "ExecTune w/o RL" $GEN_FLAGS
+$X eval --guide grpo-structure/best --name "ExecTune" $GEN_FLAGS
 
 echo
 $X table --wall-s $(( $(date +%s) - start ))

@@ -1,10 +1,12 @@
-"""SFT training-step speed on this machine: eager fp32, torch.compile, bf16 autocast, and thread counts.
+"""SFT training-step speed on this machine: random or length-grouped batches, eager fp32, torch.compile, bf16 autocast.
 
-Each variant trains the default SFT guide from the same initial weights on the same batches of a run's accepted
-strategies, and reports tokens/s (padded tokens through forward + backward, as the sft stage counts them) and the
-mean loss of its last steps, so "faster at equal loss" can be read off one JSON line per variant.
+Each variant trains the default SFT guide from the same initial weights on a run's accepted strategies and reports
+tokens/s (padded tokens through forward + backward), useful tokens/s (padding excluded: what the training actually
+reads) and the mean loss of its last 50 steps, so "faster at equal loss" can be read off one JSON line per variant.
+Variants: random (the batches of the earlier recipe), grouped (exectune.sft_batch_examples), grouped+compile (the
+sft stage's default), grouped+bf16.
 
-    python benchmarks/sft_speed.py --run runs/default [--steps 150] [--threads 2]
+    python benchmarks/sft_speed.py --run runs/default [--steps 150] [--threads 1]
 """
 import argparse
 import json
@@ -34,7 +36,7 @@ def measure(run, variant, steps, threads, warmup=10):
     optimizer = exectune.make_optimizer(net, cfg.lr, cfg.weight_decay)
 
     def step(inputs, targets, mask):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant == "bf16"):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled="bf16" in variant):
             logits = net(inputs)                                                    # (B, T, V)
         ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
         loss = (ce * mask.flatten().float()).sum() / mask.sum()
@@ -43,29 +45,34 @@ def measure(run, variant, steps, threads, warmup=10):
         optimizer.step()
         return loss
 
-    if variant == "compile":
+    if "compile" in variant:
         step = torch.compile(step, dynamic=True)
-    losses, tokens, t0 = [], 0, None
+    losses, tokens, useful, t0 = [], 0, 0, None
     for i in range(warmup + steps):
         if i == warmup:
             t0 = time.perf_counter()
-        batch = random.Random(i).sample(examples, cfg.batch_size)
+        if variant == "random":
+            batch = random.Random(i).sample(examples, cfg.batch_size)
+        else:
+            batch = exectune.sft_batch_examples(examples, cfg, i)
         inputs, targets, mask = exectune.sft_batch(batch, pad)
         loss = step(inputs, targets, mask)
         if i >= warmup:
             tokens += inputs.numel()
+            useful += sum(len(p) + len(c) - 1 for p, c in batch)
             losses.append(loss.item())
     seconds = time.perf_counter() - t0
     return dict(variant=variant, threads=threads, steps=steps, tokens_per_s=round(tokens / seconds),
-                steps_per_s=round(steps / seconds, 2), mean_loss_last_50=round(sum(losses[-50:]) / 50, 4))
+                useful_tokens_per_s=round(useful / seconds), steps_per_s=round(steps / seconds, 2),
+                mean_loss_last_50=round(sum(losses[-50:]) / 50, 4))
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", default="runs/default", help="a run directory with tokenizer and accepted.jsonl")
     parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--variants", default="eager,compile,bf16")
+    parser.add_argument("--threads", type=int, default=1, help="1: as train.sh runs the two SFT stages")
+    parser.add_argument("--variants", default="random,grouped,grouped+compile,grouped+bf16")
     args = parser.parse_args()
     if args.steps < 50:
         parser.error("--steps must be >= 50 (the loss is averaged over the last 50)")

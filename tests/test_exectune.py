@@ -14,7 +14,7 @@ import sim_core
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_SFT = ["--steps", "8", "--batch-size", "4", "--eval-every", "4", "--n-layer", "1", "--n-embd", "32",
-            "--n-head", "2", "--n-kv-head", "1"]
+            "--n-head", "2", "--n-kv-head", "1", "--no-compile"]
 
 
 @pytest.fixture(scope="module")
