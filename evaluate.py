@@ -7,7 +7,7 @@ same core executes it with the same seeds, and each task is graded. One row of r
                           like train (i.i.d.). A task whose teacher or core call failed after retries is left out
                           of every column (counted in `failures` in results.json), never scored as wrong.
   accuracy on held-out    the same on the `ood` split: phrasings (sentence templates, names, scenes) that training
-  phrasings               never shows.
+  phrasings               never shows. "—" for a real benchmark (gsm8k), which has no such split.
   valid                   share of strategies that parse (DESIGN 4.2); "—" for a system without strategies.
   success given valid     accuracy over the tasks whose strategy is valid.
   leak                    share of strategies that state the answer.
@@ -19,8 +19,8 @@ same core executes it with the same seeds, and each task is graded. One row of r
   guide tok               mean tokens the guide wrote per task (a small local model: not priced).
   cost vs large           $ / 1k tasks divided by that of the large core alone; "n/a" when either is unknown.
 
-The functions here are pure (tasks, texts and replies in; rows and text out); exectune.py reads and writes the run
-directory around them.
+Each task is prompted and graded by its own family's rules (tasks.family_of). The functions here are pure (tasks,
+texts and replies in; rows and text out); exectune.py reads and writes the run directory around them.
 """
 import math
 
@@ -33,13 +33,13 @@ from core_client import CoreError
 
 
 @torch.no_grad()
-def guide_strategies(net, tok, problems, max_new_tokens, batch_size, desc="guide writes"):
-    """Greedy strategies for each problem; returns (texts, completion token counts)."""
+def guide_strategies(net, tok, task_list, max_new_tokens, batch_size, desc="guide writes"):
+    """Greedy strategies for each task; returns (texts, completion token counts)."""
     net.eval()
     eos = tok.encode_single_token("<|eos|>")
     texts, lengths = [], []
-    for i in tqdm(range(0, len(problems), batch_size), desc=desc, leave=False):
-        prompts = [tasks.prompt_tokens(tok, p) for p in problems[i:i + batch_size]]
+    for i in tqdm(range(0, len(task_list), batch_size), desc=desc, leave=False):
+        prompts = [tasks.prompt_tokens(tok, t.problem, tasks.family_of(t)) for t in task_list[i:i + batch_size]]
         out = guide_model.generate(net, prompts, max_new_tokens, eos_id=eos, temperature=0.0,
                                    stop_strings=[tasks.STOP], tokenizer=tok)
         texts.extend(out.texts)
@@ -50,7 +50,10 @@ def guide_strategies(net, tok, problems, max_new_tokens, batch_size, desc="guide
 def plan_scores(val_tasks, texts):
     """Strategies for val tasks scored with the tasks' hidden solutions: (share that is the task's plan, mean
     probability that the simulated cheap core then answers correctly). Oracle measures for learning curves: they
-    read the offline world's exact probabilities and never feed training or checkpoint choice."""
+    read the offline world's exact probabilities and never feed training or checkpoint choice. (None, None) for a
+    real task family, which has no such oracle."""
+    if any(tasks.family_of(t).name != "mathsim" for t in val_tasks):
+        return None, None
     import sim_core                   # the offline world, read in-process here only, like a gym's `info` dict
     strategies = [tasks.extract_strategy(s) or s for s in texts]
     plan_exact = sum(tasks.plan_matches(t, s) for t, s in zip(val_tasks, strategies)) / max(1, len(val_tasks))
@@ -63,14 +66,15 @@ def grade(task_list, strategies, replies, client, guide_tokens, teacher_dollars)
     (the call failed for good) makes the row `failed`, with no grade."""
     rows = []
     for t, s, r, g, td in zip(task_list, strategies, replies, guide_tokens, teacher_dollars):
+        family = tasks.family_of(t)
         row = dict(id=t.id, split=t.split, strategy=s, guide_tokens=g, teacher_dollars=td)
         if isinstance(r, CoreError):
             row.update(failed=True)
         else:
-            row.update(failed=False, correct=tasks.extract_answer(r.text) == t.answer, dollars=client.dollars(r),
+            row.update(failed=False, correct=family.extract_answer(r.text) == t.answer, dollars=client.dollars(r),
                        input_tokens=r.input_tokens, output_tokens=r.output_tokens)
         if s is not None:
-            row.update(valid=tasks.parse_strategy(s).valid, leaks=tasks.leaks(s, t.problem, t.answer))
+            row.update(valid=family.parse_strategy(s).valid, leaks=family.leaks(s, t.problem, t.answer))
         rows.append(row)
     return rows
 
@@ -139,9 +143,9 @@ def table(results):
         total = dollars_per_1k(r)
         rel = None if not (total is not None and large_cost) else total / large_cost
         lo, hi = r["accuracy_ci"]
-        ood_lo, ood_hi = r["accuracy_ood_ci"]
-        lines.append(f"| {r['name']} | {r['accuracy']:.3f} ({lo:.3f}–{hi:.3f}) | "
-                     f"{r['accuracy_ood']:.3f} ({ood_lo:.3f}–{ood_hi:.3f}) | {fmt(r['validity'])} | "
+        ood = "—" if r["accuracy_ood"] is None else "{:.3f} ({:.3f}–{:.3f})".format(r["accuracy_ood"],
+                                                                                   *r["accuracy_ood_ci"])
+        lines.append(f"| {r['name']} | {r['accuracy']:.3f} ({lo:.3f}–{hi:.3f}) | {ood} | {fmt(r['validity'])} | "
                      f"{fmt(r['success_given_valid'])} | {fmt(r['leak_rate'])} | {fmt(r['harm_rate'])} | "
                      f"{r['core_input_tokens']:.0f} | {r['core_output_tokens']:.0f} | "
                      f"{fmt(total, '{:.3f}', 'n/a')} | {r['guide_tokens']:.1f} | {fmt(rel, '{:.2f}×', 'n/a')} |")
@@ -167,8 +171,9 @@ def plot_curves(rows, out):
         evals = [r for r in rows if r["stage"] == stage and "val_plan_exact" in r]
         steps = [r["step"] for r in evals]
         axes[0].plot(steps, [r["val_loss"] for r in evals], label=stage)
-        axes[1].plot(steps, [r["val_plan_exact"] for r in evals], label=f"{stage}: exact plans")
-        axes[1].plot(steps, [r["val_exact_success"] for r in evals], ls="--", label=f"{stage}: exact success")
+        if all(r["val_plan_exact"] is not None for r in evals):     # the oracle measures: mathsim only
+            axes[1].plot(steps, [r["val_plan_exact"] for r in evals], label=f"{stage}: exact plans")
+            axes[1].plot(steps, [r["val_exact_success"] for r in evals], ls="--", label=f"{stage}: exact success")
         axes[1].plot(steps, [r["val_accuracy"] for r in evals], ls=":", marker=".", label=f"{stage}: core accuracy")
     for stage in rl:
         steps = [r for r in rows if r["stage"] == stage and r.get("reward") is not None]

@@ -22,8 +22,13 @@ and finish with what an uninterrupted run gives. Every file is written atomicall
 directory remembers each stage's configuration and refuses to mix in another one; a bad flag value stops a stage
 before it writes anything (one line, exit 2). Evaluation and the results table are in evaluate.py.
 
-Where this departs from the paper: the guide is a tiny decoder trained from scratch (the paper fine-tunes pretrained
-LLMs), on level-1 mathsim by default, so that it learns to read within a 2-core CPU budget (about 40 minutes end
+The real path: `data --family gsm8k` reads GSM8K from --data-dir (tasks.py), and `sft|grpo --init hf:<dir>`
+fine-tunes a pretrained Hugging Face guide (hf.py) instead of training one; there is no tokenizer stage then, and
+every checkpoint of that guide is written as a Hugging Face directory with its tokenizer, so it can be served as is.
+Each task is prompted and graded by its own family's rules (tasks.family_of).
+
+Where this departs from the paper: by default the guide is a tiny decoder trained from scratch (the paper fine-tunes
+pretrained LLMs), on level-1 mathsim, so that it learns to read within a 2-core CPU budget (about 40 minutes end
 to end); SFT and GRPO keep the checkpoint with which the core is most accurate on val (GRPO's candidates include the
 SFT checkpoint it starts from); the learning curves also log oracle measures (the loss on canonical strategies of
 val tasks, the exact-plan rate and the simulator's exact success probability) that never feed training or choice.
@@ -44,6 +49,7 @@ from tqdm import tqdm
 
 import evaluate
 import grpo
+import hf
 import model as guide_model
 import tasks
 from core_client import CoreClient, CoreError
@@ -76,8 +82,8 @@ class DataConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.family != "mathsim":
-            raise ValueError(f"--family {self.family!r} is not a task family (available: mathsim)")
+        if self.family not in tasks.FAMILIES:
+            raise ValueError(f"--family {self.family!r} is not a task family (available: {', '.join(tasks.FAMILIES)})")
         if self.level not in tasks.LEVELS:
             raise ValueError(f"--level must be one of {', '.join(map(str, tasks.LEVELS))}, got {self.level}")
         at_least(self, 1, "n_train", "n_val", "n_test", "n_ood")
@@ -244,6 +250,10 @@ class Run:
             f.write(json.dumps({"stage": stage, "time": round(time.time(), 3), **values}) + "\n")
 
 
+def rounded(value, digits=4):
+    return None if value is None else round(value, digits)
+
+
 def write_json(path, obj):
     guide_model.atomic_write(path, json.dumps(obj, indent=2) + "\n")
 
@@ -290,7 +300,7 @@ def load_tasks(run, split):
     path = run.file("data", f"{split}.jsonl")
     rows = read_jsonl(path, required=("id", "problem", "answer"))
     try:
-        return [tasks.MathTask.from_json(r) for r in rows]
+        return [tasks.FAMILIES[r.get("family", "mathsim")].task_from_json(r) for r in rows]
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{path}: a task could not be read ({e})")
 
@@ -337,6 +347,8 @@ def core_params(args):
 
 def stage_data(args, run):
     cfg = stage_config(DataConfig, args, "data")
+    if cfg.family == "gsm8k":
+        return stage_data_gsm8k(args, run, cfg)
     run.check_config("data", cfg)
     os.makedirs(run.file("data"), exist_ok=True)
     sizes = dict(train=cfg.n_train, val=cfg.n_val, test=cfg.n_test, ood=cfg.n_ood)
@@ -351,6 +363,25 @@ def stage_data(args, run):
     run.log("data", **asdict(cfg))
 
 
+def stage_data_gsm8k(args, run, cfg):
+    """GSM8K's files from --data-dir, copied into the run: the first n_train / n_test problems (at most), and
+    n_val carved from train with the seed. (No level and no ood split: those are mathsim's.)"""
+    try:
+        splits = tasks.load_gsm8k(args.data_dir, cfg.n_val, cfg.seed)   # read first: a bad directory writes nothing
+    except ValueError as e:
+        raise UserError(str(e))
+    run.check_config("data", dict(asdict(cfg), data_dir=os.path.abspath(args.data_dir)))
+    os.makedirs(run.file("data"), exist_ok=True)
+    for split, n in [("train", cfg.n_train), ("val", cfg.n_val), ("test", cfg.n_test)]:
+        path = run.file("data", f"{split}.jsonl")
+        if os.path.exists(path):
+            print(f"data: {path} exists, kept")
+            continue
+        write_jsonl(path, [t.to_json() for t in splits[split][:n]])
+        print(f"data: {min(n, len(splits[split]))} gsm8k {split} problems -> {path}")
+    run.log("data", **asdict(cfg), data_dir=args.data_dir)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # 2. tokenizer
 
@@ -358,6 +389,9 @@ def training_text(train_tasks):
     """What the guide reads and writes: prompts and canonical strategies (every verb form of the grammar once,
     so teacher paraphrases tokenize sensibly too)."""
     for t in train_tasks:
+        if isinstance(t, tasks.GSM8KTask):
+            yield from tasks.gsm8k_training_text(t)
+            continue
         yield tasks.guide_prompt(t.problem)
         yield tasks.canonical_strategy(t)
 
@@ -401,13 +435,13 @@ def stage_baselines(args, run):
         return
     train = load_tasks(run, "train")
     client = client_for(args, "core", run)
-    messages = [tasks.core_messages(t.problem, None) for t in train for _ in range(cfg.alone_runs)]
+    messages = [tasks.family_of(t).core_messages(t.problem, None) for t in train for _ in range(cfg.alone_runs)]
     draws = [d for _ in train for d in range(cfg.alone_runs)]
     out = run_requests(client, messages, "core alone on train", draws=draws, **core_params(args))
     rows = []
     for i, t in enumerate(train):
         runs = [r for r in out[i * cfg.alone_runs:(i + 1) * cfg.alone_runs] if not isinstance(r, CoreError)]
-        correct = [tasks.extract_answer(r.text) == t.answer for r in runs]
+        correct = [tasks.family_of(t).extract_answer(r.text) == t.answer for r in runs]
         dollars = [d for d in (client.dollars(r) for r in runs) if d is not None]
         rows.append(dict(id=t.id, runs=len(runs), correct=sum(correct),
                          majority_correct=bool(runs) and 2 * sum(correct) > len(runs),
@@ -460,7 +494,8 @@ def stage_sample(args, run):
 
 def sample_chunk(args, chunk, cfg, teacher, core):
     """K teacher strategies per task, each valid one run M times by the cheap core. One row per strategy."""
-    replies = run_requests(teacher, [tasks.teacher_messages(t.problem) for t in chunk for _ in range(cfg.k)],
+    replies = run_requests(teacher, [tasks.family_of(t).teacher_messages(t.problem) for t in chunk
+                                     for _ in range(cfg.k)],
                            "teacher", draws=[d for _ in chunk for d in range(cfg.k)],
                            temperature=1.0, max_tokens=args.core_max_tokens)
     rows, runs_needed = [], []
@@ -470,19 +505,21 @@ def sample_chunk(args, chunk, cfg, teacher, core):
             if isinstance(reply, CoreError):
                 continue
             strategy = tasks.extract_strategy(reply.text) or reply.text.strip()
-            parsed = tasks.parse_strategy(strategy)
+            parsed = tasks.family_of(t).parse_strategy(strategy)
             rows.append(dict(task_id=t.id, draw=d, strategy=strategy, valid=parsed.valid,
                              invalid_reason=None if parsed.valid else parsed.error,
-                             leaks=tasks.leaks(strategy, t.problem, t.answer),
+                             leaks=tasks.family_of(t).leaks(strategy, t.problem, t.answer),
                              teacher_dollars=teacher.dollars(reply), runs=[], _task=t))
             if parsed.valid:
                 runs_needed.extend((len(rows) - 1, m) for m in range(cfg.m))
-    executions = run_requests(core, [tasks.core_messages(rows[i]["_task"].problem, rows[i]["strategy"])
+    executions = run_requests(core, [tasks.family_of(rows[i]["_task"]).core_messages(rows[i]["_task"].problem,
+                                                                                     rows[i]["strategy"])
                                      for i, _ in runs_needed],
                               "cheap core executes", draws=[m for _, m in runs_needed], **core_params(args))
     for (i, _), out in zip(runs_needed, executions):
         if not isinstance(out, CoreError):
-            rows[i]["runs"].append(dict(correct=tasks.extract_answer(out.text) == rows[i]["_task"].answer,
+            task = rows[i]["_task"]
+            rows[i]["runs"].append(dict(correct=tasks.family_of(task).extract_answer(out.text) == task.answer,
                                         dollars=core.dollars(out), output_tokens=out.output_tokens))
     for r in rows:
         del r["_task"]
@@ -528,7 +565,7 @@ def sft_examples(run, tok, data, split_tasks, max_len):
         t = by_id.get(r["task_id"])
         if t is None:
             continue
-        prompt = tasks.prompt_tokens(tok, t.problem)
+        prompt = tasks.prompt_tokens(tok, t.problem, tasks.family_of(t))
         completion = tok.encode(r["strategy"], disallowed_special=()) + [eos]
         if len(prompt) + len(completion) > max_len:
             dropped += 1
@@ -605,34 +642,47 @@ def lr_at(step, cfg, base_lr):
 def stage_sft(args, run):
     cfg = stage_config(SFTConfig, args, "sft")
     data = args.data
-    run.check_config(f"sft-{data}", cfg)
+    tok = load_guide_tokenizer(run, args.init)
+    if args.init:                               # a pretrained guide: its context must hold the longest example
+        max_len = guide_config(run, args.init).max_seq_len
+        if cfg.max_seq_len > max_len:
+            raise UserError(f"sft: --max-seq-len {cfg.max_seq_len} is longer than the guide's context ({max_len})")
+    run.check_config(f"sft-{data}", dict(asdict(cfg), init=args.init) if args.init else cfg)
     out_dir = run.file(f"sft-{data}")
-    tok = load_tokenizer(run)
     client = client_for(args, "core", run)      # best checkpoint: the core's accuracy on val with greedy strategies
     pad = tok.encode_single_token("<|pad|>")
-    train = sft_examples(run, tok, data, load_tasks(run, "train"), cfg.max_seq_len)
+    train_tasks, val_tasks = load_tasks(run, "train"), load_tasks(run, "val")
+    if train_tasks and tasks.family_of(train_tasks[0]).name == "gsm8k":
+        # GSM8K has no canonical strategies: the teacher strategies of every 20th training task are held out instead
+        train = sft_examples(run, tok, data, [t for i, t in enumerate(train_tasks) if i % 20], cfg.max_seq_len)
+        val = sft_examples(run, tok, data, train_tasks[::20], cfg.max_seq_len)
+    else:
+        train = sft_examples(run, tok, data, train_tasks, cfg.max_seq_len)
+        # validation: the same kind of strategies would need teacher calls on val; canonical strategies of val
+        # tasks measure what matters (can the guide write a clear plan for an unseen problem) at no cost.
+        eos = tok.encode_single_token("<|eos|>")
+        val = [(p, c) for p, c in ((tasks.prompt_tokens(tok, t.problem),
+                                     tok.encode(tasks.canonical_strategy(t), disallowed_special=()) + [eos])
+                                    for t in val_tasks) if len(p) + len(c) <= cfg.max_seq_len]
     if not train:
         raise UserError(f"{run.file(data + '.jsonl')} holds no usable strategies")
-    # validation: the same kind of strategies would need teacher calls on val; canonical strategies of val tasks
-    # measure what matters (can the guide write a clear plan for an unseen problem) at no cost.
-    eos = tok.encode_single_token("<|eos|>")
-    val_tasks = load_tasks(run, "val")
-    val = [(p, c) for p, c in ((tasks.prompt_tokens(tok, t.problem),
-                                 tok.encode(tasks.canonical_strategy(t), disallowed_special=()) + [eos])
-                                for t in val_tasks) if len(p) + len(c) <= cfg.max_seq_len]
 
     torch.manual_seed(cfg.seed)       # the fresh guide's weights; Python's RNG too, so that a checkpoint's RNG state
     random.seed(cfg.seed)             # is a function of the run, not of the process that wrote it
 
     def fresh():
+        state = dict(step=0, best_step=None, best_accuracy=None, config=asdict(cfg))
+        if args.init:                           # a pretrained guide (hf:<dir>)
+            return load_guide(run, args.init, args.device)[0], dict(state, init=args.init)
         net = guide_model.Guide(guide_model.GuideConfig(
             vocab_size=tok.n_vocab, n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_head=cfg.n_head,
             n_kv_head=cfg.n_kv_head, max_seq_len=cfg.max_seq_len)).to(args.device)
-        return net, dict(step=0, best_step=None, best_accuracy=None, config=asdict(cfg))
+        return net, state
     resumed = resume_or_start(f"sft {data}", out_dir, cfg.steps, args.device, fresh)
     if resumed is None:
         return
     net, optimizer_state, state = resumed
+    net.grad_checkpointing = args.grad_checkpointing
     optimizer = make_optimizer(net, cfg.lr, cfg.weight_decay)
     if optimizer_state:
         optimizer.load_state_dict(optimizer_state)
@@ -664,24 +714,25 @@ def stage_sft(args, run):
             state["step"] = step + 1
             if state["best_accuracy"] is None or accuracy > state["best_accuracy"]:
                 state.update(best_step=step + 1, best_accuracy=accuracy)
-            guide_model.save_training(out_dir, net, optimizer, state)
+            guide_model.save_training(out_dir, net, optimizer, state, save_model=guide_saver(tok))
             run.log(f"sft-{data}", step=step + 1, loss=round(loss.item(), 4), val_loss=round(val_loss, 4),
                     val_accuracy=round(accuracy, 4),
-                    val_plan_exact=round(plan_exact, 4), val_exact_success=round(exact_success, 4),
+                    val_plan_exact=rounded(plan_exact), val_exact_success=rounded(exact_success),
                     lr=optimizer.param_groups[0]["lr"], grad_norm=round(grad_norm, 3),
                     tokens_per_s=round(tokens / (time.time() - t0)))
             bar.write(f"sft {data} step {step + 1}: train loss {loss.item():.3f}, val loss {val_loss:.3f}, val accuracy "
-                      f"{accuracy:.3f} (best {state['best_accuracy']:.3f}), exact plans {plan_exact:.1%}, "
-                      f"mean exact success {exact_success:.3f}")
+                      f"{accuracy:.3f} (best {state['best_accuracy']:.3f}), exact plans "
+                      f"{evaluate.fmt(plan_exact, '{:.1%}')}, mean exact success {evaluate.fmt(exact_success)}")
 
 
 def val_accuracy(args, client, net, tok, val_tasks, max_new_tokens):
     """(accuracy of the core with the guide's greedy strategies on val tasks, the strategies): what SFT and GRPO
     choose their best checkpoint by, measured like the test split is."""
-    texts, _ = evaluate.guide_strategies(net, tok, [t.problem for t in val_tasks], max_new_tokens, 64, desc="val")
-    replies = run_requests(client, [tasks.core_messages(t.problem, s) for t, s in zip(val_tasks, texts)],
+    texts, _ = evaluate.guide_strategies(net, tok, val_tasks, max_new_tokens, 64, desc="val")
+    replies = run_requests(client, [tasks.family_of(t).core_messages(t.problem, s) for t, s in zip(val_tasks, texts)],
                            "val core", **core_params(args))
-    ok = [tasks.extract_answer(r.text) == t.answer for t, r in zip(val_tasks, replies) if not isinstance(r, CoreError)]
+    ok = [tasks.family_of(t).extract_answer(r.text) == t.answer for t, r in zip(val_tasks, replies)
+          if not isinstance(r, CoreError)]
     return sum(ok) / max(1, len(ok)), texts
 
 
@@ -690,8 +741,8 @@ def resume_or_start(what, out_dir, steps, device, fresh):
     out_dir (model.resume_training), else fresh() with no optimizer state; None when that checkpoint already
     reached `steps`, so the stage is done."""
     try:
-        resumed = guide_model.resume_training(out_dir, device)
-    except guide_model.CheckpointError as e:
+        resumed = guide_model.resume_training(out_dir, device, load_model=read_guide)
+    except (guide_model.CheckpointError, hf.HFError) as e:
         raise UserError(str(e))
     if resumed is None:
         net, state = fresh()
@@ -722,7 +773,7 @@ def stage_grpo(args, run):
     name = f"grpo-{args.reward}"
     run.check_config(name, dict(asdict(cfg), init=args.init))
     out_dir = run.file(name)
-    tok = load_tokenizer(run)
+    tok = load_guide_tokenizer(run, args.init)
     train, val = load_tasks(run, "train"), load_tasks(run, "val")[:cfg.n_val_eval]
     alone = {i: dict(alone_majority_correct=r["majority_correct"], alone_dollars=r["dollars"])
              for i, r in load_alone_stats(run).items()}
@@ -732,17 +783,18 @@ def stage_grpo(args, run):
 
     def fresh():
         state = dict(step=0, best_step=None, best_accuracy=None, config=asdict(cfg), init=args.init)
-        return load_guide(run, args.init, args.device), state
+        return load_guide(run, args.init, args.device)[0], state
     resumed = resume_or_start(name, out_dir, cfg.steps, args.device, fresh)
     if resumed is None:
         return
     net, optimizer_state, state = resumed
+    net.grad_checkpointing = args.grad_checkpointing
     optimizer = make_optimizer(net, cfg.lr, weight_decay=0.0)
     if optimizer_state:
         optimizer.load_state_dict(optimizer_state)
     ref_model = None
     if cfg.kl_beta > 0:
-        ref_model = load_guide(run, args.init, args.device).eval().requires_grad_(False)
+        ref_model = load_guide(run, args.init, args.device)[0].eval().requires_grad_(False)
     order = random.Random(cfg.seed).sample(train, len(train))   # a fixed pass order, so a resume sees the same tasks
 
     def validate_and_save(step):
@@ -752,9 +804,9 @@ def stage_grpo(args, run):
         state["step"] = step
         if state["best_accuracy"] is None or accuracy > state["best_accuracy"]:
             state.update(best_step=step, best_accuracy=accuracy)
-        guide_model.save_training(out_dir, net, optimizer, state)
+        guide_model.save_training(out_dir, net, optimizer, state, save_model=guide_saver(tok))
         run.log(name, step=step, val_accuracy=round(accuracy, 4), best_val_accuracy=round(state["best_accuracy"], 4),
-                val_plan_exact=round(plan_exact, 4), val_exact_success=round(exact_success, 4))
+                val_plan_exact=rounded(plan_exact), val_exact_success=rounded(exact_success))
         return accuracy
 
     if optimizer_state is None:       # a fresh start: the starting guide is step 0, and the best so far
@@ -777,12 +829,65 @@ def stage_grpo(args, run):
 # ----------------------------------------------------------------------------------------------------------------
 # 7. eval
 
+def guide_dir(run, guide):
+    """A guide argument as a directory: "hf:<dir>" is a Hugging Face directory as given, else a path (relative to
+    the run when it does not exist as given)."""
+    if guide.startswith("hf:"):
+        return guide[len("hf:"):]
+    return guide if os.path.isabs(guide) or os.path.exists(guide) else run.file(guide)
+
+
+def is_hf_dir(path):
+    return os.path.isfile(os.path.join(path, "tokenizer.json"))
+
+
 def load_guide(run, guide, device="cpu"):
-    path = guide if os.path.isabs(guide) or os.path.exists(guide) else run.file(guide)
+    """(model, tokenizer) of a guide: a Hugging Face directory (a pretrained guide, or a checkpoint trained from
+    one) brings its own tokenizer; a project checkpoint uses the run's."""
+    path = guide_dir(run, guide)
     try:
-        return guide_model.load_checkpoint(path, device)
-    except guide_model.CheckpointError as e:
+        if guide.startswith("hf:") or is_hf_dir(path):
+            return hf.load_hf(path, device, torch.float32)   # fp32 weights; on CUDA the math runs in bf16 autocast
+        return guide_model.load_checkpoint(path, device), load_tokenizer(run)
+    except (guide_model.CheckpointError, hf.HFError) as e:
         raise UserError(str(e))
+
+
+def guide_config(run, guide):
+    """A guide's GuideConfig without reading its weights."""
+    path = guide_dir(run, guide)
+    try:
+        if guide.startswith("hf:") or is_hf_dir(path):
+            return hf.load_hf_config(path)
+        return guide_model.GuideConfig(**read_json(os.path.join(path, "config.json")))
+    except (hf.HFError, TypeError, ValueError) as e:
+        raise UserError(f"{path}: {e}")
+
+
+def load_guide_tokenizer(run, init):
+    """The tokenizer a stage trains with: the pretrained guide's when init is one, else the run's own."""
+    path = guide_dir(run, init) if init else None
+    if path and (init.startswith("hf:") or is_hf_dir(path)):
+        try:
+            return hf.load_hf_tokenizer(path)
+        except hf.HFError as e:
+            raise UserError(str(e))
+    return load_tokenizer(run)
+
+
+def read_guide(path, device="cpu"):
+    """The model of a checkpoint directory of either kind (resume_training's load_model)."""
+    if is_hf_dir(path):
+        return hf.load_hf(path, device, torch.float32)[0]
+    return guide_model.load_checkpoint(path, device)
+
+
+def guide_saver(tok):
+    """save_training's save_model for a guide that reads with tok: a guide with a pretrained tokenizer is written as
+    a Hugging Face directory (servable as it is), any other as a project checkpoint."""
+    if isinstance(tok, hf.HFEncoding):
+        return lambda net, path: hf.save_hf(net, tok, path)
+    return guide_model.save_checkpoint
 
 
 def eval_system(args, run, name, guide, role="core"):
@@ -796,27 +901,28 @@ def eval_system(args, run, name, guide, role="core"):
     if any(r["spec"] == spec for r in results):
         print(f"eval: {name!r} already in {results_path}, kept")
         return
-    test = load_tasks(run, "test") + load_tasks(run, "ood")
+    # a real benchmark (gsm8k) has no held-out-phrasing split: its ood column stays empty
+    has_ood = os.path.exists(run.file("data", "ood.jsonl"))
+    test = load_tasks(run, "test") + (load_tasks(run, "ood") if has_ood else [])
     client = client_for(args, role, run)
     guide_tokens, teacher_dollars, failed = [0] * len(test), [0.0] * len(test), {}
     if guide == "none":
         strategies = [None] * len(test)
     elif guide == "teacher":
         teacher = client_for(args, "teacher", run)
-        replies = run_requests(teacher, [tasks.teacher_messages(t.problem) for t in test], "teacher on test+ood",
-                               temperature=1.0, max_tokens=args.core_max_tokens)
+        replies = run_requests(teacher, [tasks.family_of(t).teacher_messages(t.problem) for t in test],
+                               "teacher on test+ood", temperature=1.0, max_tokens=args.core_max_tokens)
         # a task whose teacher call failed for good is counted as failed, never quietly run without a strategy
         failed = {i: r for i, r in enumerate(replies) if isinstance(r, CoreError)}
         strategies = [None if i in failed else (tasks.extract_strategy(r.text) or r.text.strip())
                       for i, r in enumerate(replies)]
         teacher_dollars = [None if i in failed else teacher.dollars(r) for i, r in enumerate(replies)]
     else:
-        net = load_guide(run, guide, args.device)
-        strategies, guide_tokens = evaluate.guide_strategies(net, load_tokenizer(run), [t.problem for t in test],
-                                                               cfg.max_new_tokens, cfg.batch_size)
+        net, tok = load_guide(run, guide, args.device)
+        strategies, guide_tokens = evaluate.guide_strategies(net, tok, test, cfg.max_new_tokens, cfg.batch_size)
     todo = [i for i in range(len(test)) if i not in failed]
-    core_replies = run_requests(client, [tasks.core_messages(test[i].problem, strategies[i]) for i in todo],
-                                f"{name}: core", **core_params(args))
+    core_replies = run_requests(client, [tasks.family_of(test[i]).core_messages(test[i].problem, strategies[i])
+                                         for i in todo], f"{name}: core", **core_params(args))
     replies = failed | dict(zip(todo, core_replies))
     per_task = evaluate.grade(test, strategies, [replies[i] for i in range(len(test))], client, guide_tokens,
                                 teacher_dollars)
@@ -828,15 +934,16 @@ def eval_system(args, run, name, guide, role="core"):
     summary = evaluate.summarize([r for r in per_task if r["split"] == "test"], client.model, guide, alone)
     ood = [r for r in per_task if r["split"] == "ood" and not r["failed"]]
     k_ood = sum(r["correct"] for r in ood)
-    summary.update(n_ood=len(ood), accuracy_ood=k_ood / max(1, len(ood)),
-                   accuracy_ood_ci=evaluate.wilson(k_ood, len(ood)))
+    summary.update(n_ood=len(ood), accuracy_ood=k_ood / max(1, len(ood)) if has_ood else None,
+                   accuracy_ood_ci=evaluate.wilson(k_ood, len(ood)) if has_ood else None)
     results = [r for r in results if r["name"] != name] + [dict(name=name, spec=spec, **summary)]
     write_json(results_path, results)
     guide_model.atomic_write(run.file("results.md"), evaluate.table(results))
     run.log("eval", **summary)
     print(f"eval: {name}: accuracy {summary['accuracy']:.3f} "
-          f"[{summary['accuracy_ci'][0]:.3f}, {summary['accuracy_ci'][1]:.3f}], on held-out phrasings "
-          f"{summary['accuracy_ood']:.3f} [{summary['accuracy_ood_ci'][0]:.3f}, {summary['accuracy_ood_ci'][1]:.3f}]")
+          f"[{summary['accuracy_ci'][0]:.3f}, {summary['accuracy_ci'][1]:.3f}]" + (
+              f", on held-out phrasings {summary['accuracy_ood']:.3f} [{summary['accuracy_ood_ci'][0]:.3f}, "
+              f"{summary['accuracy_ood_ci'][1]:.3f}]" if has_ood else ""))
 
 
 def stage_eval(args, run):
@@ -859,7 +966,7 @@ def stage_table(args, run):
     dollars = {r["name"]: evaluate.dollars_per_1k(r) for r in results}
     summary = dict(run=run.path, wall_s=args.wall_s, tasks=results[0]["n"] if results else 0,
                    accuracy={r["name"]: round(r["accuracy"], 4) for r in results},
-                   accuracy_ood={r["name"]: round(r["accuracy_ood"], 4) for r in results},
+                   accuracy_ood={r["name"]: rounded(r["accuracy_ood"]) for r in results},
                    dollars_per_1k={k: None if v is None else round(v, 4) for k, v in dollars.items()})
     print(json.dumps(summary))
 
@@ -868,11 +975,12 @@ def stage_table(args, run):
 # command line
 
 STAGES = {  # name: (function, its config dataclasses, what it does in a few words for --help)
-    "data": (stage_data, [DataConfig], "write seeded train / val / test tasks"),
+    "data": (stage_data, [DataConfig], "write seeded train / val / test tasks, or read GSM8K's"),
     "tokenizer": (stage_tokenizer, [TokenizerConfig], "train the guide's byte-level BPE on the training text"),
     "baselines": (stage_baselines, [BaselineConfig], "the cores alone on test, and core-alone runs of train"),
     "sample": (stage_sample, [SampleConfig], "teacher strategies run by the core; keep the accepted ones"),
-    "sft": (stage_sft, [SFTConfig], "train a fresh guide on accepted (or raw) teacher strategies"),
+    "sft": (stage_sft, [SFTConfig], "train a fresh guide (or fine-tune a pretrained one) on accepted "
+                                      "(or raw) teacher strategies"),
     "grpo": (stage_grpo, [GRPOStageConfig], "RL of an SFT guide against the live core"),
     "eval": (stage_eval, [EvalConfig], "one system on the test split: a row of the results table"),
     "table": (stage_table, [], "print results.md and a one-line JSON summary"),
@@ -913,13 +1021,23 @@ def build_parser():
         s.add_argument("--core-max-tokens", type=int, default=512)
         for cls in configs:
             add_config_flags(s, cls)
+        if name == "data":
+            s.add_argument("--data-dir", default=env("DATA_DIR", "data/gsm8k"),
+                           help="where --family gsm8k finds train.jsonl and test.jsonl (default data/gsm8k)")
         if name == "sft":
             s.add_argument("--data", choices=["accepted", "raw"], default="accepted")
+            s.add_argument("--init", help="hf:<dir>: fine-tune a pretrained Hugging Face guide (its tokenizer too) "
+                                          "instead of training one from scratch")
         if name == "grpo":
-            s.add_argument("--init", required=True, help="checkpoint to start from, e.g. sft-accepted/best")
+            s.add_argument("--init", required=True, help="checkpoint to start from, e.g. sft-accepted/best, or "
+                                                         "hf:<dir> for a Hugging Face directory")
             s.add_argument("--reward", choices=["structure", "outcome"], default="structure")
+        if name in ("sft", "grpo"):
+            s.add_argument("--grad-checkpointing", action="store_true",
+                           help="recompute activations in the backward pass (less memory, more compute)")
         if name == "eval":
-            s.add_argument("--guide", required=True, help="checkpoint dir (relative to the run), 'teacher' or 'none'")
+            s.add_argument("--guide", required=True, help="checkpoint dir (relative to the run), hf:<dir>, "
+                                                          "'teacher' or 'none'")
             s.add_argument("--core-role", choices=["core", "large"], default="core")
             s.add_argument("--name", help="row name in the results table")
         if name == "table":

@@ -16,6 +16,9 @@
    the file and the problem. A training checkpoint (save_training / resume_training) adds the optimizer, the RNG
    states and the trainer's state, and is one directory written under a temporary name and renamed into place, so
    a run killed at any moment resumes from a complete one. Every file is written by atomic_write.
+6. load_hf / save_hf: pretrained Hugging Face guides in and out (Llama, Qwen2, Mistral; tokenizer.json as a
+   tiktoken.Encoding). They live in hf.py, because reading and writing that format takes longer than the model
+   itself, and are re-exported here so `model.load_hf(dir)` works.
 On CUDA, generation runs under bf16 autocast and can compile its decode step (static shapes); the CPU path uses
 neither.
 """
@@ -37,6 +40,7 @@ import tiktoken
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from safetensors.torch import load_file, save
 
 # ----------------------------------------------------------------------------------------------------- the model
@@ -54,17 +58,20 @@ class GuideConfig:
     rope_theta: float = 10000.0
     tie_embeddings: bool = True   # the output layer reuses the token embedding (saves vocab_size * n_embd weights)
     qkv_bias: bool = False
+    norm_eps: float = 1e-5        # RMSNorm epsilon (pretrained models use 1e-5 or 1e-6)
+    head_dim: int | None = None   # None: n_embd // n_head; some pretrained models set it apart from n_embd
+    rope_scaling: dict | None = None  # Llama 3.1's rule: {factor, low_freq_factor, high_freq_factor,
+                                      # original_max_position_embeddings}; None: plain RoPE
 
     def __post_init__(self):
         if self.ffn_hidden is None:
             self.ffn_hidden = 64 * math.ceil(8 * self.n_embd / 3 / 64)
-        if self.n_embd % self.n_head or self.n_head % self.n_kv_head or (self.n_embd // self.n_head) % 2:
-            raise ValueError(f"GuideConfig: need n_embd % n_head == 0, n_head % n_kv_head == 0 and an even head "
-                             f"size; got n_embd={self.n_embd}, n_head={self.n_head}, n_kv_head={self.n_kv_head}")
-
-    @property
-    def head_dim(self):
-        return self.n_embd // self.n_head
+        if self.head_dim is None:
+            self.head_dim = self.n_embd // self.n_head if self.n_embd % self.n_head == 0 else 0
+        if not self.head_dim or self.head_dim % 2 or self.n_head % self.n_kv_head:
+            raise ValueError(f"GuideConfig: need n_embd % n_head == 0 (or a head_dim), n_head % n_kv_head == 0 and "
+                             f"an even head size; got n_embd={self.n_embd}, n_head={self.n_head}, "
+                             f"n_kv_head={self.n_kv_head}, head_dim={self.head_dim}")
 
 
 class RMSNorm(nn.Module):
@@ -81,6 +88,20 @@ def apply_rope(x, cos, sin):
     """Rotate each (first half, second half) pair of x's channels by its position's angle. x: (B, h, T, hd)."""
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
+def rope_tables(cfg):
+    """cos and sin of every position's angle for each channel pair: two (max_seq_len, head_dim / 2) tensors."""
+    inv_freq = cfg.rope_theta ** (-torch.arange(0, cfg.head_dim, 2, dtype=torch.float64) / cfg.head_dim)
+    if cfg.rope_scaling:
+        # Llama 3.1+ stretches the slow channels (wavelength beyond the original context / low_freq_factor) by
+        # `factor`, keeps the fast ones (below original context / high_freq_factor), and blends in between.
+        s = cfg.rope_scaling
+        ramp = (s["original_max_position_embeddings"] * inv_freq / (2 * math.pi) - s["low_freq_factor"]) / (
+            s["high_freq_factor"] - s["low_freq_factor"])
+        inv_freq = inv_freq * (ramp.clamp(0, 1) + (1 - ramp.clamp(0, 1)) / s["factor"])
+    angles = torch.outer(torch.arange(cfg.max_seq_len, dtype=torch.float64), inv_freq)  # (max_seq_len, hd/2)
+    return angles.cos().float(), angles.sin().float()
 
 
 class Attention(nn.Module):
@@ -123,8 +144,8 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.attn_norm, self.attn = RMSNorm(cfg.n_embd), Attention(cfg)
-        self.mlp_norm, self.mlp = RMSNorm(cfg.n_embd), MLP(cfg)
+        self.attn_norm, self.attn = RMSNorm(cfg.n_embd, cfg.norm_eps), Attention(cfg)
+        self.mlp_norm, self.mlp = RMSNorm(cfg.n_embd, cfg.norm_eps), MLP(cfg)
 
     def forward(self, x, cos, sin, mask, cache, slots):
         x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache, slots)
@@ -157,16 +178,16 @@ class Guide(nn.Module):
     def __init__(self, cfg: GuideConfig):
         super().__init__()
         self.config = cfg
+        self.grad_checkpointing = False   # set True to trade compute for activation memory in training
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.norm = RMSNorm(cfg.n_embd)
+        self.norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
-        inv_freq = cfg.rope_theta ** (-torch.arange(0, cfg.head_dim, 2, dtype=torch.float64) / cfg.head_dim)
-        angles = torch.outer(torch.arange(cfg.max_seq_len, dtype=torch.float64), inv_freq)  # (max_seq_len, hd/2)
-        self.register_buffer("rope_cos", angles.cos().float(), persistent=False)
-        self.register_buffer("rope_sin", angles.sin().float(), persistent=False)
+        rope_cos, rope_sin = rope_tables(cfg)
+        self.register_buffer("rope_cos", rope_cos, persistent=False)
+        self.register_buffer("rope_sin", rope_sin, persistent=False)
         # Small init keeps early logits mild; the two projections that add into the residual stream are scaled
         # down further so the stream's variance does not grow with depth.
         residual_std = 0.02 / (2 * cfg.n_layer) ** 0.5
@@ -201,7 +222,12 @@ class Guide(nn.Module):
         x = self.tok_emb(idx)                                                                     # (B, T, C)
         for i, block in enumerate(self.blocks):
             cache = (kv_cache.k[i], kv_cache.v[i]) if kv_cache is not None else None
-            x = block(x, cos, sin, mask, cache, slots)
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                # keep only each block's input; its activations are recomputed in the backward pass (a pretrained
+                # guide's long sequences then fit in memory, for about a third more compute)
+                x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, mask, cache, slots, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, mask, cache, slots)
         return self.lm_head(self.norm(x))                                                         # (B, T, V)
 
 
@@ -584,22 +610,35 @@ def load_checkpoint(path_dir, device="cpu") -> Guide:
     return model.to(device)
 
 
+def load_hf(directory, device="cpu", dtype=None):
+    """(Guide, tiktoken.Encoding) from a local Hugging Face directory; see hf.load_hf."""
+    import hf                          # imported here: hf.py imports this module
+    return hf.load_hf(directory, device, dtype)
+
+
+def save_hf(guide, tokenizer, directory):
+    """Write a Hugging Face directory that transformers and vLLM load; see hf.save_hf."""
+    import hf
+    return hf.save_hf(guide, tokenizer, directory)
+
+
 # A training checkpoint is out_dir/step-NNNNNN; `best` is a relative symlink to the best step's directory.
 _STEP_DIR = re.compile(r"step-(\d{6,})")
 
 
-def save_training(out_dir, model, optimizer, state):
-    """Save a resumable training checkpoint: out_dir/step-NNNNNN with model.safetensors, config.json, optimizer.pt,
-    rng.pt (torch, CUDA and Python RNG states) and state.json (`state`: "step", "best_step" and whatever else the
-    trainer keeps, such as its config and best validation score). The directory is written whole under a temporary
-    name and renamed into place: it exists complete or not at all, and the newest one is the run's state. Then
-    out_dir/best is pointed at the best step and the directories that neither needs are removed."""
+def save_training(out_dir, model, optimizer, state, save_model=save_checkpoint):
+    """Save a resumable training checkpoint: out_dir/step-NNNNNN with the model (save_model(model, dir): by default
+    model.safetensors and config.json; a pretrained guide is written as a Hugging Face directory instead),
+    optimizer.pt, rng.pt (torch, CUDA and Python RNG states) and state.json (`state`: "step", "best_step" and
+    whatever else the trainer keeps, such as its config and best validation score). The directory is written whole
+    under a temporary name and renamed into place: it exists complete or not at all, and the newest one is the run's
+    state. Then out_dir/best is pointed at the best step and the directories that neither needs are removed."""
     name = f"step-{state['step']:06d}"
     tmp = os.path.join(out_dir, ".tmp-" + name)
     os.makedirs(out_dir, exist_ok=True)
     if os.path.exists(tmp):
         shutil.rmtree(tmp)                        # the torn remains of a save that was killed
-    save_checkpoint(model, tmp)
+    save_model(model, tmp)
     atomic_write(os.path.join(tmp, "state.json"), json.dumps(state, indent=2))
     for file, obj in [("optimizer.pt", optimizer.state_dict()), ("rng.pt", _rng_states())]:
         with open(os.path.join(tmp, file), "wb") as f:
@@ -610,8 +649,9 @@ def save_training(out_dir, model, optimizer, state):
     _settle(out_dir, state)
 
 
-def resume_training(out_dir, device="cpu"):
-    """(model, optimizer state dict, state) of the newest complete checkpoint in out_dir, with the RNG states it saved
+def resume_training(out_dir, device="cpu", load_model=load_checkpoint):
+    """(model, optimizer state dict, state) of the newest complete checkpoint in out_dir (its model read by
+    load_model(dir, device), the reader that matches save_training's save_model), with the RNG states it saved
     restored; None when there is none. A save that was killed leaves only temporaries behind: they are removed."""
     found = sorted((int(m.group(1)), m.group(0)) for m in map(_STEP_DIR.fullmatch, _entries(out_dir)) if m)
     if not found:
@@ -619,7 +659,7 @@ def resume_training(out_dir, device="cpu"):
     path = os.path.join(out_dir, found[-1][1])
     with open(os.path.join(path, "state.json")) as f:
         state = json.load(f)
-    model = load_checkpoint(path, device)
+    model = load_model(path, device)
     optimizer_state = torch.load(os.path.join(path, "optimizer.pt"), map_location=device)
     _set_rng_states(torch.load(os.path.join(path, "rng.pt")))   # last: building the model above draws from the RNG
     _settle(out_dir, state)                       # a kill may have come between the rename and the clean-up

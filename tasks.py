@@ -1,4 +1,4 @@
-"""Task family `mathsim`: word problems, their reader, the strategy grammar and the prompts.
+"""Task families: `mathsim` (word problems, their reader, the strategy grammar and the prompts) and `gsm8k`.
 
 1. `generate_tasks` writes seeded GSM8K-style word problems: operations forming a tree-shaped DAG (an operation may
    combine two earlier results), distractor facts, integer answers, `#### N` solutions. Every given number has a
@@ -13,10 +13,15 @@
    question `work_out`, intro `keeps_track`; the names and scenes of OOD_NAMES and OOD_SCENES).
 4. `parse_strategy` reads the `<strategy>` format of DESIGN 4.2 with the verb grammar `VERBS`; it returns the steps or
    the reason the strategy is invalid. `leaks` and `extract_answer` grade, and the prompts for the guide, the core and
-   the teacher live here only, so the real and the simulated path see the same text.
+   the teacher live here only, so the real and the simulated path see the same text; `prompt_tokens` encodes the
+   guide's prompt for every stage.
+5. Task family `gsm8k`: the real benchmark read from its own files (`load_gsm8k`), with its own strategy rule, answer
+   reader and prompts. `family_of(task)` gives a task's `Family` (FAMILIES), so every caller grades and prompts a
+   task by its own family's rules.
 """
 import argparse
 import json
+import os
 import random
 import re
 import sys
@@ -649,15 +654,6 @@ def guide_prompt(problem: str) -> str:
     return f"{_PROBLEM}{problem}\nStrategy:\n"
 
 
-STOP = "</strategy>"  # the guide's completion ends here (or at its EOS token)
-
-
-def prompt_tokens(tokenizer, problem: str) -> list:
-    """The guide's prompt as token ids: <|bos|> then guide_prompt(problem), where a special token's spelling stays
-    text. Supervised training, RL and evaluation all encode prompts here, so they always agree."""
-    return [tokenizer.encode_single_token("<|bos|>")] + tokenizer.encode(guide_prompt(problem), disallowed_special=())
-
-
 def core_messages(problem: str, strategy: str | None) -> list:
     user = _PROBLEM + problem + ("" if strategy is None else _STRATEGY + strategy)
     return [{"role": "system", "content": CORE_SYSTEM}, {"role": "user", "content": user}]
@@ -683,6 +679,211 @@ def parse_core_request(messages) -> tuple:
 
 def parse_teacher_request(messages) -> str:
     return _user_text(messages).partition(_STRATEGY)[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Task family `gsm8k`: the real benchmark (DESIGN 4.6), for a real core. GSM8K's own files are read from a directory
+# (train.jsonl and test.jsonl, one {"question", "answer"} object a line, the answer's last line "#### N"); val is
+# carved from train with a fixed seed. Strategies are free text in the same <strategy> envelope, so the reward,
+# acceptance sampling and the table work unchanged; only their validity rule, the answer reader and the prompts differ.
+
+GSM8K_FILES = {"train": "train.jsonl", "test": "test.jsonl"}
+GSM8K_MAX_STEPS, GSM8K_MAX_STEP_WORDS = 12, 60
+
+
+@dataclass(frozen=True)
+class GSM8KTask:
+    id: str            # "<file split>-<line number>", stable whichever split val carves it into
+    split: str
+    problem: str
+    answer: int
+    solution: str      # GSM8K's worked solution (with its <<calculator>> annotations), for reference only
+
+    def to_json(self) -> dict:
+        return {"family": "gsm8k", "id": self.id, "split": self.split, "problem": self.problem,
+                "answer": self.answer, "solution": self.solution}
+
+    @staticmethod
+    def from_json(d: dict) -> "GSM8KTask":
+        try:
+            return GSM8KTask(d["id"], d["split"], d["problem"], int(d["answer"]), d.get("solution", ""))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"not a gsm8k task record ({type(e).__name__}: {e})") from None
+
+
+def _gsm8k_file(path: str, split: str) -> list:
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise ValueError(f"{path}: missing (see data/README.md for where to get GSM8K)") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read ({e.strerror})") from None
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            question, solution = row["question"], row["answer"]
+            _, mark, tail = solution.rpartition("####")
+            if not mark:
+                raise ValueError("no '####' line")
+            answer = int(tail.strip().replace(",", ""))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise ValueError(f"{path}:{n}: not a GSM8K record (need \"question\" and an \"answer\" ending in "
+                             f"'#### N')") from None
+        out.append(GSM8KTask(f"{split}-{n}", split, question, answer, solution))
+    return out
+
+
+def load_gsm8k(data_dir: str, n_val: int = 200, seed: int = 0) -> dict:
+    """{"train", "val", "test": [GSM8KTask]}: the test file as is, val = n_val train problems drawn with seed."""
+    train = _gsm8k_file(os.path.join(data_dir, GSM8K_FILES["train"]), "train")
+    test = _gsm8k_file(os.path.join(data_dir, GSM8K_FILES["test"]), "test")
+    if not 0 <= n_val < len(train):
+        raise ValueError(f"n_val must be in 0..{len(train) - 1} (GSM8K train has {len(train)} problems), got {n_val}")
+    val_ids = set(random.Random(seed).sample(range(len(train)), n_val))
+    val = [GSM8KTask(t.id, "val", t.problem, t.answer, t.solution) for i, t in enumerate(train) if i in val_ids]
+    return {"train": [t for i, t in enumerate(train) if i not in val_ids], "val": val, "test": test}
+
+
+def gsm8k_parse_strategy(text: str) -> ParsedStrategy:
+    """The steps (as text) of the first <strategy> block, or why it is invalid: both tags, steps numbered 1..n with
+    1 <= n <= 12 (an unnumbered line continues the step above it), each step non-empty and at most 60 words, and no
+    code block (a ``` fence)."""
+    if not isinstance(text, str):
+        return ParsedStrategy(error="the strategy is not text")
+    start = text.find("<strategy>")
+    end = text.find("</strategy>", start + 1) if start >= 0 else -1
+    if start < 0 or end < 0:
+        return ParsedStrategy(error=f"missing {'<strategy>' if start < 0 else '</strategy>'} tag")
+    body = text[start + len("<strategy>"):end]
+    if "```" in body:
+        return ParsedStrategy(error="a code block inside the strategy")
+    steps = []
+    for line in filter(None, (line.strip() for line in body.splitlines())):
+        m = re.match(r"(\d+)[.)](?!\d)\s*(.*)", line)
+        if m:
+            if int(m.group(1)) != len(steps) + 1:
+                return ParsedStrategy(error=f"steps must be numbered 1, 2, 3, ...: found {m.group(1)} where "
+                                            f"{len(steps) + 1} was expected")
+            steps.append(m.group(2))
+        elif steps:
+            steps[-1] += " " + line
+        else:
+            return ParsedStrategy(error=f"text before step 1: {line[:60]!r}")
+    if not 1 <= len(steps) <= GSM8K_MAX_STEPS:
+        return ParsedStrategy(error=f"{len(steps)} steps (need 1 to {GSM8K_MAX_STEPS})")
+    for i, step in enumerate(steps, 1):
+        words = len(step.split())
+        if not words or words > GSM8K_MAX_STEP_WORDS:
+            return ParsedStrategy(error=f"step {i} has {words} words (need 1 to {GSM8K_MAX_STEP_WORDS})")
+    return ParsedStrategy(steps=steps)
+
+
+gsm8k_leaks = leaks    # the same rule: the answer stated as a number the problem does not contain
+
+
+_GSM8K_NUMBER = r"-?(?:\\?\$)?\s*\d[\d,]*(?:\.\d+)?"       # -12, $1,234.50, \$18 (LaTeX)
+
+
+def gsm8k_extract_answer(reply: str):
+    """The reply's final answer as an int (or a Fraction when not whole), None when it has none. The last marked
+    answer wins: "#### N", then "\\boxed{N}", then "the answer is N"; else the last number in the reply. Dollar
+    signs, thousands commas, a trailing period and a trailing ".00" are ignored."""
+    reply = reply or ""
+    for marker in (r"####\s*", r"\\boxed\{\s*", r"\banswer\s*(?:is|:)[\s*:]*"):
+        found = re.findall(marker + f"({_GSM8K_NUMBER})", reply, re.I)
+        if found:
+            break
+    else:
+        found = re.findall(_GSM8K_NUMBER, reply)
+    if not found:
+        return None
+    value = Fraction(re.sub(r"[\\$,\s]", "", found[-1]))
+    return int(value) if value.denominator == 1 else value
+
+
+GSM8K_CORE_SYSTEM = ("Solve the grade-school math problem. Think step by step, then end with a final line "
+                     "'#### N' where N is the answer as a number. If a strategy is given, follow its steps in order.")
+GSM8K_TEACHER_SYSTEM = ("You write strategies that a weaker model follows to solve a grade-school math problem. "
+                        "Reply with exactly one block:\n<strategy>\n1. <first step>\n2. <next step>\n</strategy>\n"
+                        f"Between 1 and {GSM8K_MAX_STEPS} numbered steps, each one short instruction of at most "
+                        f"{GSM8K_MAX_STEP_WORDS} words saying which quantities to combine and how. No code. Do not "
+                        "compute or state the final answer.")
+GSM8K_GUIDE_SYSTEM = ("Write a numbered plan that another model will follow to solve the math problem, inside "
+                      "<strategy> and </strategy>. Do not state the final answer.")
+
+
+def gsm8k_guide_messages(problem: str) -> list:
+    """The guide's input; a pretrained chat guide sees it through its chat template."""
+    return [{"role": "system", "content": GSM8K_GUIDE_SYSTEM}, {"role": "user", "content": _PROBLEM + problem}]
+
+
+def gsm8k_core_messages(problem: str, strategy: str | None) -> list:
+    user = _PROBLEM + problem + ("" if strategy is None else _STRATEGY + strategy)
+    return [{"role": "system", "content": GSM8K_CORE_SYSTEM}, {"role": "user", "content": user}]
+
+
+def gsm8k_teacher_messages(problem: str) -> list:
+    return [{"role": "system", "content": GSM8K_TEACHER_SYSTEM}, {"role": "user", "content": _PROBLEM + problem}]
+
+
+def gsm8k_guide_prompt(problem: str) -> str:
+    """The guide's input as plain text, for a guide without a chat format (a from-scratch or base model)."""
+    return f"{GSM8K_GUIDE_SYSTEM}\n\n{_PROBLEM}{problem}\nStrategy:\n"
+
+
+def gsm8k_training_text(task: GSM8KTask):
+    """Text for a from-scratch guide's tokenizer: its prompt and GSM8K's worked solution (no strategies exist yet)."""
+    yield gsm8k_guide_prompt(task.problem)
+    yield task.solution
+
+
+@dataclass(frozen=True)
+class Family:
+    """What the recipe needs from a task family; family_of(task) picks it, so a task always meets its own rules."""
+    name: str
+    task_from_json: object
+    guide_prompt: object        # problem -> text (a guide without a chat format)
+    guide_messages: object      # problem -> messages (a pretrained chat guide, through its template)
+    core_messages: object       # (problem, strategy or None) -> messages
+    teacher_messages: object    # problem -> messages
+    parse_strategy: object      # text -> ParsedStrategy
+    leaks: object               # (strategy, problem, answer) -> bool
+    extract_answer: object      # reply -> number or None
+
+
+FAMILIES = {
+    "mathsim": Family("mathsim", MathTask.from_json, guide_prompt,
+                      lambda problem: [{"role": "user", "content": guide_prompt(problem)}], core_messages,
+                      teacher_messages, parse_strategy, leaks, extract_answer),
+    "gsm8k": Family("gsm8k", GSM8KTask.from_json, gsm8k_guide_prompt, gsm8k_guide_messages, gsm8k_core_messages,
+                    gsm8k_teacher_messages, gsm8k_parse_strategy, gsm8k_leaks, gsm8k_extract_answer),
+}
+
+
+def family_of(task) -> Family:
+    return FAMILIES["gsm8k" if isinstance(task, GSM8KTask) else "mathsim"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The guide's input, for every family and both kinds of guide.
+
+STOP = "</strategy>"  # the guide's completion ends here (or at its EOS token)
+
+
+def prompt_tokens(tokenizer, problem: str, family: Family | None = None) -> list:
+    """The guide's prompt as token ids (family: mathsim when None). A from-scratch guide reads <|bos|> then the
+    family's guide_prompt(problem), where a special token's spelling stays text; a pretrained guide's tokenizer
+    (hf.HFEncoding, which has chat_tokens) renders the family's guide_messages(problem) in its own chat format.
+    Supervised training, RL and evaluation all encode prompts here, so they always agree."""
+    family = family or FAMILIES["mathsim"]
+    if hasattr(tokenizer, "chat_tokens"):
+        return tokenizer.chat_tokens(family.guide_messages(problem))
+    return [tokenizer.encode_single_token("<|bos|>")] + tokenizer.encode(family.guide_prompt(problem),
+                                                                         disallowed_special=())
 
 
 def main(argv=None) -> int:

@@ -5,15 +5,22 @@
 #   DEVICE=cuda bash train.sh        the guide on a GPU; level 2 with sizes for one modern GPU (LEVEL=1 to keep level 1)
 #   QUICK=1 bash train.sh            a smoke version of every stage (under a minute and a half)
 # Overrides: CORE_URL CORE_MODEL CORE_API LARGE_CORE_MODEL TEACHER_URL TEACHER_MODEL TEACHER_API RUN DEVICE LEVEL PRESET
+# The paper's experiment: TASK=gsm8k GUIDE_INIT=<Hugging Face dir> CORE_URL=https://api.anthropic.com bash train.sh
+#   (GSM8K from DATA_DIR, default data/gsm8k; a pretrained guide fine-tuned instead of one trained from scratch;
+#   with Anthropic's URL the core is Claude 3.5 Haiku and the teacher and large core Claude 3.5 Sonnet by default;
+#   exectune's default sizes, no preset, unless QUICK=1 or PRESET says otherwise)
 # With CORE_URL unset, sim_core.py is started on a free loopback port and stopped on exit, however the script ends.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 PY=${PYTHON:-python}
 export DEVICE=${DEVICE:-cpu}
+TASK=${TASK:-mathsim}
 case "$DEVICE" in cuda*) LEVEL=${LEVEL:-2} ;; *) LEVEL=${LEVEL:-1} ;; esac
 if [ "${QUICK:-0}" = "1" ]; then
     preset=quick; RUN=${RUN:-runs/quick}
+elif [ "$TASK" != "mathsim" ]; then               # the presets size the mathsim world; a real task uses the defaults
+    preset=""; RUN=${RUN:-runs/$TASK}
 elif [ "$LEVEL" = "2" ]; then
     case "$DEVICE" in cuda*) preset=cuda; RUN=${RUN:-runs/cuda} ;; *) preset=level2; RUN=${RUN:-runs/level2} ;; esac
 elif [ "$LEVEL" = "1" ]; then
@@ -23,6 +30,29 @@ else
 fi
 export PRESET=${PRESET:-$preset} RUN QUICK=0
 start=$(date +%s)
+
+if [ "$TASK" != "mathsim" ] && [ -z "${CORE_URL:-}" ]; then
+    echo "error: TASK=$TASK needs a real core: set CORE_URL (the simulated core only knows mathsim)" >&2; exit 1
+fi
+if [ -n "${GUIDE_INIT:-}" ] && [ ! -f "$GUIDE_INIT/config.json" ]; then
+    echo "error: GUIDE_INIT=$GUIDE_INIT: no config.json there (a local Hugging Face model directory)" >&2; exit 1
+fi
+case "${CORE_URL:-}" in
+    *api.anthropic.com*)
+        export CORE_API=${CORE_API:-anthropic} CORE_MODEL=${CORE_MODEL:-claude-3-5-haiku-20241022}
+        export LARGE_CORE_MODEL=${LARGE_CORE_MODEL:-claude-3-5-sonnet-20241022}
+        export TEACHER_MODEL=${TEACHER_MODEL:-claude-3-5-sonnet-20241022} ;;
+esac
+# extra flags, word-split where they are used (so GUIDE_INIT must not contain spaces)
+DATA_FLAGS="--family $TASK" GEN_FLAGS="" SFT_FLAGS="" GRPO_FLAGS=""
+if [ "$TASK" = "gsm8k" ]; then
+    [ "$PRESET" = "quick" ] || DATA_FLAGS="$DATA_FLAGS --n-train 7473 --n-test 1319"   # all of GSM8K (200 of train: val)
+    GEN_FLAGS="--max-new-tokens 256"               # free-text strategies run longer than mathsim's
+fi
+if [ -n "${GUIDE_INIT:-}" ]; then                  # fine-tuning a pretrained guide: small learning rates
+    SFT_FLAGS="--init hf:$GUIDE_INIT --lr 1e-5 --warmup 20"
+    GRPO_FLAGS="--lr 1e-6"
+fi
 
 if [ -z "${CORE_URL:-}" ]; then
     mkdir -p "$RUN"
@@ -52,17 +82,18 @@ side_by_side() {   # stages $1 and $2 at once, one core each (two small models t
     wait $second || { status=$?; echo "error: '$2' failed: $(tail -n 1 "$RUN/$3")" >&2; }
     return $status
 }
-$X data
-$X tokenizer
+$X data $DATA_FLAGS
+[ -n "${GUIDE_INIT:-}" ] || $X tokenizer           # a pretrained guide brings its own tokenizer
 $X baselines
 $X sample
-side_by_side "sft --data accepted" "sft --data raw" sft-raw.log
-side_by_side "grpo --init sft-accepted/best --reward structure" "grpo --init sft-raw/best --reward outcome" grpo-outcome.log
+side_by_side "sft --data accepted $SFT_FLAGS" "sft --data raw $SFT_FLAGS" sft-raw.log
+side_by_side "grpo --init sft-accepted/best --reward structure $GRPO_FLAGS $GEN_FLAGS" \
+             "grpo --init sft-raw/best --reward outcome $GRPO_FLAGS $GEN_FLAGS" grpo-outcome.log
 $X eval --guide teacher --name "teacher strategies (reference)"
-$X eval --guide sft-raw/best --name "supervised GCoP"
-$X eval --guide grpo-outcome/best --name "advisor-style GCoP"
-$X eval --guide sft-accepted/best --name "ExecTune w/o RL"
-$X eval --guide grpo-structure/best --name "ExecTune"
+$X eval --guide sft-raw/best --name "supervised GCoP" $GEN_FLAGS
+$X eval --guide grpo-outcome/best --name "advisor-style GCoP" $GEN_FLAGS
+$X eval --guide sft-accepted/best --name "ExecTune w/o RL" $GEN_FLAGS
+$X eval --guide grpo-structure/best --name "ExecTune" $GEN_FLAGS
 
 echo
 $X table --wall-s $(( $(date +%s) - start ))

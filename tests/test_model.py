@@ -284,3 +284,22 @@ def test_broken_checkpoints_give_a_clear_error(tmp_path):
     os.remove(weights)
     with pytest.raises(M.CheckpointError, match=r"model\.safetensors: missing"):
         M.load_checkpoint(ckpt)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    x = torch.randint(0, 300, (2, 20))
+    grads = []
+    for checkpointing in (False, True):
+        net = tiny_model().train()
+        net.grad_checkpointing = checkpointing
+        net(x).logsumexp(-1).sum().backward()
+        grads.append({k: p.grad.clone() for k, p in net.named_parameters()})
+    assert all(torch.allclose(grads[0][k], grads[1][k], atol=1e-12) for k in grads[0])
+
+
+def test_config_head_dim_and_norm_eps():
+    cfg = M.GuideConfig(n_embd=64, n_head=4, head_dim=32, norm_eps=1e-6)   # heads wider than n_embd / n_head
+    net = M.Guide(cfg)
+    assert net.blocks[0].attn.qkv.out_features == (4 + 2 * cfg.n_kv_head) * 32 and net.norm.eps == 1e-6
+    assert net(torch.tensor([[1, 2, 3]])).shape == (1, 3, cfg.vocab_size)
+    assert M.GuideConfig(n_embd=64, n_head=4).head_dim == 16

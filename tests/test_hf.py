@@ -1,0 +1,224 @@
+"""Parity with Hugging Face: hf.load_hf / hf.save_hf against transformers and tokenizers (test-only dependencies)."""
+import functools
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import hf
+import model as M
+
+# Test-only dependencies (requirements-dev.txt). Without them these tests skip, except under .ci/run, which
+# installs them and sets EXECTUNE_REQUIRE_DEV=1 so that a missing one fails instead.
+if os.environ.get("EXECTUNE_REQUIRE_DEV") == "1":
+    import tokenizers
+    import transformers
+else:
+    transformers = pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+QWEN_PAT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"
+            r"\s+(?!\S)|\s+")
+PIECES = ["the", " apples", "Mia", " bought", " 12", "345", " 7", "0.5", "$", "1,234", "'s", "'LL", " don't", "\n",
+          "\n\n", "   ", "\t", " \t \n ", "!!", "?", ".", " (x)", " café", " cafe\u0301", " naïve", " 你好", "世界",
+          " 😀", "🚀🚀", " Ωμέγα", " Привет", "١٢٣", " ß", "_", "__init__", " #### 42", "<strategy>", "1."]
+
+
+def random_text(rng, n):
+    return "".join(rng.choice(PIECES + SPECIALS if rng.random() < 0.05 else PIECES) for _ in range(n))
+
+
+@functools.cache
+def train_bpe(kind, vocab_size=600):
+    """A byte-level BPE trained by `tokenizers`: GPT-2's ByteLevel pre-tokenizer, or Qwen2's regex Split + NFC."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE())
+    if kind == "gpt2":
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    else:
+        tok.normalizer = normalizers.NFC()
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(QWEN_PAT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    rng = random.Random(0)
+    corpus = [random_text(rng, 30) for _ in range(2000)]
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                        show_progress=False))
+    return tok
+
+
+def write_tokenizer(tok, directory):
+    tok.save(os.path.join(directory, "tokenizer.json"))
+    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+        json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>",
+                   "pad_token": "<|endoftext|>", "bos_token": None}, f)
+
+
+def tiny_hf(kind, directory, tie=False, max_len=128):
+    """A random tiny Llama, Qwen2 or Mistral written by transformers' save_pretrained, with a tokenizers-trained BPE."""
+    tok = train_bpe("qwen2")
+    common = dict(vocab_size=tok.get_vocab_size() + 5, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_len,
+                  tie_word_embeddings=tie, rope_theta=500000.0)
+    torch.manual_seed(0)
+    if kind == "llama":
+        config = transformers.LlamaConfig(**common, rms_norm_eps=1e-5, head_dim=32)   # head_dim != hidden / heads
+        net = transformers.LlamaForCausalLM(config)
+    elif kind == "llama3.1":                    # Llama 3.1's scaled RoPE, with a short original context so it bites
+        rope = dict(rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                    original_max_position_embeddings=32)
+        config = transformers.LlamaConfig(**{**common, "rope_theta": None}, rms_norm_eps=1e-5, rope_parameters=rope)
+        net = transformers.LlamaForCausalLM(config)
+    elif kind == "mistral":
+        config = transformers.MistralConfig(**common, rms_norm_eps=1e-5, sliding_window=64)
+        net = transformers.MistralForCausalLM(config)
+    else:
+        config = transformers.Qwen2Config(**common, rms_norm_eps=1e-6)
+        net = transformers.Qwen2ForCausalLM(config)
+    with torch.no_grad():                          # random norms and biases, so a mixed-up weight shows
+        for name, p in net.named_parameters():
+            if p.dim() == 1:
+                p.copy_(torch.randn_like(p) * 0.1 + (1.0 if "norm" in name else 0.0))
+    net.eval().save_pretrained(directory)
+    write_tokenizer(tok, directory)
+    return net
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2", "mistral", "llama3.1"])
+def pair(request, tmp_path_factory):
+    directory = str(tmp_path_factory.mktemp(request.param))
+    theirs = tiny_hf(request.param, directory, tie=request.param == "qwen2")
+    ours, enc = hf.load_hf(directory)
+    return request.param, directory, theirs, ours, enc
+
+
+def random_prompts(vocab, n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, vocab, (int(torch.randint(3, 40, (1,), generator=g)),), generator=g).tolist()
+            for _ in range(n)]
+
+
+@torch.no_grad()
+def test_logits_match_transformers(pair):
+    kind, _, theirs, ours, _ = pair
+    assert ours.config.qkv_bias == (kind == "qwen2") and ours.config.tie_embeddings == (kind == "qwen2")
+    for p in random_prompts(ours.config.vocab_size):
+        x = torch.tensor([p])
+        assert torch.allclose(ours(x), theirs(x).logits, atol=1e-4, rtol=0), kind
+
+
+@torch.no_grad()
+def test_greedy_generation_matches_transformers(pair):
+    _, _, theirs, ours, _ = pair
+    prompts = random_prompts(ours.config.vocab_size, seed=1)
+    out = M.generate(ours, prompts, max_new_tokens=24, eos_id=-1, temperature=0.0)   # batched, left-padded
+    for p, row in zip(prompts, out.tokens.tolist()):
+        ref = theirs.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                              max_new_tokens=24, min_new_tokens=24, do_sample=False, eos_token_id=None,
+                              pad_token_id=0)
+        assert row == ref[0, len(p):].tolist()
+
+
+@torch.no_grad()
+def test_round_trip_load_save_transformers(pair, tmp_path):
+    kind, directory, theirs, ours, enc = pair
+    hf.save_hf(ours, enc, str(tmp_path))
+    back = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path)).eval()
+    for p in random_prompts(ours.config.vocab_size, seed=2):
+        assert torch.allclose(back(torch.tensor([p])).logits, theirs(torch.tensor([p])).logits, atol=1e-5, rtol=0)
+    fast = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    text = "Mia bought 12 apples, café 😀 <|im_end|>"
+    assert fast(text, add_special_tokens=False)["input_ids"] == enc.encode(text, allowed_special="all")
+    again, enc2 = hf.load_hf(str(tmp_path))
+    assert enc2.roles == enc.roles and enc2.chat == enc.chat == "chatml"
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "qwen2"])
+def test_tokenizer_conversion_matches_tokenizers(kind, tmp_path):
+    tok = train_bpe(kind)
+    write_tokenizer(tok, str(tmp_path))
+    enc = hf.load_hf_tokenizer(str(tmp_path))
+    assert enc.nfc == (kind == "qwen2")
+    rng = random.Random(1)
+    texts = [random_text(rng, rng.randint(0, 25)) for _ in range(1200)]
+    texts += ["", " ", "\n\n\n", "x  \n y", "e\u0301" * 3, "12345678", "'S'll", "<|im_start|>user\nhi<|im_end|>"]
+    for text in texts:
+        ids = enc.encode(text, allowed_special="all")
+        assert ids == tok.encode(text, add_special_tokens=False).ids, repr(text)
+        if kind == "gpt2":                           # NFC changes the text, so only the plain one decodes back
+            assert enc.decode(ids) == text
+
+
+def test_chat_tokens_chatml(tmp_path):
+    tok = train_bpe("qwen2")
+    write_tokenizer(tok, str(tmp_path))
+    enc = hf.load_hf_tokenizer(str(tmp_path))
+    messages = [{"role": "system", "content": "Plan."}, {"role": "user", "content": "Problem: 3 <|im_end|> 4"}]
+    ids = enc.chat_tokens(messages)
+    rendered = "<|im_start|>system\nPlan.<|im_end|>\n<|im_start|>user\nProblem: 3 <|im_end|> 4<|im_end|>\n" \
+               "<|im_start|>assistant\n"
+    assert enc.decode(ids) == rendered
+    assert ids.count(enc.encode_single_token("<|im_end|>")) == 2        # the one inside the message stays text
+    assert enc.encode_single_token("<|eos|>") == enc.encode_single_token("<|im_end|>")
+
+
+@torch.no_grad()
+def test_save_hf_from_scratch_guide(tmp_path):
+    ranks = M.train_tokenizer([random_text(random.Random(2), 40) for _ in range(300)], 400)
+    M.save_tokenizer(ranks, str(tmp_path / "tok.tiktoken"))
+    enc = M.load_tokenizer(str(tmp_path / "tok.tiktoken"))
+    torch.manual_seed(0)
+    ours = M.Guide(M.GuideConfig(vocab_size=enc.n_vocab, n_layer=2, n_embd=32, n_head=4, n_kv_head=2,
+                                 max_seq_len=64)).eval()
+    out = str(tmp_path / "hf")
+    hf.save_hf(ours, enc, out)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    for p in random_prompts(enc.n_vocab, seed=3):
+        assert torch.allclose(ours(torch.tensor([p])), theirs(torch.tensor([p])).logits, atol=1e-4, rtol=0)
+    fast = transformers.AutoTokenizer.from_pretrained(out)
+    rng = random.Random(3)
+    for text in [random_text(rng, rng.randint(0, 20)) for _ in range(300)]:
+        assert fast(text, add_special_tokens=False)["input_ids"] == enc.encode_ordinary(text), repr(text)
+    assert fast.eos_token == "<|eos|>" and fast.pad_token == "<|pad|>"
+
+
+def malformed(tmp_path, what):
+    d = tmp_path / what
+    tiny_hf("llama", str(d))
+    if what == "no-config":
+        os.remove(d / "config.json")
+    elif what == "missing-shard":
+        os.remove(d / "model.safetensors")
+        (d / "model.safetensors.index.json").write_text(json.dumps(
+            {"weight_map": {"model.embed_tokens.weight": "model-00001-of-00002.safetensors"}}))
+    elif what == "unknown-arch":
+        config = json.loads((d / "config.json").read_text())
+        (d / "config.json").write_text(json.dumps({**config, "architectures": ["GPTNeoXForCausalLM"]}))
+    elif what == "sentencepiece":
+        os.remove(d / "tokenizer.json")
+        (d / "tokenizer.model").write_bytes(b"\x0a\x00")
+    return str(d)
+
+
+@pytest.mark.parametrize("what, message", [
+    ("no-config", r"config\.json: missing"), ("missing-shard", r"shard model-00001-of-00002\.safetensors is missing"),
+    ("unknown-arch", r"unsupported architecture 'GPTNeoXForCausalLM'"), ("sentencepiece", r"SentencePiece-only")])
+def test_malformed_directories_fail_with_one_line(tmp_path, what, message):
+    d = malformed(tmp_path, what)
+    with pytest.raises(hf.HFError, match=message) as e:
+        M.load_hf(d)
+    assert "\n" not in str(e.value)
+    # what a user types (the issue's check): one line on stderr, exit status 1
+    proc = subprocess.run([sys.executable, "-c", f"import model; g, tok = model.load_hf({d!r})"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+    assert str(e.value) in proc.stderr
