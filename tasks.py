@@ -527,31 +527,43 @@ def _parse_step(index: int, text: str) -> Step | None:
     return Step(index, op, verb, (a, b), _words(text[:m.start()]) + _words(tail))
 
 
+def numbered_steps(text, code_fence_invalid=False) -> tuple:
+    """(the step texts of the first <strategy> block, None) or (None, why the envelope is invalid): both tags, lines
+    numbered 1, 2, 3, ... (an unnumbered line continues the step above it; text before step 1 is an error)."""
+    if not isinstance(text, str):
+        return None, "the strategy is not text"
+    start = text.find("<strategy>")
+    if start < 0:
+        return None, "missing <strategy> tag"
+    end = text.find("</strategy>", start)
+    if end < 0:
+        return None, "missing </strategy> tag"
+    body = text[start + len("<strategy>"):end]
+    if code_fence_invalid and "```" in body:
+        return None, "a code block inside the strategy"
+    steps = []
+    for line in filter(None, (line.strip() for line in body.splitlines())):
+        m = re.match(r"(\d+)[.)](?!\d)\s*(.*)", line)
+        if m:
+            if int(m.group(1)) != len(steps) + 1:
+                return None, (f"steps must be numbered 1, 2, 3, ...: found {m.group(1)} where {len(steps) + 1} "
+                              "was expected")
+            steps.append(m.group(2))
+        elif steps:
+            steps[-1] += " " + line
+        else:
+            return None, f"text before step 1: {line[:60]!r}"
+    return steps, None
+
+
 def parse_strategy(text: str) -> ParsedStrategy:
     """The steps of the first <strategy> block, or why the text is not a valid strategy. Valid means: both tags,
     at least one step, lines numbered 1, 2, 3, ... (an unnumbered line continues the step above it; text before
     step 1 is an error), at most MAX_STEPS steps, and every step an operation on two operands. A verb outside the
     lexicon still makes a valid step, with op None."""
-    if not isinstance(text, str):
-        return ParsedStrategy(error="the strategy is not text")
-    start = text.find("<strategy>")
-    if start < 0:
-        return ParsedStrategy(error="missing <strategy> tag")
-    end = text.find("</strategy>", start)
-    if end < 0:
-        return ParsedStrategy(error="missing </strategy> tag")
-    raw = []
-    for line in filter(None, (line.strip() for line in text[start + len("<strategy>"):end].splitlines())):
-        m = re.match(r"(\d+)[.)](?!\d)\s*(.*)", line)
-        if m:
-            if int(m.group(1)) != len(raw) + 1:
-                return ParsedStrategy(error=f"steps must be numbered 1, 2, 3, ...: found {m.group(1)} where "
-                                            f"{len(raw) + 1} was expected")
-            raw.append(m.group(2))
-        elif raw:
-            raw[-1] += " " + line
-        else:
-            return ParsedStrategy(error=f"text before step 1: {line[:60]!r}")
+    raw, error = numbered_steps(text)
+    if error:
+        return ParsedStrategy(error=error)
     if not raw:
         return ParsedStrategy(error="no numbered steps inside the <strategy> block")
     if len(raw) > MAX_STEPS:
@@ -752,27 +764,9 @@ def gsm8k_parse_strategy(text: str) -> ParsedStrategy:
     """The steps (as text) of the first <strategy> block, or why it is invalid: both tags, steps numbered 1..n with
     1 <= n <= 12 (an unnumbered line continues the step above it), each step non-empty and at most 60 words, and no
     code block (a ``` fence)."""
-    if not isinstance(text, str):
-        return ParsedStrategy(error="the strategy is not text")
-    start = text.find("<strategy>")
-    end = text.find("</strategy>", start + 1) if start >= 0 else -1
-    if start < 0 or end < 0:
-        return ParsedStrategy(error=f"missing {'<strategy>' if start < 0 else '</strategy>'} tag")
-    body = text[start + len("<strategy>"):end]
-    if "```" in body:
-        return ParsedStrategy(error="a code block inside the strategy")
-    steps = []
-    for line in filter(None, (line.strip() for line in body.splitlines())):
-        m = re.match(r"(\d+)[.)](?!\d)\s*(.*)", line)
-        if m:
-            if int(m.group(1)) != len(steps) + 1:
-                return ParsedStrategy(error=f"steps must be numbered 1, 2, 3, ...: found {m.group(1)} where "
-                                            f"{len(steps) + 1} was expected")
-            steps.append(m.group(2))
-        elif steps:
-            steps[-1] += " " + line
-        else:
-            return ParsedStrategy(error=f"text before step 1: {line[:60]!r}")
+    steps, error = numbered_steps(text, code_fence_invalid=True)
+    if error:
+        return ParsedStrategy(error=error)
     if not 1 <= len(steps) <= GSM8K_MAX_STEPS:
         return ParsedStrategy(error=f"{len(steps)} steps (need 1 to {GSM8K_MAX_STEPS})")
     for i, step in enumerate(steps, 1):
