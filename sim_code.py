@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import code_tasks as ct
+import tasks
 
 # Comprehension of each primitive's verb by the cheap core (DESIGN 4.5). A step with no verb of the lexicon: 0.
 COMPREHENSION = {"Keep/Filter": 1.0, "Drop/Remove": 0.9, "Map/Apply": 1.0, "Square/Double/Negate": 0.95,
@@ -230,13 +231,4 @@ def teacher_reply(problem: str, teacher, rng: random.Random) -> str:
         lines.append(f"{j}. {text}")
     if rng.random() < teacher.answer_note:
         lines[-1] += f" In code: `return {ct.REDUCE_CODE.get(steps[-1].kind, 'sorted(result)')}`."
-    body = ["<strategy>"] + lines + ["</strategy>"]
-    if rng.random() < teacher.format_error:
-        fault = rng.choice(["open", "close", "numbering"])
-        if fault == "open":
-            body = body[1:]
-        elif fault == "close":
-            body = body[:-1]
-        else:
-            body = [re.sub(r"^(\d+)\.", r"Step \1:", line) for line in body]
-    return "\n".join(body)
+    return tasks.strategy_envelope(lines, rng, teacher.format_error)

@@ -34,7 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from tasks import (CANONICAL, OPS, SYMBOLS, VERBS, UnreadableProblem, apply_op, canonical_strategy, core_messages,
                    extract_answer,
-                   extract_strategy, generate_tasks, leaks, parse_core_request, parse_strategy,
+                   extract_strategy, generate_tasks, leaks, parse_core_request, parse_strategy, strategy_envelope,
                    parse_teacher_request, read_problem, teacher_messages)
 
 # Comprehension of each verb by the cheap core (DESIGN 4.3). A verb outside the lexicon is understood with 0.
@@ -403,16 +403,7 @@ def _teacher_reply(task, teacher: TeacherModel, rng: random.Random) -> str:
         lines.append(f"{j}. {text}.")
     if rng.random() < teacher.answer_note:
         lines[-1] += f" The answer is {task.answer}."
-    body = ["<strategy>"] + lines + ["</strategy>"]
-    if rng.random() < teacher.format_error:
-        fault = rng.choice(["open", "close", "numbering"])
-        if fault == "open":
-            body = body[1:]
-        elif fault == "close":
-            body = body[:-1]
-        else:
-            body = [re.sub(r"^(\d+)\.", r"Step \1:", line) for line in body]
-    return "\n".join(body)
+    return strategy_envelope(lines, rng, teacher.format_error)
 
 
 def _draw_seed(model: str, messages: list, temperature: float, seed, index: int) -> int:

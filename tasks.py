@@ -577,6 +577,21 @@ def parse_strategy(text: str) -> ParsedStrategy:
     return ParsedStrategy(steps=steps)
 
 
+def strategy_envelope(lines: list, rng, fault_rate: float) -> str:
+    """Numbered step lines inside the <strategy> tags; with probability fault_rate one format fault (a missing
+    opening or closing tag, or "Step k:" numbering), as a simulated teacher makes them."""
+    body = ["<strategy>"] + lines + ["</strategy>"]
+    if rng.random() < fault_rate:
+        fault = rng.choice(["open", "close", "numbering"])
+        if fault == "open":
+            body = body[1:]
+        elif fault == "close":
+            body = body[:-1]
+        else:
+            body = [re.sub(r"^(\d+)\.", r"Step \1:", line) for line in body]
+    return "\n".join(body)
+
+
 def extract_strategy(text: str) -> str | None:
     """The first complete "<strategy>...</strategy>" block of a reply, or None."""
     m = re.search(r"<strategy>.*?</strategy>", text or "", re.S)
