@@ -33,6 +33,7 @@ import random
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import ClassVar
 
 import numpy as np
 
@@ -48,10 +49,26 @@ class CodeTask:
     entry_point: str            # the function the tests call
     test: str                   # test code (HumanEval: defines check(candidate); KodCode, codesim: def test_*)
     solution: str | None = None  # reference: HumanEval's canonical completion, KodCode's solution
+    split: str = "test"
+
+    @property
+    def problem(self) -> str:
+        """What the guide and the core read. A KodCode question may not name the function its tests import."""
+        if re.search(rf"\b{re.escape(self.entry_point)}\b", self.prompt):
+            return self.prompt
+        return f"{self.prompt.rstrip()}\n\nName the function `{self.entry_point}`."
 
     def to_json(self) -> dict:
-        return {"id": self.id, "family": self.family, "prompt": self.prompt, "entry_point": self.entry_point,
-                "test": self.test, "solution": self.solution}
+        return {"id": self.id, "family": self.family, "split": self.split, "prompt": self.prompt,
+                "entry_point": self.entry_point, "test": self.test, "solution": self.solution}
+
+    @staticmethod
+    def from_json(d: dict) -> "CodeTask":
+        try:
+            return CodeTask(d["id"], d["family"], d["prompt"], d["entry_point"], d["test"], d.get("solution"),
+                            d.get("split", "test"))
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"not a code task record ({type(e).__name__}: {e})") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -146,6 +163,31 @@ def load_kodcode(path: str, limit: int | None = None) -> list:
     if not tasks:
         raise ValueError(f"{path}: no records")
     return tasks
+
+
+KODCODE_FILE = "kodcode.jsonl"
+
+
+def load_code_benchmark(name: str, data_dir: str, n_val: int, n_test: int, seed: int = 0) -> dict:
+    """{"train", "val", "test": [CodeTask]} for training a guide on a code benchmark. Neither benchmark has a
+    training split of its own: train and val are drawn from the user's KodCode file (data_dir/kodcode.jsonl) with a
+    fixed seed. `kodcode`: n_test more KodCode problems are held out as test. `humaneval`: test is HumanEval's 164
+    problems, a benchmark the guide never trains on."""
+    pool = load_kodcode(os.path.join(data_dir, KODCODE_FILE))
+    held_out = n_val + (n_test if name == "kodcode" else 0)
+    if held_out >= len(pool):
+        raise ValueError(f"{os.path.join(data_dir, KODCODE_FILE)}: {len(pool)} problems, too few to hold out "
+                         f"{held_out} for val{' and test' if name == 'kodcode' else ''} and train on the rest")
+    order = random.Random(seed).sample(range(len(pool)), len(pool))
+
+    def split(idx, name):
+        return [dataclasses.replace(pool[i], split=name) for i in idx]
+    out = {"val": split(order[:n_val], "val"), "train": split(order[held_out:], "train")}
+    if name == "kodcode":
+        out["test"] = split(order[n_val:held_out], "test")
+    else:
+        out["test"] = [dataclasses.replace(t, split="test") for t in load_humaneval()]
+    return out
 
 
 # A stand-in for the parts of pytest that KodCode-style tests use, and a runner that calls every test function
@@ -293,28 +335,11 @@ MAX_CODE_STEPS, MAX_STEP_WORDS = 12, 60
 
 
 def strategy_steps(text: str, max_steps: int = MAX_CODE_STEPS, max_words: int = MAX_STEP_WORDS) -> tuple:
-    """(steps, None) for a valid free-text strategy, else ([], reason). The envelope of tasks.parse_strategy: both
-    tags, lines numbered 1, 2, 3, ... (an unnumbered line continues the step above; text before step 1 is an
-    error); then 1..max_steps steps, each non-empty and at most max_words words."""
-    if not isinstance(text, str):
-        return [], "the strategy is not text"
-    start = text.find("<strategy>")
-    if start < 0:
-        return [], "missing <strategy> tag"
-    end = text.find("</strategy>", start)
-    if end < 0:
-        return [], "missing </strategy> tag"
-    steps = []
-    for line in filter(None, (line.strip() for line in text[start + len("<strategy>"):end].splitlines())):
-        m = re.match(r"(\d+)[.)](?!\d)\s*(.*)", line)
-        if m:
-            if int(m.group(1)) != len(steps) + 1:
-                return [], f"steps must be numbered 1, 2, 3, ...: found {m.group(1)} where {len(steps) + 1} was expected"
-            steps.append(m.group(2))
-        elif steps:
-            steps[-1] += "\n" + line
-        else:
-            return [], f"text before step 1: {line[:60]!r}"
+    """(steps, None) for a valid free-text strategy, else ([], reason): the envelope of tasks.numbered_steps, then
+    1..max_steps steps, each non-empty and at most max_words words."""
+    steps, error = tasks.numbered_steps(text)
+    if error:
+        return [], error
     if not steps:
         return [], "no numbered steps inside the <strategy> block"
     if len(steps) > max_steps:
@@ -424,6 +449,7 @@ FUNCTION_NAMES = (["process", "transform", "clean_values", "summarize", "pipelin
 
 @dataclass(frozen=True)
 class CodesimTask:
+    family: ClassVar[str] = "codesim"
     id: str
     split: str
     problem: str
@@ -860,8 +886,17 @@ CODE_CORE_SYSTEM = ("You are a careful Python programmer. Write the function the
                     "function and its imports. If a strategy is given, follow its steps in order.")
 CODE_TEACHER_SYSTEM = ("You write strategies that a weaker model follows to write a Python function. Reply with exactly "
                        "one block in this format:\n<strategy>\n1. Keep the even numbers.\n2. Sum the elements.\n"
-                       "</strategy>\nOne step per numbered line, in plain English, at most 12 steps. Do not write "
-                       "code: no def, no return statements, no code blocks.")
+                       "</strategy>\nOne step per numbered line, in plain English, at most 12 steps of at most 60 "
+                       "words each. Do not write code: no def, no return statements, no code blocks.")
+
+
+CODE_GUIDE_SYSTEM = ("Write a numbered plan that another model will follow to write the Python function, inside "
+                     "<strategy> and </strategy>: at most 12 steps in plain English. Do not write code.")
+
+
+def code_guide_messages(problem: str) -> list:
+    """A pretrained chat guide's input for a real code benchmark (a from-scratch guide reads tasks.guide_prompt)."""
+    return [{"role": "system", "content": CODE_GUIDE_SYSTEM}, {"role": "user", "content": tasks.guide_prompt(problem)}]
 
 
 def code_core_messages(problem: str, strategy: str | None) -> list:

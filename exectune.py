@@ -203,9 +203,10 @@ PRESETS["cuda"] = {          # DEVICE=cuda: level 2, a larger guide and more ste
 }
 
 
-def stage_config(cls, args, stage):
-    """The stage's dataclass: defaults, then the preset's sizes, then flags the user set explicitly (checked by the
-    dataclass: a ValueError names the flag)."""
+def stage_config(cls, args):
+    """A stage's dataclass: defaults, then the preset's sizes for that stage, then flags the user set explicitly
+    (checked by the dataclass: a ValueError names the flag)."""
+    stage = next(name for name, (_, configs, _) in STAGES.items() if configs[0] is cls)   # the stage it configures
     values = dict(PRESETS[args.preset].get(stage, {}) if args.preset else {})
     values.update({f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None)
                    is not None})
@@ -301,7 +302,7 @@ def read_jsonl(path, required=()):
 
 def load_tasks(run, split):
     path = run.file("data", f"{split}.jsonl")
-    rows = read_jsonl(path, required=("id", "problem"))
+    rows = read_jsonl(path, required=("id",))      # the family's from_json checks the rest
     try:
         return [families.get(r.get("family", "mathsim")).task_from_json(r) for r in rows]
     except (KeyError, TypeError, ValueError) as e:
@@ -359,10 +360,10 @@ def grade_replies(task_list, replies):
 # 1. data
 
 def stage_data(args, run):
-    cfg = stage_config(DataConfig, args, "data")
+    cfg = stage_config(DataConfig, args)
     family = families.get(cfg.family)
     if family.generate is None:                 # a real benchmark, read from its files
-        return stage_data_gsm8k(args, run, cfg)
+        return stage_data_files(args, run, cfg, family)
     run.check_config("data", cfg)
     os.makedirs(run.file("data"), exist_ok=True)
     sizes = dict(train=cfg.n_train, val=cfg.n_val, test=cfg.n_test, ood=cfg.n_ood)
@@ -377,14 +378,16 @@ def stage_data(args, run):
     run.log("data", **asdict(cfg))
 
 
-def stage_data_gsm8k(args, run, cfg):
-    """GSM8K's files from --data-dir, copied into the run: the first n_train / n_test problems (at most), and
-    n_val carved from train with the seed. (No level and no ood split: those are mathsim's.)"""
+def stage_data_files(args, run, cfg, family):
+    """A real benchmark's files from --data-dir, copied into the run: the first n_train / n_test problems (at most),
+    n_val carved from the training problems with the seed (families.Family.load says how). No level and no ood
+    split: those belong to the offline worlds."""
+    data_dir = args.data_dir or family.data_dir
     try:
-        splits = tasks.load_gsm8k(args.data_dir, cfg.n_val, cfg.seed)   # read first: a bad directory writes nothing
-    except ValueError as e:
+        splits = family.load(data_dir, cfg.n_val, cfg.n_test, cfg.seed)   # read first: a bad directory writes nothing
+    except (ValueError, FileNotFoundError) as e:
         raise UserError(str(e))
-    run.check_config("data", dict(asdict(cfg), data_dir=os.path.abspath(args.data_dir)))
+    run.check_config("data", dict(asdict(cfg), data_dir=os.path.abspath(data_dir)))
     os.makedirs(run.file("data"), exist_ok=True)
     for split, n in [("train", cfg.n_train), ("val", cfg.n_val), ("test", cfg.n_test)]:
         path = run.file("data", f"{split}.jsonl")
@@ -392,8 +395,8 @@ def stage_data_gsm8k(args, run, cfg):
             print(f"data: {path} exists, kept")
             continue
         write_jsonl(path, [t.to_json() for t in splits[split][:n]])
-        print(f"data: {min(n, len(splits[split]))} gsm8k {split} problems -> {path}")
-    run.log("data", **asdict(cfg), data_dir=args.data_dir)
+        print(f"data: {min(n, len(splits[split]))} {family.name} {split} problems -> {path}")
+    run.log("data", **asdict(cfg), data_dir=data_dir)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -407,7 +410,7 @@ def training_text(train_tasks):
 
 
 def stage_tokenizer(args, run):
-    cfg = stage_config(TokenizerConfig, args, "tokenizer")
+    cfg = stage_config(TokenizerConfig, args)
     run.check_config("tokenizer", cfg)
     path = run.file("tokenizer.tiktoken")
     if os.path.exists(path):
@@ -435,7 +438,7 @@ def alone_stats_path(run):
 
 
 def stage_baselines(args, run):
-    cfg = stage_config(BaselineConfig, args, "baselines")
+    cfg = stage_config(BaselineConfig, args)
     run.check_config("baselines", cfg)
     eval_system(args, run, "core alone", guide="none", role="core")
     eval_system(args, run, "large core alone", guide="none", role="large")
@@ -473,7 +476,7 @@ def load_alone_stats(run):
 # 4. sample: teacher-guided acceptance sampling
 
 def stage_sample(args, run):
-    cfg = stage_config(SampleConfig, args, "sample")
+    cfg = stage_config(SampleConfig, args)
     run.check_config("sample", cfg)
     raw_path, accepted_path = run.file("raw.jsonl"), run.file("accepted.jsonl")
     train = load_tasks(run, "train")
@@ -651,7 +654,7 @@ def lr_at(step, cfg, base_lr):
 
 
 def stage_sft(args, run):
-    cfg = stage_config(SFTConfig, args, "sft")
+    cfg = stage_config(SFTConfig, args)
     data = args.data
     tok = load_guide_tokenizer(run, args.init)
     if args.init:                               # a pretrained guide: its context must hold the longest example
@@ -781,7 +784,7 @@ def make_optimizer(net, lr, weight_decay):
 def stage_grpo(args, run):
     """GRPO from an SFT checkpoint; evaluates greedy accuracy on val every eval_every steps and keeps the best
     (the starting checkpoint included, so RL that does not help leaves the guide as it was)."""
-    cfg = stage_config(GRPOStageConfig, args, "grpo")
+    cfg = stage_config(GRPOStageConfig, args)
     name = f"grpo-{args.reward}"
     run.check_config(name, dict(asdict(cfg), init=args.init))
     out_dir = run.file(name)
@@ -908,7 +911,7 @@ def eval_system(args, run, name, guide, role="core"):
     results.md; the per-task rows go to eval/<name>.jsonl."""
     results_path = run.file("results.json")
     results = read_json(results_path) if os.path.exists(results_path) else []
-    cfg = stage_config(EvalConfig, args, "eval")
+    cfg = stage_config(EvalConfig, args)
     spec = dict(name=name, guide=guide, core_role=role, **asdict(cfg))
     if any(r["spec"] == spec for r in results):
         print(f"eval: {name!r} already in {results_path}, kept")
@@ -961,6 +964,13 @@ def eval_system(args, run, name, guide, role="core"):
 def stage_eval(args, run):
     if args.guide not in ("none", "teacher"):
         load_guide(run, args.guide)  # fail early with a clear line on a bad path
+    if args.family:                  # evaluate on this family: a run without data gets the data stage's first
+        path = run.file("config.json")
+        made = (read_json(path) if os.path.exists(path) else {}).get("data")
+        if made is None:
+            stage_data(args, run)
+        elif made["family"] != args.family:
+            raise UserError(f"{run.path} holds {made['family']} tasks, not {args.family}; use another --run")
     eval_system(args, run, args.name or args.guide, args.guide, role=args.core_role)
 
 
@@ -994,7 +1004,8 @@ STAGES = {  # name: (function, its config dataclasses, what it does in a few wor
     "sft": (stage_sft, [SFTConfig], "train a fresh guide (or fine-tune a pretrained one) on accepted "
                                       "(or raw) teacher strategies"),
     "grpo": (stage_grpo, [GRPOStageConfig], "RL of an SFT guide against the live core"),
-    "eval": (stage_eval, [EvalConfig], "one system on the test split: a row of the results table"),
+    "eval": (stage_eval, [EvalConfig, DataConfig], "one system on the test split: a row of the results table (with "
+                                                   "--family, a run without data gets the data stage's first)"),
     "table": (stage_table, [], "print results.md and a one-line JSON summary"),
 }
 
@@ -1033,9 +1044,10 @@ def build_parser():
         s.add_argument("--core-max-tokens", type=int, default=512)
         for cls in configs:
             add_config_flags(s, cls)
-        if name == "data":
-            s.add_argument("--data-dir", default=env("DATA_DIR", "data/gsm8k"),
-                           help="where --family gsm8k finds train.jsonl and test.jsonl (default data/gsm8k)")
+        if name in ("data", "eval"):
+            s.add_argument("--data-dir", default=env("DATA_DIR"),
+                           help="where a real benchmark's files are (env DATA_DIR; default data/gsm8k for gsm8k, "
+                                "data/kodcode for kodcode and humaneval)")
         if name == "sft":
             s.add_argument("--data", choices=["accepted", "raw"], default="accepted")
             s.add_argument("--init", help="hf:<dir>: fine-tune a pretrained Hugging Face guide (its tokenizer too) "
@@ -1081,7 +1093,7 @@ def check_flags(parser, args):
     try:
         args.device = check_device(args.device)
         for cls in STAGES[args.stage][1]:
-            stage_config(cls, args, args.stage)
+            stage_config(cls, args)
     except (UserError, ValueError) as e:
         parser.error(str(e))
 

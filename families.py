@@ -5,7 +5,10 @@
 3. `codesim` (code_tasks.py, DESIGN 4.5): list-processing functions described in English; a reply is graded by
    running the function it contains against the task's hidden tests in the sandbox (never by the simulator's
    knowledge), one sandbox program per task for a whole batch of replies.
-`family_of(task)` picks a task's family from its type, so every stage prompts and grades a task by its own rules.
+4. `kodcode` and `humaneval` (code_tasks.py, DESIGN 4.6): real code benchmarks, for a real core. Free-text
+   strategies; a reply's code is run with the benchmark's own tests in the sandbox. Neither has a training split:
+   the guide trains on the user's KodCode file, and `humaneval` tests on HumanEval's 164 problems.
+`family_of(task)` reads the family a task names, so every stage prompts and grades a task by its own rules.
 The stages never branch on a family's name: what differs is a field of `Family`.
 """
 from dataclasses import dataclass
@@ -17,7 +20,6 @@ import tasks
 @dataclass(frozen=True)
 class Family:
     name: str
-    task_type: type
     task_from_json: object      # dict -> task
     guide_prompt: object        # problem -> text (a guide without a chat format)
     guide_messages: object      # problem -> messages (a pretrained chat guide, through its template)
@@ -27,7 +29,9 @@ class Family:
     leaks: object               # (strategy, task) -> bool
     grade: object               # (tasks, reply texts) -> [bool]: is each reply a correct solution of its task
     tokenizer_text: object      # task -> strings a from-scratch guide's tokenizer trains on
-    generate: object = None     # (n, seed, split, level) -> seeded tasks of an offline world; None: read from files
+    generate: object = None     # (n, seed, split, level) -> seeded tasks of an offline world
+    load: object = None         # (data_dir, n_val, n_test, seed) -> {"train", "val", "test"}: a benchmark's files
+    data_dir: str | None = None  # where `load` looks by default
     # Oracles of an offline world, for validation curves only (None for a real benchmark): the task's clearest
     # strategy (SFT's val loss), whether a strategy is the task's plan, the cheap core's chance of success with it.
     canonical_strategy: object = None
@@ -49,6 +53,27 @@ def _code_parse_strategy(text):
     return tasks.ParsedStrategy(steps=steps, error=error)
 
 
+def _code_benchmark(name):
+    """The rules of a real code benchmark: free-text strategies, the reply's code run with the task's own tests."""
+    def parse_strategy(text):
+        steps, error = code_tasks.strategy_steps(text)
+        return tasks.ParsedStrategy(steps=steps, error=error)
+
+    def grade(task_list, texts):
+        results = code_tasks.grade(task_list, [code_tasks.extract_code(t) for t in texts], desc="grade")
+        return [r.status == "passed" for r in results]
+
+    def load(data_dir, n_val, n_test, seed):
+        return code_tasks.load_code_benchmark(name, data_dir, n_val, n_test, seed)
+
+    return Family(name, task_from_json=code_tasks.CodeTask.from_json, guide_prompt=tasks.guide_prompt,
+                  guide_messages=code_tasks.code_guide_messages, core_messages=code_tasks.code_core_messages,
+                  teacher_messages=code_tasks.code_teacher_messages, parse_strategy=parse_strategy,
+                  leaks=lambda strategy, task: code_tasks.code_leaks(strategy), grade=grade,
+                  tokenizer_text=lambda task: (tasks.guide_prompt(task.problem), task.solution or ""),
+                  load=load, data_dir="data/kodcode")
+
+
 def _code_plan_matches(task, strategy):
     steps, error = code_tasks.parse_code_strategy(strategy)
     return error is None and tuple(s.prim for s in steps) == task.steps
@@ -67,23 +92,32 @@ def _chat(guide_prompt):
 
 
 FAMILIES = {f.name: f for f in [
-    Family("mathsim", tasks.MathTask, tasks.MathTask.from_json, tasks.guide_prompt, _chat(tasks.guide_prompt),
-           tasks.core_messages, tasks.teacher_messages, tasks.parse_strategy,
-           lambda strategy, task: tasks.leaks(strategy, task.problem, task.answer),
-           _answer_grader(tasks.extract_answer),
-           lambda task: (tasks.guide_prompt(task.problem), tasks.canonical_strategy(task)), tasks.generate_tasks,
-           tasks.canonical_strategy, tasks.plan_matches, _math_exact_success),
-    Family("gsm8k", tasks.GSM8KTask, tasks.GSM8KTask.from_json, tasks.gsm8k_guide_prompt, tasks.gsm8k_guide_messages,
-           tasks.gsm8k_core_messages, tasks.gsm8k_teacher_messages, tasks.gsm8k_parse_strategy,
-           lambda strategy, task: tasks.gsm8k_leaks(strategy, task.problem, task.answer),
-           _answer_grader(tasks.gsm8k_extract_answer), tasks.gsm8k_training_text),
-    Family("codesim", code_tasks.CodesimTask, code_tasks.CodesimTask.from_json, tasks.guide_prompt,
-           _chat(tasks.guide_prompt), code_tasks.code_core_messages, code_tasks.code_teacher_messages,
-           _code_parse_strategy, lambda strategy, task: code_tasks.code_leaks(strategy),
-           lambda task_list, texts: code_tasks.codesim_verdicts(task_list, [code_tasks.extract_code(t) for t in texts]),
-           lambda task: (tasks.guide_prompt(task.problem), code_tasks.canonical_code_strategy(task)),
-           lambda n, seed, split, level: code_tasks.generate_codesim(n, seed, split),    # one level
-           code_tasks.canonical_code_strategy, _code_plan_matches, _code_exact_success),
+    Family("mathsim", task_from_json=tasks.MathTask.from_json, guide_prompt=tasks.guide_prompt,
+           guide_messages=_chat(tasks.guide_prompt), core_messages=tasks.core_messages,
+           teacher_messages=tasks.teacher_messages, parse_strategy=tasks.parse_strategy,
+           leaks=lambda strategy, task: tasks.leaks(strategy, task.problem, task.answer),
+           grade=_answer_grader(tasks.extract_answer),
+           tokenizer_text=lambda task: (tasks.guide_prompt(task.problem), tasks.canonical_strategy(task)),
+           generate=tasks.generate_tasks, canonical_strategy=tasks.canonical_strategy,
+           plan_matches=tasks.plan_matches, exact_success=_math_exact_success),
+    Family("gsm8k", task_from_json=tasks.GSM8KTask.from_json, guide_prompt=tasks.gsm8k_guide_prompt,
+           guide_messages=tasks.gsm8k_guide_messages, core_messages=tasks.gsm8k_core_messages,
+           teacher_messages=tasks.gsm8k_teacher_messages, parse_strategy=tasks.gsm8k_parse_strategy,
+           leaks=lambda strategy, task: tasks.gsm8k_leaks(strategy, task.problem, task.answer),
+           grade=_answer_grader(tasks.gsm8k_extract_answer), tokenizer_text=tasks.gsm8k_training_text,
+           load=lambda data_dir, n_val, n_test, seed: tasks.load_gsm8k(data_dir, n_val, seed), data_dir="data/gsm8k"),
+    Family("codesim", task_from_json=code_tasks.CodesimTask.from_json, guide_prompt=tasks.guide_prompt,
+           guide_messages=_chat(tasks.guide_prompt), core_messages=code_tasks.code_core_messages,
+           teacher_messages=code_tasks.code_teacher_messages, parse_strategy=_code_parse_strategy,
+           leaks=lambda strategy, task: code_tasks.code_leaks(strategy),
+           grade=lambda task_list, texts: code_tasks.codesim_verdicts(task_list,
+                                                                      [code_tasks.extract_code(t) for t in texts]),
+           tokenizer_text=lambda task: (tasks.guide_prompt(task.problem), code_tasks.canonical_code_strategy(task)),
+           generate=lambda n, seed, split, level: code_tasks.generate_codesim(n, seed, split),    # one level
+           canonical_strategy=code_tasks.canonical_code_strategy, plan_matches=_code_plan_matches,
+           exact_success=_code_exact_success),
+    _code_benchmark("kodcode"),
+    _code_benchmark("humaneval"),
 ]}
 
 
@@ -94,10 +128,7 @@ def get(name: str) -> Family:
 
 
 def family_of(task) -> Family:
-    for family in FAMILIES.values():
-        if isinstance(task, family.task_type):
-            return family
-    raise TypeError(f"{type(task).__name__} is not a task of any family")
+    return FAMILIES[task.family]
 
 
 def grade(task_list, texts) -> list:

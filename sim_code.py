@@ -129,9 +129,9 @@ def _same_function(pipeline: tuple, task: ct.CodesimTask) -> bool:
     """Whether a pipeline passes the task's tests (analysis only; grading runs code in the sandbox)."""
     if not task.two_lists and any(p.kind == "zip" for p in pipeline):
         return False
+    # As render_function writes it: the list steps in order, then the last reduction named, in the return line.
     reducers = [p for p in pipeline if p.kind in ct.REDUCERS]
-    if reducers and pipeline[-1].kind not in ct.REDUCERS:
-        return False
+    pipeline = tuple(p for p in pipeline if p.kind not in ct.REDUCERS) + tuple(reducers[-1:])
     return all(ct.reference_output(pipeline, *args) == expected for args, expected in task.tests)
 
 

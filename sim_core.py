@@ -36,10 +36,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import code_tasks
 import sim_code
-from tasks import (CANONICAL, OPS, SYMBOLS, VERBS, UnreadableProblem, apply_op, canonical_strategy, core_messages,
-                   extract_answer,
-                   extract_strategy, generate_tasks, leaks, parse_core_request, parse_strategy, strategy_envelope,
-                   parse_teacher_request, read_problem, teacher_messages)
+from tasks import (CANONICAL, OPS, SYMBOLS, VERBS, UnreadableProblem, apply_op, extract_strategy, leaks,
+                   parse_core_request, parse_strategy, parse_teacher_request, read_problem, strategy_envelope)
 
 # Comprehension of each verb by the cheap core (DESIGN 4.3). A verb outside the lexicon is understood with 0.
 COMPREHENSION = {
@@ -620,13 +618,17 @@ def start_server(host: str = "127.0.0.1", port: int = 0, latency_ms: float = 0, 
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def selfcheck(n: int, seed: int = 0, level: int = 2) -> dict:
-    """The real prompt path over HTTP: each configuration's accuracy, mean tokens and dollars per task, and the
-    mean exact success probability beside it."""
+def selfcheck(n: int, seed: int = 0, level: int = 2, family: str = "mathsim", samples: int = 32) -> dict:
+    """The real prompt path over HTTP: each configuration's accuracy (graded as the recipe grades: for codesim, by
+    running the code), mean tokens and dollars per task, and the model's own success probability beside it: mathsim's
+    exact_success; for codesim, p_bug_free ("exact") and the pass rate of `samples` functions sampled per task and
+    run in the sandbox ("sampled")."""
     import requests
+    import families                   # the recipe's grading, so the self-check measures what the table will
+    rules = families.get(family)
     server, url = start_server()
     local = threading.local()
-    test = generate_tasks(n, seed, "test", level)
+    test = rules.generate(n, seed, "test", level)
 
     def call(model, messages):
         if not hasattr(local, "session"):
@@ -641,29 +643,34 @@ def selfcheck(n: int, seed: int = 0, level: int = 2) -> dict:
         return out["choices"][0]["message"]["content"], usage["prompt_tokens"], usage["completion_tokens"], dollars
 
     def run(model, strategies):
-        return list(pool.map(lambda ts: call(model, core_messages(ts[0].problem, ts[1])), zip(test, strategies)))
+        return list(pool.map(lambda ts: call(model, rules.core_messages(ts[0].problem, ts[1])), zip(test, strategies)))
 
     def summary(replies, strategies, model, extra=None):
         extra = extra or [(0, 0, 0.0)] * n
-        return {"accuracy": round(sum(extract_answer(r[0]) == t.answer for r, t in zip(replies, test)) / n, 4),
-                "exact": round(sum(exact_success(t.problem, s, model) for t, s in zip(test, strategies)) / n, 4),
-                "input_tokens": round(sum(r[1] + e[0] for r, e in zip(replies, extra)) / n, 1),
-                "output_tokens": round(sum(r[2] + e[1] for r, e in zip(replies, extra)) / n, 1),
-                "dollars": round(sum(r[3] + e[2] for r, e in zip(replies, extra)) / n, 7)}
+        out = {"accuracy": round(sum(rules.grade(test, [r[0] for r in replies])) / n, 4)}
+        if family == "codesim":
+            items = [(t.problem, s) for t, s in zip(test, strategies)]
+            out["exact"] = round(sum(sim_code.p_bug_free(p, s, _core(model)) for p, s in items) / n, 4)
+            out["sampled"] = round(sum(sim_code.success_rates(items, _core(model), n=samples, seed=seed)) / n, 4)
+        else:
+            out["exact"] = round(sum(exact_success(t.problem, s, model) for t, s in zip(test, strategies)) / n, 4)
+        return dict(out, input_tokens=round(sum(r[1] + e[0] for r, e in zip(replies, extra)) / n, 1),
+                    output_tokens=round(sum(r[2] + e[1] for r, e in zip(replies, extra)) / n, 1),
+                    dollars=round(sum(r[3] + e[2] for r, e in zip(replies, extra)) / n, 7))
 
     start = time.perf_counter()
     with ThreadPoolExecutor(16) as pool:
-        alone, canonical = [None] * n, [canonical_strategy(t) for t in test]
+        alone, canonical = [None] * n, [rules.canonical_strategy(t) for t in test]
         cheap, large, with_canonical = run(CHEAP.name, alone), run(LARGE.name, alone), run(CHEAP.name, canonical)
-        taught = list(pool.map(lambda t: call(TEACHER.name, teacher_messages(t.problem)), test))
+        taught = list(pool.map(lambda t: call(TEACHER.name, rules.teacher_messages(t.problem)), test))
         strategies = [extract_strategy(r[0]) or r[0].strip() for r in taught]
         with_teacher = run(CHEAP.name, strategies)
     seconds = time.perf_counter() - start
     server.shutdown()
     teacher = summary(with_teacher, strategies, CHEAP.name, [(r[1], r[2], r[3]) for r in taught])
     teacher["teacher_dollars"] = round(sum(r[3] for r in taught) / n, 7)
-    teacher["valid"] = round(sum(parse_strategy(s).valid for s in strategies) / n, 4)
-    return {"n": n, "seed": seed, "level": level, "cheap_alone": summary(cheap, alone, CHEAP.name),
+    teacher["valid"] = round(sum(rules.parse_strategy(s).valid for s in strategies) / n, 4)
+    return {"family": family, "n": n, "seed": seed, "level": level, "cheap_alone": summary(cheap, alone, CHEAP.name),
             "large_alone": summary(large, alone, LARGE.name),
             "cheap_canonical": summary(with_canonical, canonical, CHEAP.name),
             "cheap_teacher": teacher, "requests_per_s": round(5 * n / seconds, 1)}
@@ -679,7 +686,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the failure draws; of the tasks in --selfcheck")
     parser.add_argument("--selfcheck", action="store_true", help="run the prompt path over HTTP, print one JSON line")
     parser.add_argument("--n", type=int, default=500, help="tasks for --selfcheck")
-    parser.add_argument("--level", type=int, default=2, choices=[1, 2], help="task level for --selfcheck")
+    parser.add_argument("--level", type=int, default=2, choices=[1, 2], help="mathsim level for --selfcheck")
+    parser.add_argument("--family", default="mathsim", choices=["mathsim", "codesim"], help="tasks for --selfcheck")
     args = parser.parse_args(argv)
     if not 0 <= args.fail_rate <= 1:
         parser.error(f"--fail-rate must be between 0 and 1, got {args.fail_rate}")
@@ -690,7 +698,7 @@ def main(argv=None) -> int:
     if args.selfcheck:
         if args.n < 1:
             parser.error(f"--n must be >= 1, got {args.n}")
-        print(json.dumps(selfcheck(args.n, args.seed, args.level)), flush=True)
+        print(json.dumps(selfcheck(args.n, args.seed, args.level, args.family)), flush=True)
         return 0
     try:
         server = SimServer((args.host, args.port), args.latency_ms, args.fail_rate, args.seed)

@@ -7,8 +7,9 @@
 #   TASK=codesim bash train.sh       the code world (DESIGN 4.5): replies graded by running their code in the sandbox
 # Overrides: CORE_URL CORE_MODEL CORE_API LARGE_CORE_MODEL TEACHER_URL TEACHER_MODEL TEACHER_API RUN DEVICE LEVEL PRESET
 #   TASK (mathsim, codesim; gsm8k, humaneval, kodcode need CORE_URL)
-# The paper's experiment: TASK=gsm8k GUIDE_INIT=<Hugging Face dir> CORE_URL=https://api.anthropic.com bash train.sh
-#   (GSM8K from DATA_DIR, default data/gsm8k; a pretrained guide fine-tuned instead of one trained from scratch;
+# The paper's experiments: TASK=gsm8k|kodcode|humaneval GUIDE_INIT=<Hugging Face dir> CORE_URL=https://api.anthropic.com
+#   bash train.sh (GSM8K from DATA_DIR, default data/gsm8k; kodcode and humaneval train on DATA_DIR/kodcode.jsonl,
+#   default data/kodcode, and humaneval tests on HumanEval; a pretrained guide fine-tuned instead of one from scratch;
 #   with Anthropic's URL the core is Claude 3.5 Haiku and the teacher and large core Claude 3.5 Sonnet by default;
 #   exectune's default sizes, no preset, unless QUICK=1 or PRESET says otherwise)
 # With CORE_URL unset, sim_core.py is started on a free loopback port and stopped on exit, however the script ends.
@@ -54,9 +55,11 @@ case "${CORE_URL:-}" in
 esac
 # extra flags, word-split where they are used (so GUIDE_INIT must not contain spaces)
 DATA_FLAGS="--family $TASK" GEN_FLAGS="" SFT_FLAGS="" GRPO_FLAGS=""
-if [ "$TASK" = "gsm8k" ]; then
-    [ "$PRESET" = "quick" ] || DATA_FLAGS="$DATA_FLAGS --n-train 7473 --n-test 1319"   # all of GSM8K (200 of train: val)
-    GEN_FLAGS="--max-new-tokens 256"               # free-text strategies run longer than mathsim's
+if [ "$TASK" = "gsm8k" ] && [ "$PRESET" != "quick" ]; then
+    DATA_FLAGS="$DATA_FLAGS --n-train 7473 --n-test 1319"     # all of GSM8K (200 of train: val)
+fi
+if [ "$offline" = "0" ]; then
+    GEN_FLAGS="--max-new-tokens 256"               # free-text strategies run longer than the offline worlds'
 fi
 if [ -n "${GUIDE_INIT:-}" ]; then                  # fine-tuning a pretrained guide: small learning rates
     SFT_FLAGS="--init hf:$GUIDE_INIT --lr 1e-5 --warmup 20"

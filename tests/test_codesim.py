@@ -225,3 +225,33 @@ def test_codesim_rewards_are_graded_by_running_the_core_code():
         assert [r.correct for r in rewards[1:]] == verdicts and any(verdicts)
     finally:
         server.shutdown()
+
+
+def test_selfcheck_reports_the_model_and_the_sampled_rate_for_codesim():
+    import sim_core
+    out = sim_core.selfcheck(24, seed=3, family="codesim", samples=8)
+    assert out["family"] == "codesim" and out["cheap_teacher"]["valid"] > 0.8
+    for row in ("cheap_alone", "large_alone", "cheap_canonical", "cheap_teacher"):
+        r = out[row]
+        assert 0 <= r["exact"] <= 1 and 0 <= r["sampled"] <= 1 and 0 <= r["accuracy"] <= 1
+        assert r["sampled"] >= r["exact"] - 0.15, (row, r)   # invisible bugs pass: sampled sits at or above
+    assert out["large_alone"]["exact"] > out["cheap_alone"]["exact"]
+    assert out["cheap_canonical"]["output_tokens"] < out["cheap_alone"]["output_tokens"]   # a plan: less to explain
+
+
+def test_the_model_reads_a_pipeline_as_the_core_writes_it():
+    """A reduction is always written in the return line, so a strategy that names one before its last step means
+    that function; the capability model and the sandbox agree on which such strategies work."""
+    tasks = [t for t in ct.generate_codesim(200, 2, "test") if t.steps[-1].kind in ct.REDUCERS][:20]
+    strategies = []
+    for i, t in enumerate(tasks):
+        extra = ["Sort ascending.", "Reverse the list.", "Sum the elements."][i % 3]
+        strategies.append(ct.canonical_code_strategy(t).replace("</strategy>",
+                                                                f"{len(t.steps) + 1}. {extra}\n</strategy>"))
+    p = [sc.p_bug_free(t.problem, s, LARGE) for t, s in zip(tasks, strategies)]
+    codes = [sc.write_code(t.problem, s, LARGE, random.Random(1)) for t, s in zip(tasks, strategies)]
+    # where the model says the plan is another function, the code, even written without a slip, fails
+    for verdict, prob in zip(ct.codesim_verdicts(tasks, codes), p):
+        if prob == 0.0:
+            assert not verdict
+    assert 0 < sum(x > 0 for x in p) < len(p)       # a harmless extra list step, and a harmful second reduction
