@@ -26,6 +26,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import ClassVar
 
 OPS = ("add", "sub", "mul", "div")
 SYMBOLS = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
@@ -52,6 +53,7 @@ class Op:
 
 @dataclass(frozen=True)
 class MathTask:
+    family: ClassVar[str] = "mathsim"
     id: str
     split: str
     problem: str
@@ -718,6 +720,7 @@ GSM8K_MAX_STEPS, GSM8K_MAX_STEP_WORDS = 12, 60
 
 @dataclass(frozen=True)
 class GSM8KTask:
+    family: ClassVar[str] = "gsm8k"
     id: str            # "<file split>-<line number>", stable whichever split val carves it into
     split: str
     problem: str
