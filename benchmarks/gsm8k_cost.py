@@ -15,7 +15,6 @@ Real models write longer replies than GSM8K's terse solutions, so read the outpu
 """
 import argparse
 import json
-import math
 import os
 import re
 import sys
@@ -26,6 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import core_client  # noqa: E402
 import exectune  # noqa: E402
+import sim_core  # noqa: E402
 import tasks  # noqa: E402
 
 CORE, LARGE = "claude-3-5-haiku-20241022", "claude-3-5-sonnet-20241022"
@@ -56,18 +56,9 @@ def serve(by_question, log):
             else:
                 kind = f"{'alone' if strategy is None else 'strategy'} {body['model']}"
                 text = plain(solution)
-            usage = {"prompt_tokens": math.ceil(sum(len(m["content"]) for m in messages) / 4),
-                     "completion_tokens": math.ceil(len(text) / 4)}
-            log.append((kind, usage["prompt_tokens"], usage["completion_tokens"]))
-            data = json.dumps({"id": "x", "object": "chat.completion", "model": body["model"],
-                               "choices": [{"index": 0, "finish_reason": "stop",
-                                            "message": {"role": "assistant", "content": text}}],
-                               "usage": {**usage, "total_tokens": sum(usage.values())}}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            usage = sim_core.tokens("".join(m["content"] for m in messages)), sim_core.tokens(text)
+            log.append((kind, *usage))
+            sim_core.send_json(self, 200, sim_core.openai_body(body["model"], [text], *usage))
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Scripted)
     threading.Thread(target=server.serve_forever, daemon=True).start()
