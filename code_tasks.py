@@ -356,7 +356,7 @@ def code_leaks(strategy: str) -> bool:
 # A task is a pipeline of primitives over a list of integers: list -> list steps (keep / drop by a predicate, map,
 # sort, reverse, take / skip the first k, unique, zip-with ys), optionally ending in a reduction (sum, product,
 # max, min, count). Each step is one sentence; distractor sentences describe a step the function must NOT do.
-CODESIM_SPLITS = ("train", "val", "test", "ood")   # train / val / test i.i.d.; ood adds held-out phrasings
+CODESIM_SPLITS = tasks.SPLITS     # mathsim's rule: train / val / test i.i.d.; ood adds held-out phrasings
 
 
 @dataclass(frozen=True)
@@ -434,7 +434,7 @@ class CodesimTask:
     tests: tuple          # ((args, expected), ...) from the reference implementation
 
     def to_json(self) -> dict:
-        return {"id": self.id, "split": self.split, "problem": self.problem}
+        return {"family": "codesim", "id": self.id, "split": self.split, "problem": self.problem}
 
     @staticmethod
     def from_json(d: dict) -> "CodesimTask":

@@ -19,7 +19,7 @@ same core executes it with the same seeds, and each task is graded. One row of r
   guide tok               mean tokens the guide wrote per task (a small local model: not priced).
   cost vs large           $ / 1k tasks divided by that of the large core alone; "n/a" when either is unknown.
 
-Each task is prompted and graded by its own family's rules (tasks.family_of). The functions here are pure (tasks,
+Each task is prompted and graded by its own family's rules (families.py). The functions here are pure (tasks,
 texts and replies in; rows and text out); exectune.py reads and writes the run directory around them.
 """
 import math
@@ -27,6 +27,7 @@ import math
 import torch
 from tqdm import tqdm
 
+import families
 import model as guide_model
 import tasks
 from core_client import CoreError
@@ -39,7 +40,7 @@ def guide_strategies(net, tok, task_list, max_new_tokens, batch_size, desc="guid
     eos = tok.encode_single_token("<|eos|>")
     texts, lengths = [], []
     for i in tqdm(range(0, len(task_list), batch_size), desc=desc, leave=False):
-        prompts = [tasks.prompt_tokens(tok, t.problem, tasks.family_of(t)) for t in task_list[i:i + batch_size]]
+        prompts = [families.prompt_tokens(tok, t) for t in task_list[i:i + batch_size]]
         out = guide_model.generate(net, prompts, max_new_tokens, eos_id=eos, temperature=0.0,
                                    stop_strings=[tasks.STOP], tokenizer=tok)
         texts.extend(out.texts)
@@ -49,32 +50,35 @@ def guide_strategies(net, tok, task_list, max_new_tokens, batch_size, desc="guid
 
 def plan_scores(val_tasks, texts):
     """Strategies for val tasks scored with the tasks' hidden solutions: (share that is the task's plan, mean
-    probability that the simulated cheap core then answers correctly). Oracle measures for learning curves: they
-    read the offline world's exact probabilities and never feed training or checkpoint choice. (None, None) for a
-    real task family, which has no such oracle."""
-    if any(tasks.family_of(t).name != "mathsim" for t in val_tasks):
+    probability that the simulated cheap core then succeeds; for codesim, that it writes the function bug-free).
+    Oracle measures for learning curves: they read the offline world and never feed training or checkpoint choice.
+    (None, None) for a real task family, which has no such oracle."""
+    oracles = [families.family_of(t) for t in val_tasks]
+    if not val_tasks or any(f.plan_matches is None for f in oracles):
         return None, None
-    import sim_core                   # the offline world, read in-process here only, like a gym's `info` dict
     strategies = [tasks.extract_strategy(s) or s for s in texts]
-    plan_exact = sum(tasks.plan_matches(t, s) for t, s in zip(val_tasks, strategies)) / max(1, len(val_tasks))
-    success = sum(sim_core.exact_success(t.problem, s) for t, s in zip(val_tasks, strategies)) / max(1, len(val_tasks))
+    n = len(val_tasks)
+    plan_exact = sum(f.plan_matches(t, s) for f, t, s in zip(oracles, val_tasks, strategies)) / n
+    success = sum(f.exact_success(t, s) for f, t, s in zip(oracles, val_tasks, strategies)) / n
     return plan_exact, success
 
 
 def grade(task_list, strategies, replies, client, guide_tokens, teacher_dollars):
     """One row per task: its strategy (None without one), and the core's reply graded; a reply that is a CoreError
     (the call failed for good) makes the row `failed`, with no grade."""
+    answered = [i for i, r in enumerate(replies) if not isinstance(r, CoreError)]
+    correct = dict(zip(answered, families.grade([task_list[i] for i in answered], [replies[i].text for i in answered])))
     rows = []
-    for t, s, r, g, td in zip(task_list, strategies, replies, guide_tokens, teacher_dollars):
-        family = tasks.family_of(t)
+    for i, (t, s, r, g, td) in enumerate(zip(task_list, strategies, replies, guide_tokens, teacher_dollars)):
+        family = families.family_of(t)
         row = dict(id=t.id, split=t.split, strategy=s, guide_tokens=g, teacher_dollars=td)
         if isinstance(r, CoreError):
             row.update(failed=True)
         else:
-            row.update(failed=False, correct=family.extract_answer(r.text) == t.answer, dollars=client.dollars(r),
+            row.update(failed=False, correct=correct[i], dollars=client.dollars(r),
                        input_tokens=r.input_tokens, output_tokens=r.output_tokens)
         if s is not None:
-            row.update(valid=family.parse_strategy(s).valid, leaks=family.leaks(s, t.problem, t.answer))
+            row.update(valid=family.parse_strategy(s).valid, leaks=family.leaks(s, t))
         rows.append(row)
     return rows
 

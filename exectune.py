@@ -22,10 +22,11 @@ and finish with what an uninterrupted run gives. Every file is written atomicall
 directory remembers each stage's configuration and refuses to mix in another one; a bad flag value stops a stage
 before it writes anything (one line, exit 2). Evaluation and the results table are in evaluate.py.
 
-The real path: `data --family gsm8k` reads GSM8K from --data-dir (tasks.py), and `sft|grpo --init hf:<dir>`
+The code family: `data --family codesim` (code_tasks.py, DESIGN 4.5); a reply is graded by running its code against
+the task's hidden tests in the sandbox. The real path: `data --family gsm8k` reads GSM8K from --data-dir (tasks.py), and `sft|grpo --init hf:<dir>`
 fine-tunes a pretrained Hugging Face guide (hf.py) instead of training one; there is no tokenizer stage then, and
 every checkpoint of that guide is written as a Hugging Face directory with its tokenizer, so it can be served as is.
-Each task is prompted and graded by its own family's rules (tasks.family_of).
+Each task is prompted and graded by its own family's rules (families.py).
 
 Where this departs from the paper: by default the guide is a tiny decoder trained from scratch (the paper fine-tunes
 pretrained LLMs), on level-1 mathsim, so that it learns to read within a 2-core CPU budget (about 40 minutes end
@@ -51,6 +52,7 @@ import evaluate
 import grpo
 import hf
 import model as guide_model
+import families
 import tasks
 from core_client import CoreClient, CoreError
 
@@ -82,8 +84,9 @@ class DataConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.family not in tasks.FAMILIES:
-            raise ValueError(f"--family {self.family!r} is not a task family (available: {', '.join(tasks.FAMILIES)})")
+        if self.family not in families.FAMILIES:
+            raise ValueError(f"--family {self.family!r} is not a task family (available: "
+                             f"{', '.join(families.FAMILIES)})")
         if self.level not in tasks.LEVELS:
             raise ValueError(f"--level must be one of {', '.join(map(str, tasks.LEVELS))}, got {self.level}")
         at_least(self, 1, "n_train", "n_val", "n_test", "n_ood")
@@ -298,9 +301,9 @@ def read_jsonl(path, required=()):
 
 def load_tasks(run, split):
     path = run.file("data", f"{split}.jsonl")
-    rows = read_jsonl(path, required=("id", "problem", "answer"))
+    rows = read_jsonl(path, required=("id", "problem"))
     try:
-        return [tasks.FAMILIES[r.get("family", "mathsim")].task_from_json(r) for r in rows]
+        return [families.get(r.get("family", "mathsim")).task_from_json(r) for r in rows]
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{path}: a task could not be read ({e})")
 
@@ -342,12 +345,23 @@ def core_params(args):
     return dict(temperature=args.core_temperature, max_tokens=args.core_max_tokens)
 
 
+def grade_replies(task_list, replies):
+    """Whether each reply solves its task, None where the request failed (a CoreError). Graded as one batch: a code
+    family runs the replies' code in the sandbox, one program per task."""
+    done = [i for i, r in enumerate(replies) if not isinstance(r, CoreError)]
+    out = [None] * len(replies)
+    for i, verdict in zip(done, families.grade([task_list[i] for i in done], [replies[i].text for i in done])):
+        out[i] = verdict
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # 1. data
 
 def stage_data(args, run):
     cfg = stage_config(DataConfig, args, "data")
-    if cfg.family == "gsm8k":
+    family = families.get(cfg.family)
+    if family.generate is None:                 # a real benchmark, read from its files
         return stage_data_gsm8k(args, run, cfg)
     run.check_config("data", cfg)
     os.makedirs(run.file("data"), exist_ok=True)
@@ -357,7 +371,7 @@ def stage_data(args, run):
         if os.path.exists(path):
             print(f"data: {path} exists, kept")
             continue
-        rows = [t.to_json() for t in tasks.generate_tasks(sizes[split], cfg.seed * 1000 + i, split, cfg.level)]
+        rows = [t.to_json() for t in family.generate(sizes[split], cfg.seed * 1000 + i, split, cfg.level)]
         write_jsonl(path, rows)
         print(f"data: {len(rows)} {split} tasks -> {path}")
     run.log("data", **asdict(cfg))
@@ -386,14 +400,10 @@ def stage_data_gsm8k(args, run, cfg):
 # 2. tokenizer
 
 def training_text(train_tasks):
-    """What the guide reads and writes: prompts and canonical strategies (every verb form of the grammar once,
-    so teacher paraphrases tokenize sensibly too)."""
+    """What the guide reads and writes (families.Family.tokenizer_text): in an offline world, prompts and canonical
+    strategies (every verb form of the grammar once, so teacher paraphrases tokenize sensibly too)."""
     for t in train_tasks:
-        if isinstance(t, tasks.GSM8KTask):
-            yield from tasks.gsm8k_training_text(t)
-            continue
-        yield tasks.guide_prompt(t.problem)
-        yield tasks.canonical_strategy(t)
+        yield from families.family_of(t).tokenizer_text(t)
 
 
 def stage_tokenizer(args, run):
@@ -435,13 +445,15 @@ def stage_baselines(args, run):
         return
     train = load_tasks(run, "train")
     client = client_for(args, "core", run)
-    messages = [tasks.family_of(t).core_messages(t.problem, None) for t in train for _ in range(cfg.alone_runs)]
+    messages = [families.family_of(t).core_messages(t.problem, None) for t in train for _ in range(cfg.alone_runs)]
     draws = [d for _ in train for d in range(cfg.alone_runs)]
     out = run_requests(client, messages, "core alone on train", draws=draws, **core_params(args))
+    verdicts = grade_replies([t for t in train for _ in range(cfg.alone_runs)], out)
     rows = []
     for i, t in enumerate(train):
-        runs = [r for r in out[i * cfg.alone_runs:(i + 1) * cfg.alone_runs] if not isinstance(r, CoreError)]
-        correct = [tasks.family_of(t).extract_answer(r.text) == t.answer for r in runs]
+        span = range(i * cfg.alone_runs, (i + 1) * cfg.alone_runs)
+        runs = [out[j] for j in span if not isinstance(out[j], CoreError)]
+        correct = [verdicts[j] for j in span if not isinstance(out[j], CoreError)]
         dollars = [d for d in (client.dollars(r) for r in runs) if d is not None]
         rows.append(dict(id=t.id, runs=len(runs), correct=sum(correct),
                          majority_correct=bool(runs) and 2 * sum(correct) > len(runs),
@@ -494,7 +506,7 @@ def stage_sample(args, run):
 
 def sample_chunk(args, chunk, cfg, teacher, core):
     """K teacher strategies per task, each valid one run M times by the cheap core. One row per strategy."""
-    replies = run_requests(teacher, [tasks.family_of(t).teacher_messages(t.problem) for t in chunk
+    replies = run_requests(teacher, [families.family_of(t).teacher_messages(t.problem) for t in chunk
                                      for _ in range(cfg.k)],
                            "teacher", draws=[d for _ in chunk for d in range(cfg.k)],
                            temperature=1.0, max_tokens=args.core_max_tokens)
@@ -505,22 +517,21 @@ def sample_chunk(args, chunk, cfg, teacher, core):
             if isinstance(reply, CoreError):
                 continue
             strategy = tasks.extract_strategy(reply.text) or reply.text.strip()
-            parsed = tasks.family_of(t).parse_strategy(strategy)
+            parsed = families.family_of(t).parse_strategy(strategy)
             rows.append(dict(task_id=t.id, draw=d, strategy=strategy, valid=parsed.valid,
                              invalid_reason=None if parsed.valid else parsed.error,
-                             leaks=tasks.family_of(t).leaks(strategy, t.problem, t.answer),
+                             leaks=families.family_of(t).leaks(strategy, t),
                              teacher_dollars=teacher.dollars(reply), runs=[], _task=t))
             if parsed.valid:
                 runs_needed.extend((len(rows) - 1, m) for m in range(cfg.m))
-    executions = run_requests(core, [tasks.family_of(rows[i]["_task"]).core_messages(rows[i]["_task"].problem,
-                                                                                     rows[i]["strategy"])
+    executions = run_requests(core, [families.family_of(rows[i]["_task"]).core_messages(rows[i]["_task"].problem,
+                                                                                        rows[i]["strategy"])
                                      for i, _ in runs_needed],
                               "cheap core executes", draws=[m for _, m in runs_needed], **core_params(args))
-    for (i, _), out in zip(runs_needed, executions):
+    verdicts = grade_replies([rows[i]["_task"] for i, _ in runs_needed], executions)
+    for (i, _), out, correct in zip(runs_needed, executions, verdicts):
         if not isinstance(out, CoreError):
-            task = rows[i]["_task"]
-            rows[i]["runs"].append(dict(correct=tasks.family_of(task).extract_answer(out.text) == task.answer,
-                                        dollars=core.dollars(out), output_tokens=out.output_tokens))
+            rows[i]["runs"].append(dict(correct=correct, dollars=core.dollars(out), output_tokens=out.output_tokens))
     for r in rows:
         del r["_task"]
         costs = [x["dollars"] for x in r["runs"] if x["dollars"] is not None]
@@ -565,7 +576,7 @@ def sft_examples(run, tok, data, split_tasks, max_len):
         t = by_id.get(r["task_id"])
         if t is None:
             continue
-        prompt = tasks.prompt_tokens(tok, t.problem, tasks.family_of(t))
+        prompt = families.prompt_tokens(tok, t)
         completion = tok.encode(r["strategy"], disallowed_special=()) + [eos]
         if len(prompt) + len(completion) > max_len:
             dropped += 1
@@ -652,18 +663,20 @@ def stage_sft(args, run):
     client = client_for(args, "core", run)      # best checkpoint: the core's accuracy on val with greedy strategies
     pad = tok.encode_single_token("<|pad|>")
     train_tasks, val_tasks = load_tasks(run, "train"), load_tasks(run, "val")
-    if train_tasks and tasks.family_of(train_tasks[0]).name == "gsm8k":
-        # GSM8K has no canonical strategies: the teacher strategies of every 20th training task are held out instead
-        train = sft_examples(run, tok, data, [t for i, t in enumerate(train_tasks) if i % 20], cfg.max_seq_len)
-        val = sft_examples(run, tok, data, train_tasks[::20], cfg.max_seq_len)
-    else:
+    canonical = train_tasks and families.family_of(train_tasks[0]).canonical_strategy
+    if canonical:
         train = sft_examples(run, tok, data, train_tasks, cfg.max_seq_len)
         # validation: the same kind of strategies would need teacher calls on val; canonical strategies of val
         # tasks measure what matters (can the guide write a clear plan for an unseen problem) at no cost.
         eos = tok.encode_single_token("<|eos|>")
-        val = [(p, c) for p, c in ((tasks.prompt_tokens(tok, t.problem),
-                                     tok.encode(tasks.canonical_strategy(t), disallowed_special=()) + [eos])
+        val = [(p, c) for p, c in ((families.prompt_tokens(tok, t),
+                                     tok.encode(canonical(t), disallowed_special=()) + [eos])
                                     for t in val_tasks) if len(p) + len(c) <= cfg.max_seq_len]
+    else:
+        # a real benchmark has no canonical strategies: the teacher strategies of every 20th training task are
+        # held out instead
+        train = sft_examples(run, tok, data, [t for i, t in enumerate(train_tasks) if i % 20], cfg.max_seq_len)
+        val = sft_examples(run, tok, data, train_tasks[::20], cfg.max_seq_len)
     if not train:
         raise UserError(f"{run.file(data + '.jsonl')} holds no usable strategies")
 
@@ -729,10 +742,9 @@ def val_accuracy(args, client, net, tok, val_tasks, max_new_tokens):
     """(accuracy of the core with the guide's greedy strategies on val tasks, the strategies): what SFT and GRPO
     choose their best checkpoint by, measured like the test split is."""
     texts, _ = evaluate.guide_strategies(net, tok, val_tasks, max_new_tokens, 64, desc="val")
-    replies = run_requests(client, [tasks.family_of(t).core_messages(t.problem, s) for t, s in zip(val_tasks, texts)],
-                           "val core", **core_params(args))
-    ok = [tasks.family_of(t).extract_answer(r.text) == t.answer for t, r in zip(val_tasks, replies)
-          if not isinstance(r, CoreError)]
+    replies = run_requests(client, [families.family_of(t).core_messages(t.problem, s)
+                                    for t, s in zip(val_tasks, texts)], "val core", **core_params(args))
+    ok = [v for v in grade_replies(val_tasks, replies) if v is not None]
     return sum(ok) / max(1, len(ok)), texts
 
 
@@ -910,7 +922,7 @@ def eval_system(args, run, name, guide, role="core"):
         strategies = [None] * len(test)
     elif guide == "teacher":
         teacher = client_for(args, "teacher", run)
-        replies = run_requests(teacher, [tasks.family_of(t).teacher_messages(t.problem) for t in test],
+        replies = run_requests(teacher, [families.family_of(t).teacher_messages(t.problem) for t in test],
                                "teacher on test+ood", temperature=1.0, max_tokens=args.core_max_tokens)
         # a task whose teacher call failed for good is counted as failed, never quietly run without a strategy
         failed = {i: r for i, r in enumerate(replies) if isinstance(r, CoreError)}
@@ -921,7 +933,7 @@ def eval_system(args, run, name, guide, role="core"):
         net, tok = load_guide(run, guide, args.device)
         strategies, guide_tokens = evaluate.guide_strategies(net, tok, test, cfg.max_new_tokens, cfg.batch_size)
     todo = [i for i in range(len(test)) if i not in failed]
-    core_replies = run_requests(client, [tasks.family_of(test[i]).core_messages(test[i].problem, strategies[i])
+    core_replies = run_requests(client, [families.family_of(test[i]).core_messages(test[i].problem, strategies[i])
                                          for i in todo], f"{name}: core", **core_params(args))
     replies = failed | dict(zip(todo, core_replies))
     per_task = evaluate.grade(test, strategies, [replies[i] for i in range(len(test))], client, guide_tokens,

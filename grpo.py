@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+import families
 import model as guide_model
 import tasks
 
@@ -82,24 +83,27 @@ def compute_rewards(task_list, strategies, client, alone_stats=None, weights=Non
             raise ValueError(f"no core-alone stats for task {missing[0]!r} (and {len(missing) - 1} more); "
                              "run the baselines stage first")
 
-    family = [tasks.family_of(t) for t in task_list]
+    family = [families.family_of(t) for t in task_list]
     valid = [f.parse_strategy(s).valid for f, s in zip(family, strategies)]
     to_run = [i for i in range(len(strategies)) if valid[i] or kind == "outcome"]
     replies = client.chat_many([family[i].core_messages(task_list[i].problem, strategies[i]) for i in to_run],
                                draws=[draw + i for i in to_run], desc="reward", **(core_params or {}))
     reply_of = dict(zip(to_run, replies))
+    answered = [i for i in to_run if not isinstance(reply_of[i], Exception)]
+    correct = dict(zip(answered, families.grade([task_list[i] for i in answered],
+                                                [reply_of[i].text for i in answered])))   # one batch: a sandbox run
 
     rewards = []
     for i, (task, strategy) in enumerate(zip(task_list, strategies)):
         alone = alone_stats.get(task.id, {})
-        r = Reward(valid=valid[i], leaked=family[i].leaks(strategy, task.problem, task.answer))
+        r = Reward(valid=valid[i], leaked=family[i].leaks(strategy, task))
         reply = reply_of.get(i)
         if reply is None:                       # invalid, structure reward: scored without the core
             r.validity = weights.invalid
         elif isinstance(reply, Exception):      # chat_many puts a CoreError where a call failed for good
             r.failed = True
         else:
-            r.correct = family[i].extract_answer(reply.text) == task.answer
+            r.correct = correct[i]
             r.harmed = bool(alone.get("alone_majority_correct")) and not r.correct
             r.core_dollars = client.dollars(reply)  # a cache hit is priced too: the reward prices the strategy
             r.execution = weights.execution * r.correct
@@ -229,7 +233,7 @@ def grpo_step(model, optimizer, tokenizer, tasks_batch, client, alone_stats, cfg
     prompts, rollouts = [], []
     with torch.no_grad():
         for task in tasks_batch:
-            prompt = tasks.prompt_tokens(tokenizer, task.problem, tasks.family_of(task))
+            prompt = families.prompt_tokens(tokenizer, task)
             rollouts.append(guide_model.generate_group(
                 model, prompt, G, cfg.max_new_tokens, eos_id, temperature=cfg.temperature, generator=generator,
                 stop_strings=[tasks.STOP], tokenizer=tokenizer))

@@ -5,7 +5,9 @@
    --fail-rate answers a share of them with 429 (retry-after-ms 50), 500, 529 or a cut connection, so a client's
    concurrency and retries are tested for real. `openai_body` and `send_json` write its replies, and the scripted
    servers of the tests and benchmarks answer with them too, so every fake speaks the same OpenAI shape.
-2. It acts on the message text only: tasks.read_problem reads the problem, tasks.parse_strategy the strategy.
+2. It acts on the message text only: tasks.read_problem reads the problem, tasks.parse_strategy the strategy. A
+   codesim problem (code_tasks.is_codesim_problem) goes to sim_code.py instead: the core replies with a real
+   Python function (graded later by running it, never here), the teacher with a codesim strategy.
 3. The capability model of DESIGN 4.3-4.4 is one dataclass per model. `make_plan` turns (problem, strategy, model)
    into per-step probabilities; the sampler draws from that plan and `exact_success` multiplies it out, so the
    simulation and the exact probability cannot drift apart. A step that goes wrong poisons every step that reads
@@ -33,6 +35,8 @@ from fractions import Fraction
 from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import code_tasks
+import sim_code
 from tasks import (CANONICAL, OPS, SYMBOLS, VERBS, UnreadableProblem, apply_op, canonical_strategy, core_messages,
                    extract_answer,
                    extract_strategy, generate_tasks, leaks, parse_core_request, parse_strategy, strategy_envelope,
@@ -418,8 +422,13 @@ def complete(model: str, messages: list, temperature: float = 1.0, seed=None, in
     """The reply text of `model` to OpenAI-style messages (raises ValueError / UnreadableProblem on bad input)."""
     rng = random.Random(_draw_seed(model, messages, temperature, seed, index))
     if model == TEACHER.name:
-        return _teacher_reply(_read(parse_teacher_request(messages)), TEACHER, rng)
+        problem = parse_teacher_request(messages)
+        if code_tasks.is_codesim_problem(problem):
+            return sim_code.teacher_reply(problem, TEACHER, rng)
+        return _teacher_reply(_read(problem), TEACHER, rng)
     problem, strategy = parse_core_request(messages)
+    if code_tasks.is_codesim_problem(problem):      # codesim (DESIGN 4.5): the core writes a real function
+        return sim_code.core_reply(problem, strategy, _core(model), rng)
     plan = make_plan(problem, strategy, model)
     if plan.steps is None:
         return _solo_reply(plan.task, MODELS[model], rng)

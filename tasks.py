@@ -13,11 +13,9 @@
    question `work_out`, intro `keeps_track`; the names and scenes of OOD_NAMES and OOD_SCENES).
 4. `parse_strategy` reads the `<strategy>` format of DESIGN 4.2 with the verb grammar `VERBS`; it returns the steps or
    the reason the strategy is invalid. `leaks` and `extract_answer` grade, and the prompts for the guide, the core and
-   the teacher live here only, so the real and the simulated path see the same text; `prompt_tokens` encodes the
-   guide's prompt for every stage.
+   the teacher live here only, so the real and the simulated path see the same text.
 5. Task family `gsm8k`: the real benchmark read from its own files (`load_gsm8k`), with its own strategy rule, answer
-   reader and prompts. `family_of(task)` gives a task's `Family` (FAMILIES), so every caller grades and prompts a
-   task by its own family's rules.
+   reader and prompts. families.py gathers each family's rules (codesim's are in code_tasks.py).
 """
 import argparse
 import json
@@ -850,49 +848,10 @@ def gsm8k_training_text(task: GSM8KTask):
     yield task.solution
 
 
-@dataclass(frozen=True)
-class Family:
-    """What the recipe needs from a task family; family_of(task) picks it, so a task always meets its own rules."""
-    name: str
-    task_from_json: object
-    guide_prompt: object        # problem -> text (a guide without a chat format)
-    guide_messages: object      # problem -> messages (a pretrained chat guide, through its template)
-    core_messages: object       # (problem, strategy or None) -> messages
-    teacher_messages: object    # problem -> messages
-    parse_strategy: object      # text -> ParsedStrategy
-    leaks: object               # (strategy, problem, answer) -> bool
-    extract_answer: object      # reply -> number or None
-
-
-FAMILIES = {
-    "mathsim": Family("mathsim", MathTask.from_json, guide_prompt,
-                      lambda problem: [{"role": "user", "content": guide_prompt(problem)}], core_messages,
-                      teacher_messages, parse_strategy, leaks, extract_answer),
-    "gsm8k": Family("gsm8k", GSM8KTask.from_json, gsm8k_guide_prompt, gsm8k_guide_messages, gsm8k_core_messages,
-                    gsm8k_teacher_messages, gsm8k_parse_strategy, gsm8k_leaks, gsm8k_extract_answer),
-}
-
-
-def family_of(task) -> Family:
-    return FAMILIES["gsm8k" if isinstance(task, GSM8KTask) else "mathsim"]
-
-
 # ---------------------------------------------------------------------------------------------------------------
-# The guide's input, for every family and both kinds of guide.
+# The guide's completion ends at the envelope's closing tag (or at its EOS token).
 
-STOP = "</strategy>"  # the guide's completion ends here (or at its EOS token)
-
-
-def prompt_tokens(tokenizer, problem: str, family: Family | None = None) -> list:
-    """The guide's prompt as token ids (family: mathsim when None). A from-scratch guide reads <|bos|> then the
-    family's guide_prompt(problem), where a special token's spelling stays text; a pretrained guide's tokenizer
-    (hf.HFEncoding, which has chat_tokens) renders the family's guide_messages(problem) in its own chat format.
-    Supervised training, RL and evaluation all encode prompts here, so they always agree."""
-    family = family or FAMILIES["mathsim"]
-    if hasattr(tokenizer, "chat_tokens"):
-        return tokenizer.chat_tokens(family.guide_messages(problem))
-    return [tokenizer.encode_single_token("<|bos|>")] + tokenizer.encode(family.guide_prompt(problem),
-                                                                         disallowed_special=())
+STOP = "</strategy>"
 
 
 def main(argv=None) -> int:

@@ -4,7 +4,9 @@
 #   LEVEL=2 bash train.sh            level 2 (2-6 operations, shuffled facts) with sizes for a CPU
 #   DEVICE=cuda bash train.sh        the guide on a GPU; level 2 with sizes for one modern GPU (LEVEL=1 to keep level 1)
 #   QUICK=1 bash train.sh            a smoke version of every stage (under a minute and a half)
+#   TASK=codesim bash train.sh       the code world (DESIGN 4.5): replies graded by running their code in the sandbox
 # Overrides: CORE_URL CORE_MODEL CORE_API LARGE_CORE_MODEL TEACHER_URL TEACHER_MODEL TEACHER_API RUN DEVICE LEVEL PRESET
+#   TASK (mathsim, codesim; gsm8k, humaneval, kodcode need CORE_URL)
 # The paper's experiment: TASK=gsm8k GUIDE_INIT=<Hugging Face dir> CORE_URL=https://api.anthropic.com bash train.sh
 #   (GSM8K from DATA_DIR, default data/gsm8k; a pretrained guide fine-tuned instead of one trained from scratch;
 #   with Anthropic's URL the core is Claude 3.5 Haiku and the teacher and large core Claude 3.5 Sonnet by default;
@@ -16,10 +18,16 @@ cd "$(dirname "$0")"
 PY=${PYTHON:-python}
 export DEVICE=${DEVICE:-cpu}
 TASK=${TASK:-mathsim}
+case "$TASK" in
+    mathsim|codesim) offline=1 ;;                 # worlds the local simulated core knows
+    gsm8k|humaneval|kodcode) offline=0 ;;
+    *) echo "error: TASK must be mathsim, codesim, gsm8k, humaneval or kodcode, got '$TASK'" >&2; exit 2 ;;
+esac
 case "$DEVICE" in cuda*) LEVEL=${LEVEL:-2} ;; *) LEVEL=${LEVEL:-1} ;; esac
 if [ "${QUICK:-0}" = "1" ]; then
-    preset=quick; RUN=${RUN:-runs/quick}
-elif [ "$TASK" != "mathsim" ]; then               # the presets size the mathsim world; a real task uses the defaults
+    preset=quick
+    if [ "$TASK" = "mathsim" ]; then RUN=${RUN:-runs/quick}; else RUN=${RUN:-runs/quick-$TASK}; fi
+elif [ "$TASK" != "mathsim" ]; then               # levels and presets size the mathsim world; the rest: the defaults
     preset=""; RUN=${RUN:-runs/$TASK}
 elif [ "$LEVEL" = "2" ]; then
     case "$DEVICE" in cuda*) preset=cuda; RUN=${RUN:-runs/cuda} ;; *) preset=level2; RUN=${RUN:-runs/level2} ;; esac
@@ -31,8 +39,9 @@ fi
 export PRESET=${PRESET:-$preset} RUN QUICK=0
 start=$(date +%s)
 
-if [ "$TASK" != "mathsim" ] && [ -z "${CORE_URL:-}" ]; then
-    echo "error: TASK=$TASK needs a real core: set CORE_URL (the simulated core only knows mathsim)" >&2; exit 1
+if [ "$offline" = "0" ] && [ -z "${CORE_URL:-}" ]; then
+    echo "error: TASK=$TASK needs a real core: set CORE_URL (the simulated core knows mathsim and codesim only)" >&2
+    exit 1
 fi
 if [ -n "${GUIDE_INIT:-}" ] && [ ! -f "$GUIDE_INIT/config.json" ]; then
     echo "error: GUIDE_INIT=$GUIDE_INIT: no config.json there (a local Hugging Face model directory)" >&2; exit 1

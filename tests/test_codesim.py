@@ -158,3 +158,70 @@ def test_batch_grading_agrees_with_one_program_per_function():
     assert sc.batch_verdicts(task, sources) == one_by_one
 
 
+
+
+def test_sim_core_serves_codesim_over_http():
+    import requests
+    from sim_core import start_server
+    server, base = start_server()
+    try:
+        tasks = ct.generate_codesim(12, 6, "test")
+
+        def ask(model, messages, seed=0):
+            return requests.post(base + "/v1/chat/completions", timeout=30, json={
+                "model": model, "messages": messages, "seed": seed})
+
+        replies = [ask("sim-core", ct.code_core_messages(t.problem, ct.canonical_code_strategy(t))) for t in tasks]
+        assert all(r.status_code == 200 for r in replies)
+        texts = [r.json()["choices"][0]["message"]["content"] for r in replies]
+        results = ct.grade([t.code_task() for t in tasks], [ct.extract_code(x) for x in texts], workers=2)
+        assert sum(r.status == "passed" for r in results) >= 4          # graded by running, and mostly right
+        alone = ask("sim-core", ct.code_core_messages(tasks[0].problem, None)).json()
+        guided = replies[0].json()
+        assert alone["usage"]["completion_tokens"] > guided["usage"]["completion_tokens"]   # alone explains more
+        strategies = [ask("sim-teacher", ct.code_teacher_messages(t.problem), seed=s).json()["choices"][0]["message"]
+                      ["content"] for s, t in enumerate(tasks)]
+        assert sum(ct.parse_code_strategy(s)[1] is None for s in strategies) >= 9
+        bad = ask("sim-core", ct.code_core_messages(tasks[0].problem.replace(". ", ". Juggle the list. ", 1), None))
+        assert bad.status_code == 400 and "sentence 2" in bad.json()["error"]["message"]
+    finally:
+        server.shutdown()
+
+
+def test_teacher_strategies_vary_as_designed():
+    from sim_core import TEACHER
+    tasks = ct.generate_codesim(200, 8, "train")
+    strategies = [sc.teacher_reply(t.problem, TEACHER, random.Random(i)) for i, t in enumerate(tasks)]
+    parsed = [ct.parse_code_strategy(s) for s in strategies]
+    valid = sum(err is None for _, err in parsed) / len(tasks)
+    leaks = sum(ct.code_leaks(s) for s in strategies) / len(tasks)
+    canonical = sum(s == ct.canonical_code_strategy(t) for s, t in zip(strategies, tasks)) / len(tasks)
+    assert 0.92 <= valid <= 0.98 and 0.06 <= leaks <= 0.15 and canonical < 0.1
+    rates = [sc.p_bug_free(t.problem, s, CHEAP) for s, t in zip(strategies, tasks)]
+    alone = [sc.p_bug_free(t.problem, None, CHEAP) for t in tasks]
+    assert 0.2 < sum(rates) / len(rates) < sum(alone) / len(alone) + 0.1     # from useless to good, as a teacher's
+
+
+def test_codesim_rewards_are_graded_by_running_the_core_code():
+    import core_client
+    import families
+    import grpo
+    from sim_core import start_server
+    server, base = start_server()
+    try:
+        client = core_client.CoreClient(base + "/v1", "sim-core", price_in=0.8, price_out=4.0)
+        task_list = ct.generate_codesim(6, 12, "train")
+        strategies = [ct.canonical_code_strategy(t) for t in task_list]
+        strategies[0] = "no tags"                                           # invalid: never sent to the core
+        strategies[1] = strategies[1].replace("</strategy>", "```python\nx = 1\n```\n</strategy>")   # leaks code
+        alone = {t.id: {"alone_majority_correct": False, "alone_dollars": 1e-4} for t in task_list}
+        rewards = grpo.compute_rewards(task_list, strategies, client, alone)
+        assert (rewards[0].valid, rewards[0].validity, rewards[0].correct) == (False, -1.0, False)
+        assert rewards[1].leaked and rewards[1].leakage == -0.5
+        # correct is what the sandbox says about the code the core wrote, and nothing else
+        replies = [client.chat(ct.code_core_messages(t.problem, s), draw=i) for i, (t, s) in
+                   enumerate(zip(task_list, strategies)) if i > 0]
+        verdicts = families.get("codesim").grade(task_list[1:], [r.text for r in replies])
+        assert [r.correct for r in rewards[1:]] == verdicts and any(verdicts)
+    finally:
+        server.shutdown()

@@ -7,6 +7,7 @@ import tiktoken
 import torch
 
 import core_client
+import families
 import grpo
 import model as guide_model
 import sim_core
@@ -256,7 +257,7 @@ def test_short_grpo_run_raises_the_reward_of_a_weak_guide(one_thread):
                                                     n_embd=64, ffn_hidden=192, max_seq_len=256))
 
     # Supervised warm start on (prompt, strategy + EOS) pairs, good and bad alike.
-    pairs = [(tasks.prompt_tokens(tok, t.problem), tok.encode(s, disallowed_special=()) + [eos])
+    pairs = [(families.prompt_tokens(tok, t), tok.encode(s, disallowed_special=()) + [eos])
              for t, g, b in zip(task_list, good, bad) for s in (g, b)]
     width = max(len(c) for _, c in pairs)
     completions = torch.tensor([c + [eos] * (width - len(c)) for _, c in pairs])                 # (8, width)
@@ -285,7 +286,7 @@ def test_short_grpo_run_raises_the_reward_of_a_weak_guide(one_thread):
             net.eval()
             generator = torch.Generator().manual_seed(123)
             texts = [text for t in task_list for text in guide_model.generate_group(
-                net, tasks.prompt_tokens(tok, t.problem), n, 48, eos, generator=generator,
+                net, families.prompt_tokens(tok, t), n, 48, eos, generator=generator,
                 stop_strings=[tasks.STOP], tokenizer=tok).texts]
             rewards = grpo.compute_rewards([t for t in task_list for _ in range(n)], texts, client, alone,
                                            draw=10**6)
