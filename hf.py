@@ -9,10 +9,12 @@
    GPT-2's byte <-> unicode table, ranks = token ids (the merge order of every such vocabulary), the pre-tokenizer's
    regex is tiktoken's pat_str, added tokens are special tokens, and an NFC normalizer is applied before encoding.
    SentencePiece tokenizers (tokenizer.model, Metaspace, byte fallback) are refused, not approximated.
-3. Chat templates are written by hand for the two formats the supported families use (ChatML for Qwen2,
-   header tokens for Llama 3); HFEncoding.chat_tokens renders a conversation straight to token ids, so text inside a
-   message can never become a special token. The project's role names <|bos|>, <|eos|>, <|pad|> resolve to the
-   model's own tokens (eos = its end-of-turn token), so the recipe treats both kinds of tokenizer alike.
+3. Chat templates are written by hand for the formats the supported families use (ChatML for Qwen2, header
+   tokens for Llama 3, and Llama 3.1's, whose template, recognised by its "Cutting Knowledge Date" line, always opens
+   with a system turn holding two date lines and the system message); HFEncoding.chat_tokens renders a conversation
+   straight to token ids, so text inside a message can never become a special token. The project's role names
+   <|bos|>, <|eos|>, <|pad|> resolve to the model's own tokens (eos = its end-of-turn token), so the recipe treats
+   both kinds of tokenizer alike.
 4. save_hf(guide, tokenizer, dir) writes config.json, model.safetensors, tokenizer.json, tokenizer_config.json and
    generation_config.json that transformers and vLLM load; a from-scratch guide's BPE is written as a tokenizer.json
    whose merges are every split of every token ranked by the merged token, which is how tiktoken merges.
@@ -35,6 +37,9 @@ import model as guide_model
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "MistralForCausalLM": "mistral"}
 # GPT-2's pre-tokenizer, used by a ByteLevel pre-tokenizer that carries its own regex (use_regex true)
 GPT2_PAT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# what Llama 3.1's chat template writes before the system message; its date is the template's default (Llama 3.2's
+# template puts today's date there instead: we keep the fixed one, so a prompt does not change from day to day)
+LLAMA31_DATES = "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
 
 
 class HFError(Exception):
@@ -74,7 +79,7 @@ class HFEncoding(tiktoken.Encoding):
                  source=None):
         super().__init__(name, pat_str=pat_str, mergeable_ranks=mergeable_ranks, special_tokens=special_tokens)
         self.roles = roles          # {"<|bos|>": "<|begin_of_text|>" or None, "<|eos|>": ..., "<|pad|>": ...}
-        self.chat = chat            # "chatml" | "llama3" | None
+        self.chat = chat            # "chatml" | "llama3" | "llama3.1" | None
         self.nfc = nfc
         self.source = source        # (tokenizer.json, tokenizer_config.json) as read, written back by save_hf
 
@@ -100,15 +105,16 @@ class HFEncoding(tiktoken.Encoding):
                 out += [special("<|im_start|>")] + text(f"{m['role']}\n{m['content']}") + [special("<|im_end|>")]
                 out += text("\n")
             return out + ([special("<|im_start|>")] + text("assistant\n") if add_generation_prompt else [])
-        if self.chat == "llama3":           # <|begin_of_text|> then <|start_header_id|>role<|end_header_id|>\n\n...
+        if self.chat in ("llama3", "llama3.1"):    # <|start_header_id|>role<|end_header_id|>\n\ncontent<|eot_id|>
+            turns = [(m["role"], m["content"].strip()) for m in messages]
+            if self.chat == "llama3.1":     # 3.1 always opens with a system turn: the dates, then the system message
+                system = turns.pop(0)[1] if turns and turns[0][0] == "system" else ""
+                turns.insert(0, ("system", LLAMA31_DATES + system))
+            head = lambda role: [special("<|start_header_id|>")] + text(role) + [special("<|end_header_id|>")]
             out = [special("<|begin_of_text|>")]
-            for m in messages:
-                out += [special("<|start_header_id|>")] + text(m["role"]) + [special("<|end_header_id|>")]
-                out += text("\n\n" + m["content"].strip()) + [special("<|eot_id|>")]
-            if add_generation_prompt:
-                out += [special("<|start_header_id|>")] + text("assistant") + [special("<|end_header_id|>")]
-                out += text("\n\n")
-            return out
+            for role, content in turns:
+                out += head(role) + text("\n\n" + content) + [special("<|eot_id|>")]
+            return out + (head("assistant") + text("\n\n") if add_generation_prompt else [])
         bos = [special("<|bos|>")] if self.roles.get("<|bos|>") else []
         return bos + text("\n\n".join(m["content"] for m in messages))
 
@@ -185,9 +191,17 @@ def load_hf_tokenizer(directory, chat=None):
             raise HFError(f"{cfg_path}: {key} {value!r} is not an added token of {path}")
         return value
 
+    jinja = os.path.join(directory, "chat_template.jinja")   # where newer transformers versions save the template
+    if os.path.isfile(jinja) and "chat_template" not in tok_cfg:
+        with open(jinja, encoding="utf-8") as f:
+            tok_cfg["chat_template"] = f.read()               # kept in the source, so save_hf writes it back
     if chat is None:
         chat = "chatml" if "<|im_start|>" in added else "llama3" if "<|start_header_id|>" in added else None
-    eos = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>"}.get(chat) or token_name("eos_token")
+        template = json.dumps(tok_cfg.get("chat_template", ""))   # a string, or a list of named templates
+        if chat == "llama3" and "Cutting Knowledge Date" in template:
+            chat = "llama3.1"
+    eos = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>", "llama3.1": "<|eot_id|>"}.get(chat)
+    eos = eos or token_name("eos_token")
     if eos not in added:
         raise HFError(f"{directory}: no end-of-sequence token (set eos_token in tokenizer_config.json)")
     roles = {"<|bos|>": token_name("bos_token"), "<|eos|>": eos, "<|pad|>": token_name("pad_token") or eos}

@@ -3,7 +3,8 @@
 1. A standard-library threaded HTTP server speaks OpenAI chat completions (POST /v1/chat/completions, GET /v1/models)
    and Anthropic messages (POST /v1/messages), errors in each API's own shape. --latency-ms delays every request and
    --fail-rate answers a share of them with 429 (retry-after-ms 50), 500, 529 or a cut connection, so a client's
-   concurrency and retries are tested for real.
+   concurrency and retries are tested for real. `openai_body` and `send_json` write its replies, and the scripted
+   servers of the tests and benchmarks answer with them too, so every fake speaks the same OpenAI shape.
 2. It acts on the message text only: tasks.read_problem reads the problem, tasks.parse_strategy the strategy. A
    codesim problem (code_tasks.is_codesim_problem) goes to sim_code.py instead: the core replies with a real
    Python function (graded later by running it, never here), the teacher with a codesim strategy.
@@ -512,11 +513,30 @@ def _respond(api: str, raw: bytes) -> dict:
         return {"id": f"msg_{ident}", "type": "message", "role": "assistant", "model": model,
                 "content": [{"type": "text", "text": texts[0]}], "stop_reason": "max_tokens" if cut[0] else "end_turn",
                 "stop_sequence": None, "usage": {"input_tokens": prompt_tokens, "output_tokens": out_tokens}}
+    return openai_body(model, texts, prompt_tokens, out_tokens, cut, ident)
+
+
+def openai_body(model: str, texts: list, prompt_tokens: int, completion_tokens: int, cut: list | None = None,
+                ident: str = "0") -> dict:
+    """An OpenAI chat.completion body: one choice per text, finish_reason "length" where cut says it was cut off."""
+    cut = cut or [False] * len(texts)
     return {"id": f"chatcmpl-{ident}", "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "logprobs": None,
                          "finish_reason": "length" if c else "stop"} for i, (t, c) in enumerate(zip(texts, cut))],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": out_tokens,
-                      "total_tokens": prompt_tokens + out_tokens}}
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens}}
+
+
+def send_json(handler: BaseHTTPRequestHandler, status: int, payload, headers: dict | None = None):
+    """Write one reply on a request handler: payload is a dict sent as JSON, or bytes sent as they are."""
+    data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    for k, v in (headers or {}).items():
+        handler.send_header(k, v)
+    handler.end_headers()
+    handler.wfile.write(data)
 
 
 FAILURES = ("429", "500", "529", "cut")
@@ -534,27 +554,17 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-    def _send(self, status: int, payload: dict, headers: dict | None = None):
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
-
     def _error(self, api: str, status: int, code: str, message: str, headers: dict | None = None):
         kind = _ERROR_TYPES[status][api == "anthropic"]
         payload = ({"type": "error", "error": {"type": kind, "message": message}} if api == "anthropic"
                    else {"error": {"message": message, "type": kind, "code": code}})
-        self._send(status, payload, headers)
+        send_json(self, status, payload, headers)
 
     def do_GET(self):
         path = self.path.split("?")[0].rstrip("/")
         if not path.endswith("/models"):
             return self._error("openai", 404, "not_found", f"no route GET {self.path}")
-        self._send(200, {"object": "list", "has_more": False, "data": [
+        send_json(self, 200, {"object": "list", "has_more": False, "data": [
             {"id": m, "object": "model", "type": "model", "display_name": m, "created": 0, "owned_by": "sim_core"}
             for m in MODELS]})
 
@@ -578,7 +588,7 @@ class _Handler(BaseHTTPRequestHandler):
                         "Internal error (simulated)." if failure == "500" else "Overloaded (simulated).")
         else:
             try:
-                self._send(200, _respond(api, raw))
+                send_json(self, 200, _respond(api, raw))
             except ApiError as e:
                 self._error(api, e.status, e.code, e.message)
 

@@ -6,8 +6,10 @@
 2. The recipe's own stages run on --n problems of each split (data --family gsm8k, baselines, sample, eval with the
    teacher), so the measured prompts are exactly those a real run sends.
 3. Mean input and output tokens per request of each kind (core alone, core with a strategy, teacher), times the
-   requests `TASK=gsm8k bash train.sh` makes with its defaults, priced from core_client.PRICES. Every teacher
-   strategy counts as valid and every GRPO sample as run by the core, so the request counts are upper bounds.
+   requests `TASK=gsm8k bash train.sh` makes (all of GSM8K, exectune's default stage sizes read from its config
+   classes, the stages train.sh runs), priced from core_client.PRICES. The guide's strategies in SFT and GRPO
+   validation, GRPO rewards and evaluation are priced like the teacher's. Every teacher strategy counts as valid and
+   every GRPO sample as run by the core, so the request counts are upper bounds.
 
     python benchmarks/gsm8k_cost.py --data-dir data/gsm8k [--n 40]
 Real models write longer replies than GSM8K's terse solutions, so read the output-token figures as a lower bound
@@ -26,12 +28,41 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import core_client  # noqa: E402
 import exectune  # noqa: E402
+import sim_core  # noqa: E402
 import tasks  # noqa: E402
 
 CORE, LARGE = "claude-3-5-haiku-20241022", "claude-3-5-sonnet-20241022"
-# what `TASK=gsm8k bash train.sh` runs (exectune's defaults; train.sh uses all of GSM8K)
-FULL = dict(n_train=7473 - 200, n_val=200, n_test=1319, alone_runs=3, k=4, m=2, grpo_runs=2, grpo_steps=20,
-            prompts_per_step=8, group_size=8, val_evals=3, guided_rows=4)
+# what `TASK=gsm8k bash train.sh` runs: all of GSM8K (--n-train 7473 --n-test 1319; the data stage's n_val of train
+# become val), two SFT runs (accepted, raw), two GRPO runs (structure, outcome), and five evaluations with the core
+# (the teacher's strategies and four guides'); every other size is exectune's default
+N_VAL = exectune.DataConfig().n_val
+N_TRAIN, N_TEST = 7473 - N_VAL, 1319
+SFT_RUNS, GRPO_RUNS, GUIDED_EVALS = 2, 2, 5
+
+
+def full_run_plan():
+    """(stage, request kind, model, requests in the full run) for each kind of request the full run makes."""
+    base, sample = exectune.BaselineConfig(), exectune.SampleConfig()
+    sft, rl = exectune.SFTConfig(), exectune.GRPOStageConfig()
+    sft_evals = math.ceil(sft.steps / sft.eval_every)       # every eval_every steps, and at the last one
+    rl_evals = 1 + math.ceil(rl.steps / rl.eval_every)       # the same, and the starting guide at step 0
+    rl_val = min(rl.n_val_eval, N_VAL)
+    rl_samples = rl.steps * rl.prompts_per_step * rl.group_size
+    return [
+        ("baselines: core alone on test", f"alone {CORE}", CORE, N_TEST),
+        ("baselines: large core alone on test", f"alone {LARGE}", LARGE, N_TEST),
+        (f"baselines: core alone on train ({base.alone_runs} runs)", f"alone {CORE}", CORE, base.alone_runs * N_TRAIN),
+        (f"sample: teacher ({sample.k} per task)", "teacher", LARGE, sample.k * N_TRAIN),
+        (f"sample: core executes ({sample.m} per strategy)", f"strategy {CORE}", CORE, sample.m * sample.k * N_TRAIN),
+        (f"sft: validation ({SFT_RUNS} runs x {sft_evals} x {N_VAL} val)", f"strategy {CORE}", CORE,
+         SFT_RUNS * sft_evals * N_VAL),
+        (f"grpo: core rewards ({GRPO_RUNS} runs x {rl.steps} steps x {rl.prompts_per_step} x {rl.group_size})",
+         f"strategy {CORE}", CORE, GRPO_RUNS * rl_samples),
+        (f"grpo: validation ({GRPO_RUNS} runs x {rl_evals} x {rl_val} val)", f"strategy {CORE}", CORE,
+         GRPO_RUNS * rl_evals * rl_val),
+        ("eval: teacher on test", "teacher", LARGE, N_TEST),
+        (f"eval: core with a strategy (teacher + {GUIDED_EVALS - 1} guides)", f"strategy {CORE}", CORE,
+         GUIDED_EVALS * N_TEST)]
 
 
 def plain(solution):
@@ -56,18 +87,9 @@ def serve(by_question, log):
             else:
                 kind = f"{'alone' if strategy is None else 'strategy'} {body['model']}"
                 text = plain(solution)
-            usage = {"prompt_tokens": math.ceil(sum(len(m["content"]) for m in messages) / 4),
-                     "completion_tokens": math.ceil(len(text) / 4)}
-            log.append((kind, usage["prompt_tokens"], usage["completion_tokens"]))
-            data = json.dumps({"id": "x", "object": "chat.completion", "model": body["model"],
-                               "choices": [{"index": 0, "finish_reason": "stop",
-                                            "message": {"role": "assistant", "content": text}}],
-                               "usage": {**usage, "total_tokens": sum(usage.values())}}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            usage = sim_core.tokens("".join(m["content"] for m in messages)), sim_core.tokens(text)
+            log.append((kind, *usage))
+            sim_core.send_json(self, 200, sim_core.openai_body(body["model"], [text], *usage))
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Scripted)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -101,18 +123,7 @@ def main():
         rows = [(i, o) for k, i, o in log if k == kind]
         return (sum(i for i, _ in rows) / len(rows), sum(o for _, o in rows) / len(rows)) if rows else (0, 0)
 
-    f = FULL
-    grpo_core = f["grpo_runs"] * (f["grpo_steps"] * f["prompts_per_step"] * f["group_size"] + f["val_evals"] * f["n_val"])
-    # (stage, request kind, model, requests in the full run)
-    plan = [("baselines: core alone on test", f"alone {CORE}", CORE, f["n_test"]),
-            ("baselines: large core alone on test", f"alone {LARGE}", LARGE, f["n_test"]),
-            ("baselines: core alone on train (R runs)", f"alone {CORE}", CORE, f["alone_runs"] * f["n_train"]),
-            ("sample: teacher (K per task)", "teacher", LARGE, f["k"] * f["n_train"]),
-            ("sample: core executes (M per strategy)", f"strategy {CORE}", CORE, f["m"] * f["k"] * f["n_train"]),
-            ("grpo: core rewards and validation (2 runs)", f"strategy {CORE}", CORE, grpo_core),
-            ("eval: teacher reference (teacher)", "teacher", LARGE, f["n_test"]),
-            ("eval: core with a strategy (teacher + 4 guides)", f"strategy {CORE}", CORE,
-             (1 + f["guided_rows"]) * f["n_test"])]
+    plan = full_run_plan()
     total, core_output, out = 0.0, 0.0, []
     for stage, kind, model, n in plan:
         tin, tout = mean(kind)

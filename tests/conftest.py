@@ -13,6 +13,7 @@ import pytest
 # Tests import the project's top-level modules (model, tasks, ...) from the repository root.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import sim_core  # noqa: E402  (from the root just put on the path)
 
 
 # ---- a scripted fake server: request n gets script[min(n, len - 1)] ----
@@ -25,10 +26,8 @@ def reply(text=None):
             out = {"type": "message", "role": "assistant", "content": [{"type": "text", "text": content}],
                    "stop_reason": "end_turn", "usage": {"input_tokens": 11, "output_tokens": 7}}
         else:
-            out = {"object": "chat.completion", "choices": [{"index": 0, "finish_reason": "stop",
-                   "message": {"role": "assistant", "content": content}}],
-                   "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}}
-        send(handler, 200, json.dumps(out).encode())
+            out = sim_core.openai_body(body.get("model"), [content], 11, 7)
+        send(handler, 200, out)
     return action
 
 
@@ -58,14 +57,9 @@ def hang(seconds):
 
 
 def send(handler, status, payload, headers=None):
+    """sim_core.send_json (payload: a dict, or bytes as they are), for a client that may have hung up."""
     try:
-        handler.send_response(status)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(payload)))
-        for name, value in (headers or {}).items():
-            handler.send_header(name, value)
-        handler.end_headers()
-        handler.wfile.write(payload)
+        sim_core.send_json(handler, status, payload, headers)
     except OSError:
         pass  # the client gave up (a timeout test): nobody is left to answer
 

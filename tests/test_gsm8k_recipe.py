@@ -1,7 +1,6 @@
 """The GSM8K path end to end: data -> baselines -> sample -> sft --init hf:<dir> -> grpo -> eval, on 20 problems,
 with a tiny random Hugging Face guide and a scripted OpenAI-shaped server playing the core and the teacher."""
 import json
-import math
 import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -9,6 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 import exectune
+import sim_core
 import tasks
 
 if os.environ.get("EXECTUNE_REQUIRE_DEV") == "1":   # see test_hf.py: .ci/run must run these, never skip them
@@ -52,17 +52,8 @@ class Scripted(BaseHTTPRequestHandler):
             text = f"{a} + {b} = {a + b}\nThe answer is \\boxed{{{a + b:,}}}."
         else:
             text = f"Tom has {a + b if a % 2 == 0 else a + b + 1} apples.\n#### {a + b if a % 2 == 0 else 0}"
-        usage = {"prompt_tokens": math.ceil(sum(len(m["content"]) for m in messages) / 4),
-                 "completion_tokens": math.ceil(len(text) / 4)}
-        data = json.dumps({"id": "x", "object": "chat.completion", "model": body["model"],
-                           "choices": [{"index": 0, "finish_reason": "stop",
-                                        "message": {"role": "assistant", "content": text}}],
-                           "usage": {**usage, "total_tokens": sum(usage.values())}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        prompt_tokens = sim_core.tokens("".join(m["content"] for m in messages))
+        sim_core.send_json(self, 200, sim_core.openai_body(body["model"], [text], prompt_tokens, sim_core.tokens(text)))
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 QWEN_PAT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"
             r"\s+(?!\S)|\s+")
+LLAMA3_PAT = QWEN_PAT.replace(r"\p{N}|", r"\p{N}{1,3}|")
+LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
 PIECES = ["the", " apples", "Mia", " bought", " 12", "345", " 7", "0.5", "$", "1,234", "'s", "'LL", " don't", "\n",
           "\n\n", "   ", "\t", " \t \n ", "!!", "?", ".", " (x)", " café", " cafe\u0301", " naïve", " 你好", "世界",
           " 😀", "🚀🚀", " Ωμέγα", " Привет", "١٢٣", " ß", "_", "__init__", " #### 42", "<strategy>", "1."]
@@ -36,20 +38,23 @@ def random_text(rng, n):
 
 @functools.cache
 def train_bpe(kind, vocab_size=600):
-    """A byte-level BPE trained by `tokenizers`: GPT-2's ByteLevel pre-tokenizer, or Qwen2's regex Split + NFC."""
+    """A byte-level BPE trained by `tokenizers`: GPT-2's ByteLevel pre-tokenizer, Qwen2's regex Split + NFC, or Llama
+    3's regex Split with its header tokens."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     tok = Tokenizer(models.BPE())
     if kind == "gpt2":
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     else:
-        tok.normalizer = normalizers.NFC()
+        if kind == "qwen2":
+            tok.normalizer = normalizers.NFC()
         tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(QWEN_PAT), behavior="isolated"),
+            pre_tokenizers.Split(Regex(QWEN_PAT if kind == "qwen2" else LLAMA3_PAT), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
     rng = random.Random(0)
     corpus = [random_text(rng, 30) for _ in range(2000)]
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
+    specials = LLAMA3_SPECIALS if kind == "llama3" else SPECIALS
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                                         show_progress=False))
     return tok
@@ -168,6 +173,58 @@ def test_chat_tokens_chatml(tmp_path):
     assert enc.decode(ids) == rendered
     assert ids.count(enc.encode_single_token("<|im_end|>")) == 2        # the one inside the message stays text
     assert enc.encode_single_token("<|eos|>") == enc.encode_single_token("<|im_end|>")
+
+
+# Llama 3's chat template, and Llama 3.1's without its tool-calling branches (the recipe sends no tools)
+LLAMA3_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + "
+    "message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}")
+LLAMA31_TEMPLATE = """{{- bos_token }}
+{%- if not date_string is defined %}
+    {%- set date_string = "26 Jul 2024" %}
+{%- endif %}
+{%- if messages[0]['role'] == 'system' %}
+    {%- set system_message = messages[0]['content']|trim %}
+    {%- set messages = messages[1:] %}
+{%- else %}
+    {%- set system_message = "" %}
+{%- endif %}
+{{- "<|start_header_id|>system<|end_header_id|>\\n\\n" }}
+{{- "Cutting Knowledge Date: December 2023\\n" }}
+{{- "Today Date: " + date_string + "\\n\\n" }}
+{{- system_message }}
+{{- "<|eot_id|>" }}
+{%- for message in messages %}
+    {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' }}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}
+{%- endif %}
+"""
+
+
+@pytest.mark.parametrize("chat, where", [("llama3", "tokenizer_config.json"), ("llama3.1", "tokenizer_config.json"),
+                                         ("llama3.1", "chat_template.jinja")])
+def test_chat_tokens_llama3_match_transformers(chat, where, tmp_path):
+    train_bpe("llama3").save(str(tmp_path / "tokenizer.json"))
+    template = LLAMA31_TEMPLATE if chat == "llama3.1" else LLAMA3_TEMPLATE
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}
+    if where == "chat_template.jinja":
+        (tmp_path / where).write_text(template)
+    else:
+        config["chat_template"] = template
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    enc = hf.load_hf_tokenizer(str(tmp_path))
+    fast = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    assert enc.chat == chat and enc.encode_single_token("<|eos|>") == enc.encode_single_token("<|eot_id|>")
+    user = {"role": "user", "content": " Problem: Mia bought 12 apples, café 😀\n\n"}
+    for messages in ([{"role": "system", "content": "Plan.  "}, user], [user],
+                     [user, {"role": "assistant", "content": "<strategy>1. Add.</strategy>"}, user]):
+        ids = fast.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=False)
+        assert enc.chat_tokens(messages) == list(ids), messages
+    assert ("Today Date: 26 Jul 2024" in enc.decode(enc.chat_tokens([user]))) == (chat == "llama3.1")
 
 
 @torch.no_grad()

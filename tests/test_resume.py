@@ -1,13 +1,16 @@
 """Kill -9 at random moments: `sample`, `sft` and `grpo` each run as a real exectune.py process, are killed with
 SIGKILL several times at random points of their work, and are started again with the same command; the outputs they
-finish with must be byte for byte those of an uninterrupted run."""
+finish with must be byte for byte those of an uninterrupted run. The same holds for `sft --init hf:<dir>` on GSM8K,
+whose checkpoints are Hugging Face directories."""
 import os
 import random
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from http.server import ThreadingHTTPServer
 
 import pytest
 
@@ -63,9 +66,29 @@ def progress(run, name):
     return sorted(os.path.relpath(os.path.join(r, f), path) for r, ds, fs in os.walk(path) for f in ds + fs)
 
 
+def kill_then_finish(cmd, run, name, work_s, rng, kills_wanted=KILLS):
+    """Start cmd kills_wanted times, each killed with SIGKILL at a random moment of its work (after it has written
+    something under run/name), then once more to the end; returns how many runs were killed."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    kills = 0
+    for _ in range(kills_wanted):
+        before = progress(run, name)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # wait until it has started working (written something), then kill at a random moment of its work
+        while proc.poll() is None and progress(run, name) == before:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0, work_s))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    finish = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert finish.returncode == 0, finish.stderr[-2000:]
+    return kills
+
+
 def test_kill_minus_9_at_random_points_then_resume_gives_the_uninterrupted_result(tmp_path, core_url, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the same torch threads in this process and in the killed ones
-    env = dict(os.environ, OMP_NUM_THREADS="1")
     rng = random.Random(0)
     base = tmp_path / "base"
     for argv in (["data", "--n-train", "12", "--n-val", "4", "--n-test", "4"], ["tokenizer", "--vocab-size", "400"],
@@ -77,23 +100,43 @@ def test_kill_minus_9_at_random_points_then_resume_gives_the_uninterrupted_resul
         shutil.copytree(base, killed, symlinks=True)
         start = time.monotonic()
         assert exectune.main(command(straight, core_url, argv)[2:]) == 0
-        work_s = time.monotonic() - start
-        kills = 0
-        for _ in range(KILLS):
-            before = progress(killed, name)
-            proc = subprocess.Popen(command(killed, core_url, argv), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)
-            # wait until it has started working (written something), then kill at a random moment of its work
-            while proc.poll() is None and progress(killed, name) == before:
-                time.sleep(0.005)
-            time.sleep(rng.uniform(0, work_s))
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                kills += 1
-            proc.wait()
-        finish = subprocess.run(command(killed, core_url, argv), cwd=ROOT, env=env, capture_output=True, text=True,
-                                timeout=300)
-        assert finish.returncode == 0, finish.stderr[-2000:]
+        kills = kill_then_finish(command(killed, core_url, argv), killed, name, time.monotonic() - start, rng)
         assert kills >= 1, f"{name}: every run finished before its kill: the test killed nothing"
         assert snapshot(killed, outputs) == snapshot(straight, outputs), f"{name}: resumed outputs differ"
         base = straight   # the next stage starts from this one's outputs
+
+
+def test_kill_minus_9_during_sft_from_a_pretrained_guide_then_resume(tmp_path, monkeypatch):
+    """`sft --init hf:<dir>` with a tiny random Qwen2 on GSM8K-format problems, against the scripted GSM8K server."""
+    if os.environ.get("EXECTUNE_REQUIRE_DEV") == "1":   # see test_hf.py: .ci/run must run this, never skip it
+        import transformers  # noqa: F401
+    else:
+        pytest.importorskip("transformers")
+    from test_gsm8k_recipe import Scripted, gsm8k_dir
+    from test_hf import tiny_hf
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Scripted)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/v1"
+    try:
+        guide = str(tmp_path / "qwen2-tiny")
+        tiny_hf("qwen2", guide, tie=True, max_len=512)
+        base = tmp_path / "base"
+        data = gsm8k_dir(str(tmp_path / "gsm8k"), n_train=16, n_test=4)
+        for argv in (["data", "--family", "gsm8k", "--data-dir", data, "--n-val", "4", "--n-test", "4"],
+                     ["sample", "--k", "3", "--m", "1"]):
+            assert exectune.main(command(base, url, argv)[2:]) == 0
+        argv = ["sft", "--data", "accepted", "--init", f"hf:{guide}", "--steps", "6", "--batch-size", "2",
+                "--lr", "1e-3", "--warmup", "1", "--eval-every", "2", "--max-seq-len", "256", "--no-compile"]
+        straight, killed = tmp_path / "straight", tmp_path / "killed"
+        shutil.copytree(base, straight, symlinks=True)
+        shutil.copytree(base, killed, symlinks=True)
+        start = time.monotonic()
+        assert exectune.main(command(straight, url, argv)[2:]) == 0
+        kills = kill_then_finish(command(killed, url, argv), killed, "sft-accepted", time.monotonic() - start,
+                                 random.Random(1), kills_wanted=2)   # each start costs seconds here
+    finally:
+        server.shutdown()
+    assert kills >= 1, "every run finished before its kill: the test killed nothing"
+    assert (straight / "sft-accepted" / "best" / "tokenizer.json").exists()   # a Hugging Face checkpoint
+    assert snapshot(killed, ["sft-accepted"]) == snapshot(straight, ["sft-accepted"]), "resumed outputs differ"
