@@ -11,6 +11,7 @@ import pytest
 
 import code_tasks
 import exectune
+import sim_core
 import tasks
 
 HUMANEVAL = {t.prompt: t for t in code_tasks.load_humaneval()}
@@ -57,15 +58,7 @@ class Scripted(BaseHTTPRequestHandler):
             name = re.search(r"\b(add_\d+)\b", problem).group(1)
             right = (strategy is not None and code_tasks.strategy_steps(strategy)[1] is None) or k % 2 == 0
             text = f"Here it is:\n```python\ndef {name}(xs):\n    return [x + {k if right else k + 1} for x in xs]\n```"
-        data = json.dumps({"object": "chat.completion", "model": body["model"],
-                           "choices": [{"index": 0, "finish_reason": "stop",
-                                        "message": {"role": "assistant", "content": text}}],
-                           "usage": {"prompt_tokens": 100, "completion_tokens": 40, "total_tokens": 140}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        sim_core.send_json(self, 200, sim_core.openai_body(body["model"], [text], 100, sim_core.tokens(text)))
 
 
 @pytest.fixture(scope="module")

@@ -105,6 +105,11 @@ def test_gsm8k_recipe_with_a_pretrained_guide(tmp_path, scripted_url, capsys):
     assert "| ExecTune | " in out and json.loads(out.strip().splitlines()[-1])["accuracy"]["teacher"] == 1.0
     guide_requests = [r for r in Scripted.requests if r["messages"][0]["content"] == tasks.GSM8K_CORE_SYSTEM]
     assert guide_requests and all("Problem: Tom has" in r["messages"][-1]["content"] for r in guide_requests)
+    # eval --family on a fresh run: the untrained pretrained guide on GSM8K's test split (the data stage runs first)
+    assert cli("eval", "--run", str(tmp_path / "r4"), "--family", "gsm8k", "--data-dir", data, "--n-val", "4",
+               "--guide", f"hf:{guide}", "--name", "pretrained guide", "--max-new-tokens", "12") == 0
+    row = json.load(open(tmp_path / "r4" / "results.json"))[0]
+    assert (row["name"], row["n"], row["failures"]) == ("pretrained guide", 8, 0) and row["guide_tokens"] > 0
     capsys.readouterr()
     # user errors: a missing data directory, a malformed pretrained guide
     assert cli("data", "--run", str(tmp_path / "r2"), "--family", "gsm8k", "--data-dir", str(tmp_path / "no")) == 1
