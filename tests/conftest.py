@@ -34,6 +34,16 @@ def reply(text=None):
 ok = reply()
 
 
+def answering(answer):
+    """An action that replies in OpenAI's shape with the text answer(body), its tokens counted as sim_core does:
+    a scripted core and teacher for end-to-end runs of the recipe."""
+    def action(handler, body):
+        text = answer(body)
+        prompt_tokens = sim_core.tokens("".join(m["content"] for m in body["messages"]))
+        send(handler, 200, sim_core.openai_body(body["model"], [text], prompt_tokens, sim_core.tokens(text)))
+    return action
+
+
 def fail(status, message="boom", headers=None, **error):
     """An error in OpenAI's shape; `error` adds fields to the error object (code=..., type=...)."""
     def action(handler, body):

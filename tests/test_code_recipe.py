@@ -4,15 +4,13 @@ trains on KodCode. Every reply is graded by running its code in the sandbox."""
 import json
 import os
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 import code_tasks
 import exectune
-import sim_core
 import tasks
+from conftest import answering
 
 HUMANEVAL = {t.prompt: t for t in code_tasks.load_humaneval()}
 
@@ -33,43 +31,28 @@ def kodcode_file(path, n=24):
     return path
 
 
-class Scripted(BaseHTTPRequestHandler):
+def code_answer(body):
     """Teacher: a valid strategy, one with code in it, or one without tags, by draw. Core on KodCode: the right
     function with a valid strategy; alone, right when k is even. Core on HumanEval: the canonical solution when
     the task number is even or a strategy is given, else an empty body."""
-
-    def log_message(self, *args):
-        pass
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        messages = body["messages"]
-        problem, strategy = tasks.parse_core_request(messages)
-        if messages[0]["content"] == code_tasks.CODE_TEACHER_SYSTEM:
-            text = ["<strategy>\n1. Add the number to each element.\n2. Return the new list.\n</strategy>",
-                    "<strategy>\n1. Use ```return [x + k for x in xs]```.\n</strategy>",
-                    "Add k to everything."][body.get("seed", 0) % 3]
-        elif problem in HUMANEVAL:
-            task = HUMANEVAL[problem]
-            right = strategy is not None or int(task.id.split("/")[1]) % 2 == 0
-            text = "```python\n" + task.prompt + (task.solution if right else "    pass\n") + "```"
-        else:
-            k = int(re.search(r"(?:adds|with) (\d+)", problem).group(1))
-            name = re.search(r"\b(add_\d+)\b", problem).group(1)
-            right = (strategy is not None and code_tasks.strategy_steps(strategy)[1] is None) or k % 2 == 0
-            text = f"Here it is:\n```python\ndef {name}(xs):\n    return [x + {k if right else k + 1} for x in xs]\n```"
-        sim_core.send_json(self, 200, sim_core.openai_body(body["model"], [text], 100, sim_core.tokens(text)))
+    messages = body["messages"]
+    problem, strategy = tasks.parse_core_request(messages)
+    if messages[0]["content"] == code_tasks.CODE_TEACHER_SYSTEM:
+        return ["<strategy>\n1. Add the number to each element.\n2. Return the new list.\n</strategy>",
+                "<strategy>\n1. Use ```return [x + k for x in xs]```.\n</strategy>",
+                "Add k to everything."][body.get("seed", 0) % 3]
+    if problem in HUMANEVAL:
+        task = HUMANEVAL[problem]
+        right = strategy is not None or int(task.id.split("/")[1]) % 2 == 0
+        return "```python\n" + task.prompt + (task.solution if right else "    pass\n") + "```"
+    k = int(re.search(r"(?:adds|with) (\d+)", problem).group(1))
+    name = re.search(r"\b(add_\d+)\b", problem).group(1)
+    right = (strategy is not None and code_tasks.strategy_steps(strategy)[1] is None) or k % 2 == 0
+    return f"Here it is:\n```python\ndef {name}(xs):\n    return [x + {k if right else k + 1} for x in xs]\n```"
 
 
-@pytest.fixture(scope="module")
-def scripted_url():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Scripted)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/v1"
-    server.shutdown()
-
-
-def test_kodcode_recipe_and_humaneval_eval(tmp_path, scripted_url, capsys):
+def test_kodcode_recipe_and_humaneval_eval(tmp_path, fake, capsys):
+    scripted_url = fake(answering(code_answer)).url + "/v1"
     data = kodcode_file(str(tmp_path / "kodcode"))
     common = ["--core-url", scripted_url, "--core-model", "claude-3-5-haiku-20241022",
               "--large-core-model", "claude-3-5-sonnet-20241022", "--teacher-model", "claude-3-5-sonnet-20241022"]

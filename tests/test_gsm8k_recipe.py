@@ -2,14 +2,12 @@
 with a tiny random Hugging Face guide and a scripted OpenAI-shaped server playing the core and the teacher."""
 import json
 import os
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 import exectune
-import sim_core
 import tasks
+from conftest import answering
 
 if os.environ.get("EXECTUNE_REQUIRE_DEV") == "1":   # see test_hf.py: .ci/run must run these, never skip them
     import transformers  # noqa: F401
@@ -30,41 +28,24 @@ def gsm8k_dir(path, n_train=20, n_test=8):
     return path
 
 
-class Scripted(BaseHTTPRequestHandler):
+def gsm8k_answer(body):
     """Teacher: a valid strategy, a leaking one, or one without tags, by draw. Core: right with a valid strategy;
     alone, right on problems whose first number is even. Answers come back in the forms gsm8k_extract_answer reads."""
-    requests = []
-
-    def log_message(self, *args):
-        pass
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        messages = body["messages"]
-        Scripted.requests.append(body)
-        problem, strategy = tasks.parse_core_request(messages)
-        a, b = (int(x) for x in problem.split()[2:7:4])
-        if messages[0]["content"] == tasks.GSM8K_TEACHER_SYSTEM:
-            text = ["<strategy>\n1. Add the apples Tom has to the apples he buys.\n</strategy>",
-                    f"<strategy>\n1. Add {a} and {b} to get {a + b}.\n</strategy>",
-                    "Just add them."][body.get("seed", 0) % 3]
-        elif strategy is not None and tasks.gsm8k_parse_strategy(strategy).valid:
-            text = f"{a} + {b} = {a + b}\nThe answer is \\boxed{{{a + b:,}}}."
-        else:
-            text = f"Tom has {a + b if a % 2 == 0 else a + b + 1} apples.\n#### {a + b if a % 2 == 0 else 0}"
-        prompt_tokens = sim_core.tokens("".join(m["content"] for m in messages))
-        sim_core.send_json(self, 200, sim_core.openai_body(body["model"], [text], prompt_tokens, sim_core.tokens(text)))
+    messages = body["messages"]
+    problem, strategy = tasks.parse_core_request(messages)
+    a, b = (int(x) for x in problem.split()[2:7:4])
+    if messages[0]["content"] == tasks.GSM8K_TEACHER_SYSTEM:
+        return ["<strategy>\n1. Add the apples Tom has to the apples he buys.\n</strategy>",
+                f"<strategy>\n1. Add {a} and {b} to get {a + b}.\n</strategy>",
+                "Just add them."][body.get("seed", 0) % 3]
+    if strategy is not None and tasks.gsm8k_parse_strategy(strategy).valid:
+        return f"{a} + {b} = {a + b}\nThe answer is \\boxed{{{a + b:,}}}."
+    return f"Tom has {a + b if a % 2 == 0 else a + b + 1} apples.\n#### {a + b if a % 2 == 0 else 0}"
 
 
-@pytest.fixture(scope="module")
-def scripted_url():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Scripted)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/v1"
-    server.shutdown()
-
-
-def test_gsm8k_recipe_with_a_pretrained_guide(tmp_path, scripted_url, capsys):
+def test_gsm8k_recipe_with_a_pretrained_guide(tmp_path, fake, capsys):
+    server = fake(answering(gsm8k_answer))
+    scripted_url = server.url + "/v1"
     guide = str(tmp_path / "qwen2-tiny")
     tiny_hf("qwen2", guide, tie=True, max_len=512)
     data, run = gsm8k_dir(str(tmp_path / "gsm8k")), tmp_path / "run"
@@ -103,7 +84,7 @@ def test_gsm8k_recipe_with_a_pretrained_guide(tmp_path, scripted_url, capsys):
     assert cli("table") == 0
     out = capsys.readouterr().out
     assert "| ExecTune | " in out and json.loads(out.strip().splitlines()[-1])["accuracy"]["teacher"] == 1.0
-    guide_requests = [r for r in Scripted.requests if r["messages"][0]["content"] == tasks.GSM8K_CORE_SYSTEM]
+    guide_requests = [b for _, _, b in server.hits if b["messages"][0]["content"] == tasks.GSM8K_CORE_SYSTEM]
     assert guide_requests and all("Problem: Tom has" in r["messages"][-1]["content"] for r in guide_requests)
     # eval --family on a fresh run: the untrained pretrained guide on GSM8K's test split (the data stage runs first)
     assert cli("eval", "--run", str(tmp_path / "r4"), "--family", "gsm8k", "--data-dir", data, "--n-val", "4",

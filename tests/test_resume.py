@@ -8,15 +8,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
-from http.server import ThreadingHTTPServer
 
 import pytest
 
 import exectune
 import sim_core
-from conftest import ROOT
+from conftest import ROOT, answering
 
 KILLS = 3
 STAGES = [  # (where it works, command, outputs), in the recipe's order: each reads what the one before it wrote
@@ -106,37 +104,32 @@ def test_kill_minus_9_at_random_points_then_resume_gives_the_uninterrupted_resul
         base = straight   # the next stage starts from this one's outputs
 
 
-def test_kill_minus_9_during_sft_from_a_pretrained_guide_then_resume(tmp_path, monkeypatch):
+def test_kill_minus_9_during_sft_from_a_pretrained_guide_then_resume(tmp_path, monkeypatch, fake):
     """`sft --init hf:<dir>` with a tiny random Qwen2 on GSM8K-format problems, against the scripted GSM8K server."""
     if os.environ.get("EXECTUNE_REQUIRE_DEV") == "1":   # see test_hf.py: .ci/run must run this, never skip it
         import transformers  # noqa: F401
     else:
         pytest.importorskip("transformers")
-    from test_gsm8k_recipe import Scripted, gsm8k_dir
+    from test_gsm8k_recipe import gsm8k_answer, gsm8k_dir
     from test_hf import tiny_hf
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Scripted)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_port}/v1"
-    try:
-        guide = str(tmp_path / "qwen2-tiny")
-        tiny_hf("qwen2", guide, tie=True, max_len=512)
-        base = tmp_path / "base"
-        data = gsm8k_dir(str(tmp_path / "gsm8k"), n_train=16, n_test=4)
-        for argv in (["data", "--family", "gsm8k", "--data-dir", data, "--n-val", "4", "--n-test", "4"],
-                     ["sample", "--k", "3", "--m", "1"]):
-            assert exectune.main(command(base, url, argv)[2:]) == 0
-        argv = ["sft", "--data", "accepted", "--init", f"hf:{guide}", "--steps", "6", "--batch-size", "2",
-                "--lr", "1e-3", "--warmup", "1", "--eval-every", "2", "--max-seq-len", "256", "--no-compile"]
-        straight, killed = tmp_path / "straight", tmp_path / "killed"
-        shutil.copytree(base, straight, symlinks=True)
-        shutil.copytree(base, killed, symlinks=True)
-        start = time.monotonic()
-        assert exectune.main(command(straight, url, argv)[2:]) == 0
-        kills = kill_then_finish(command(killed, url, argv), killed, "sft-accepted", time.monotonic() - start,
-                                 random.Random(1), kills_wanted=2)   # each start costs seconds here
-    finally:
-        server.shutdown()
+    url = fake(answering(gsm8k_answer)).url + "/v1"
+    guide = str(tmp_path / "qwen2-tiny")
+    tiny_hf("qwen2", guide, tie=True, max_len=512)
+    base = tmp_path / "base"
+    data = gsm8k_dir(str(tmp_path / "gsm8k"), n_train=16, n_test=4)
+    for argv in (["data", "--family", "gsm8k", "--data-dir", data, "--n-val", "4", "--n-test", "4"],
+                 ["sample", "--k", "3", "--m", "1"]):
+        assert exectune.main(command(base, url, argv)[2:]) == 0
+    argv = ["sft", "--data", "accepted", "--init", f"hf:{guide}", "--steps", "6", "--batch-size", "2",
+            "--lr", "1e-3", "--warmup", "1", "--eval-every", "2", "--max-seq-len", "256", "--no-compile"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    shutil.copytree(base, straight, symlinks=True)
+    shutil.copytree(base, killed, symlinks=True)
+    start = time.monotonic()
+    assert exectune.main(command(straight, url, argv)[2:]) == 0
+    kills = kill_then_finish(command(killed, url, argv), killed, "sft-accepted", time.monotonic() - start,
+                             random.Random(1), kills_wanted=2)   # each start costs seconds here
     assert kills >= 1, "every run finished before its kill: the test killed nothing"
     assert (straight / "sft-accepted" / "best" / "tokenizer.json").exists()   # a Hugging Face checkpoint
     assert snapshot(killed, ["sft-accepted"]) == snapshot(straight, ["sft-accepted"]), "resumed outputs differ"
