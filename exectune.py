@@ -1,6 +1,7 @@
 """ExecTune, the recipe: every stage of the paper's pipeline as a subcommand over one run directory.
 
-  1. data       seeded train / val / test tasks (tasks.py; the test split holds out sentence templates).
+  1. data       seeded train / val / test / ood tasks of an offline world, or a real benchmark's files
+                (families.py: mathsim, codesim, gsm8k, kodcode, humaneval).
   2. tokenizer  the guide's byte-level BPE, trained on the training text.
   3. baselines  the cheap core alone and the large core alone on test (two table rows), and R core-alone runs of
                 every training task: the harm term of the reward needs "does the core usually solve this alone?".
@@ -22,11 +23,11 @@ and finish with what an uninterrupted run gives. Every file is written atomicall
 directory remembers each stage's configuration and refuses to mix in another one; a bad flag value stops a stage
 before it writes anything (one line, exit 2). Evaluation and the results table are in evaluate.py.
 
-The code family: `data --family codesim` (code_tasks.py, DESIGN 4.5); a reply is graded by running its code against
-the task's hidden tests in the sandbox. The real path: `data --family gsm8k` reads GSM8K from --data-dir (tasks.py), and `sft|grpo --init hf:<dir>`
-fine-tunes a pretrained Hugging Face guide (hf.py) instead of training one; there is no tokenizer stage then, and
-every checkpoint of that guide is written as a Hugging Face directory with its tokenizer, so it can be served as is.
-Each task is prompted and graded by its own family's rules (families.py).
+Each task is prompted and graded by its own family's rules (families.py); a code reply is graded by running its code
+with the task's tests in the sandbox. The real path: `data --family gsm8k|kodcode|humaneval` reads a benchmark's
+files from --data-dir, and `sft|grpo --init hf:<dir>` fine-tunes a pretrained Hugging Face guide (hf.py) instead of
+training one; there is no tokenizer stage then, and every checkpoint of that guide is written as a Hugging Face
+directory with its tokenizer, so it can be served as is.
 
 Where this departs from the paper: by default the guide is a tiny decoder trained from scratch (the paper fine-tunes
 pretrained LLMs), on level-1 mathsim, so that it learns to read within a 2-core CPU budget (about 40 minutes end
