@@ -143,8 +143,6 @@ def grade(task_list, texts) -> list:
     return out
 
 
-
-
 def prompt_tokens(tokenizer, task) -> list:
     """The guide's prompt for a task as token ids. A from-scratch guide reads <|bos|> then the family's
     guide_prompt(problem), where a special token's spelling stays text; a pretrained guide's tokenizer
