@@ -181,7 +181,7 @@ class EvalConfig:
         at_least(self, 1, "max_new_tokens", "batch_size")
 
 
-# Presets: sizes for other budgets, over the defaults above (bash train.sh picks one from QUICK, LEVEL and DEVICE).
+# Presets: sizes for other budgets, over the defaults above (bash train.sh picks one from QUICK, LEVEL, DEVICE, TASK).
 PRESETS = {}
 PRESETS["quick"] = {
     "data": dict(n_train=80, n_val=24, n_test=60, n_ood=30),
@@ -194,6 +194,9 @@ PRESETS["level2"] = {        # LEVEL=2 on a CPU in under an hour: longer problem
     "data": dict(level=2, n_train=4000),
     "sft": dict(steps=2000),
     "grpo": dict(steps=20),
+}
+PRESETS["codesim"] = {       # TASK=codesim: a clear wrong plan costs more than a right one gains, so the guide must be
+    "sft": dict(steps=5000),  # nearly always right: SFT runs longer (README, Code: the levers)
 }
 PRESETS["cuda"] = {          # DEVICE=cuda: level 2, a larger guide and more steps for one modern GPU
     "data": dict(level=2, n_train=20000),

@@ -28,7 +28,9 @@ case "$DEVICE" in cuda*) LEVEL=${LEVEL:-2} ;; *) LEVEL=${LEVEL:-1} ;; esac
 if [ "${QUICK:-0}" = "1" ]; then
     preset=quick
     if [ "$TASK" = "mathsim" ]; then RUN=${RUN:-runs/quick}; else RUN=${RUN:-runs/quick-$TASK}; fi
-elif [ "$TASK" != "mathsim" ]; then               # levels and presets size the mathsim world; the rest: the defaults
+elif [ "$TASK" = "codesim" ]; then
+    preset=codesim; RUN=${RUN:-runs/codesim}
+elif [ "$TASK" != "mathsim" ]; then               # a real benchmark: exectune's defaults
     preset=""; RUN=${RUN:-runs/$TASK}
 elif [ "$LEVEL" = "2" ]; then
     case "$DEVICE" in cuda*) preset=cuda; RUN=${RUN:-runs/cuda} ;; *) preset=level2; RUN=${RUN:-runs/level2} ;; esac
