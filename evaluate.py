@@ -66,8 +66,7 @@ def plan_scores(val_tasks, texts):
 def grade(task_list, strategies, replies, client, guide_tokens, teacher_dollars):
     """One row per task: its strategy (None without one), and the core's reply graded; a reply that is a CoreError
     (the call failed for good) makes the row `failed`, with no grade."""
-    answered = [i for i, r in enumerate(replies) if not isinstance(r, CoreError)]
-    correct = dict(zip(answered, families.grade([task_list[i] for i in answered], [replies[i].text for i in answered])))
+    correct = families.grade(task_list, replies)
     rows = []
     for i, (t, s, r, g, td) in enumerate(zip(task_list, strategies, replies, guide_tokens, teacher_dollars)):
         family = families.family_of(t)

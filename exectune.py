@@ -350,16 +350,6 @@ def core_params(args):
     return dict(temperature=args.core_temperature, max_tokens=args.core_max_tokens)
 
 
-def grade_replies(task_list, replies):
-    """Whether each reply solves its task, None where the request failed (a CoreError). Graded as one batch: a code
-    family runs the replies' code in the sandbox, one program per task."""
-    done = [i for i, r in enumerate(replies) if not isinstance(r, CoreError)]
-    out = [None] * len(replies)
-    for i, verdict in zip(done, families.grade([task_list[i] for i in done], [replies[i].text for i in done])):
-        out[i] = verdict
-    return out
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # 1. data
 
@@ -455,7 +445,7 @@ def stage_baselines(args, run):
     messages = [families.family_of(t).core_messages(t.problem, None) for t in train for _ in range(cfg.alone_runs)]
     draws = [d for _ in train for d in range(cfg.alone_runs)]
     out = run_requests(client, messages, "core alone on train", draws=draws, **core_params(args))
-    verdicts = grade_replies([t for t in train for _ in range(cfg.alone_runs)], out)
+    verdicts = families.grade([t for t in train for _ in range(cfg.alone_runs)], out)
     rows = []
     for i, t in enumerate(train):
         span = range(i * cfg.alone_runs, (i + 1) * cfg.alone_runs)
@@ -535,7 +525,7 @@ def sample_chunk(args, chunk, cfg, teacher, core):
                                                                                         rows[i]["strategy"])
                                      for i, _ in runs_needed],
                               "cheap core executes", draws=[m for _, m in runs_needed], **core_params(args))
-    verdicts = grade_replies([rows[i]["_task"] for i, _ in runs_needed], executions)
+    verdicts = families.grade([rows[i]["_task"] for i, _ in runs_needed], executions)
     for (i, _), out, correct in zip(runs_needed, executions, verdicts):
         if not isinstance(out, CoreError):
             rows[i]["runs"].append(dict(correct=correct, dollars=core.dollars(out), output_tokens=out.output_tokens))
@@ -751,7 +741,7 @@ def val_accuracy(args, client, net, tok, val_tasks, max_new_tokens):
     texts, _ = evaluate.guide_strategies(net, tok, val_tasks, max_new_tokens, 64, desc="val")
     replies = run_requests(client, [families.family_of(t).core_messages(t.problem, s)
                                     for t, s in zip(val_tasks, texts)], "val core", **core_params(args))
-    ok = [v for v in grade_replies(val_tasks, replies) if v is not None]
+    ok = [v for v in families.grade(val_tasks, replies) if v is not None]
     return sum(ok) / max(1, len(ok)), texts
 
 

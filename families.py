@@ -131,14 +131,18 @@ def family_of(task) -> Family:
     return FAMILIES[task.family]
 
 
-def grade(task_list, texts) -> list:
-    """Whether each reply text solves its task, each graded by its own family (a batch per family)."""
+def grade(task_list, replies) -> list:
+    """Whether each core reply (its .text) solves its task, None where the request failed for good (an exception in
+    its place). Each family grades its replies in one batch: a code family runs their code in the sandbox, one
+    program per task."""
     out = [None] * len(task_list)
     by_family = {}
-    for i, t in enumerate(task_list):
-        by_family.setdefault(family_of(t).name, []).append(i)
+    for i, (t, r) in enumerate(zip(task_list, replies)):
+        if not isinstance(r, Exception):
+            by_family.setdefault(family_of(t).name, []).append(i)
     for name, idx in by_family.items():
-        for i, verdict in zip(idx, FAMILIES[name].grade([task_list[i] for i in idx], [texts[i] for i in idx])):
+        texts = [replies[i].text for i in idx]
+        for i, verdict in zip(idx, FAMILIES[name].grade([task_list[i] for i in idx], texts)):
             out[i] = bool(verdict)
     return out
 

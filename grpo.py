@@ -89,9 +89,7 @@ def compute_rewards(task_list, strategies, client, alone_stats=None, weights=Non
     replies = client.chat_many([family[i].core_messages(task_list[i].problem, strategies[i]) for i in to_run],
                                draws=[draw + i for i in to_run], desc="reward", **(core_params or {}))
     reply_of = dict(zip(to_run, replies))
-    answered = [i for i in to_run if not isinstance(reply_of[i], Exception)]
-    correct = dict(zip(answered, families.grade([task_list[i] for i in answered],
-                                                [reply_of[i].text for i in answered])))   # one batch: a sandbox run
+    correct = dict(zip(to_run, families.grade([task_list[i] for i in to_run], replies)))   # one batch
 
     rewards = []
     for i, (task, strategy) in enumerate(zip(task_list, strategies)):
