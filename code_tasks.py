@@ -903,7 +903,8 @@ def code_core_messages(problem: str, strategy: str | None) -> list:
     return [{"role": "system", "content": CODE_CORE_SYSTEM}] + tasks.core_messages(problem, strategy)[1:]
 
 
-def code_teacher_messages(problem: str) -> list:
+def code_teacher_messages(problem: str, name_quantities: bool = False) -> list:
+    """name_quantities does not apply: a code task gives no quantities to name."""
     return [{"role": "system", "content": CODE_TEACHER_SYSTEM}] + tasks.teacher_messages(problem)[1:]
 
 

@@ -9,6 +9,9 @@ same core executes it with the same seeds, and each task is graded. One row of r
   accuracy on held-out    the same on the `ood` split: phrasings (sentence templates, names, scenes) that training
   phrasings               never shows. "—" for a real benchmark (gsm8k), which has no such split.
   valid                   share of strategies that parse (DESIGN 4.2); "—" for a system without strategies.
+  deferred                share of strategies that left the work to the core: invalid, or abandoned by the core
+                          at an unclear step (the simulated core says so in its reply; with a real core only
+                          invalid strategies are counted).
   success given valid     accuracy over the tasks whose strategy is valid.
   leak                    share of strategies that state the answer.
   harm                    share of tasks the core alone solved (its own run, the "core alone" row) but got wrong with
@@ -77,7 +80,9 @@ def grade(task_list, strategies, replies, client, guide_tokens, teacher_dollars)
             row.update(failed=False, correct=correct[i], dollars=client.dollars(r),
                        input_tokens=r.input_tokens, output_tokens=r.output_tokens)
         if s is not None:
-            row.update(valid=family.parse_strategy(s).valid, leaks=family.leaks(s, t))
+            valid = family.parse_strategy(s).valid
+            row.update(valid=valid, leaks=family.leaks(s, t),
+                       deferred=tasks.deferred(valid, None if isinstance(r, CoreError) else r.text))
         rows.append(row)
     return rows
 
@@ -109,6 +114,10 @@ def summarize(per_task, core_model, guide, alone=None):
         core=core_model, guide=guide, n=n, failures=len(per_task) - n,   # teacher or core, after retries
         accuracy=k / max(1, n), accuracy_ci=wilson(k, n),
         validity=len(valid) / len(with_strategy) if with_strategy else None,
+        # strategies that left the work to the core (invalid, or abandoned at an unclear step): a guide that defers
+        # is the core alone in disguise
+        deferred_rate=(sum(r.get("deferred", False) for r in with_strategy) / len(with_strategy)
+                       if with_strategy else None),
         success_given_valid=sum(r["correct"] for r in valid) / len(valid) if valid else None,
         leak_rate=sum(r["leaks"] for r in with_strategy) / len(with_strategy) if with_strategy else None,
         harm_rate=harm,
@@ -139,9 +148,9 @@ def table(results):
     """results.md's text: one row per system (see the module docstring), cost relative to the large core alone."""
     large = next((r for r in results if r["spec"]["core_role"] == "large" and r["guide"] == "none"), None)
     large_cost = large and dollars_per_1k(large)
-    lines = ["| system | accuracy (95% CI) | accuracy on held-out phrasings | valid | success given valid | leak | "
-             "harm | core in tok | core out tok | $ / 1k tasks | guide tok | cost vs large |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| system | accuracy (95% CI) | accuracy on held-out phrasings | valid | deferred | success given valid | "
+             "leak | harm | core in tok | core out tok | $ / 1k tasks | guide tok | cost vs large |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         total = dollars_per_1k(r)
         rel = None if not (total is not None and large_cost) else total / large_cost
@@ -149,6 +158,7 @@ def table(results):
         ood = "—" if r["accuracy_ood"] is None else "{:.3f} ({:.3f}–{:.3f})".format(r["accuracy_ood"],
                                                                                    *r["accuracy_ood_ci"])
         lines.append(f"| {r['name']} | {r['accuracy']:.3f} ({lo:.3f}–{hi:.3f}) | {ood} | {fmt(r['validity'])} | "
+                     f"{fmt(r.get('deferred_rate'))} | "
                      f"{fmt(r['success_given_valid'])} | {fmt(r['leak_rate'])} | {fmt(r['harm_rate'])} | "
                      f"{r['core_input_tokens']:.0f} | {r['core_output_tokens']:.0f} | "
                      f"{fmt(total, '{:.3f}', 'n/a')} | {r['guide_tokens']:.1f} | {fmt(rel, '{:.2f}×', 'n/a')} |")

@@ -112,18 +112,24 @@ class BaselineConfig:
 
 @dataclass
 class SampleConfig:
-    k: int = 4                   # teacher strategies per task
+    k: int = 8                   # teacher strategies per task
     m: int = 2                   # cheap-core executions per strategy; accept only when all are correct
-    keep: int = 1                # cheapest accepted strategies kept per task
+    keep: int = 0                # accepted strategies kept per task, in `select` order; 0: every distinct one
+    select: str = "cheapest"     # cheapest: fewest core dollars first; handles: most quantities named by the
+                                 # problem's own phrases first, then cheapest
+    name_quantities: bool = True  # ask the teacher to name quantities as the problem does (tasks.NAME_QUANTITIES)
     chunk: int = 500             # tasks per resumable chunk
 
     def __post_init__(self):
-        at_least(self, 1, "k", "m", "keep", "chunk")
+        at_least(self, 1, "k", "m", "chunk")
+        at_least(self, 0, "keep")
+        if self.select not in SELECT_RULES:
+            raise ValueError(f"--select must be one of {', '.join(SELECT_RULES)}, got {self.select!r}")
 
 
 @dataclass
 class SFTConfig:
-    steps: int = 3500
+    steps: int = 5000
     batch_size: int = 16
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
@@ -156,7 +162,7 @@ class SFTConfig:
 @dataclass
 class GRPOStageConfig(grpo.GRPOConfig):
     """grpo.GRPOConfig (group size, clipping, KL, micro-batches...) plus what the stage adds around the steps."""
-    lr: float = 2e-4
+    lr: float = 1e-4
     max_new_tokens: int = 128
     steps: int = 40
     eval_every: int = 10         # greedy accuracy on val every this many steps; the best checkpoint is kept
@@ -190,13 +196,19 @@ PRESETS["quick"] = {
     "grpo": dict(steps=3, prompts_per_step=4, group_size=4, max_new_tokens=96, eval_every=3, n_val_eval=24),
     "eval": dict(max_new_tokens=96),
 }
+# level2 and codesim keep the sampling and GRPO sizes their README results were measured with
+_EARLIER_SAMPLE = dict(k=4, keep=1, name_quantities=False)
+_EARLIER_GRPO = dict(lr=2e-4)
 PRESETS["level2"] = {        # LEVEL=2 on a CPU in under an hour: longer problems, so fewer tasks and SFT steps
     "data": dict(level=2, n_train=4000),
+    "sample": _EARLIER_SAMPLE,
     "sft": dict(steps=2000),
-    "grpo": dict(steps=20),
+    "grpo": dict(_EARLIER_GRPO, steps=20),
 }
 PRESETS["codesim"] = {       # TASK=codesim: a clear wrong plan costs more than a right one gains, so the guide must be
+    "sample": _EARLIER_SAMPLE,
     "sft": dict(steps=5000),  # nearly always right: SFT runs longer (README, Code: the levers)
+    "grpo": _EARLIER_GRPO,
 }
 PRESETS["cuda"] = {          # DEVICE=cuda: level 2, a larger guide and more steps for one modern GPU
     "data": dict(level=2, n_train=20000),
@@ -397,8 +409,8 @@ def stage_data_files(args, run, cfg, family):
 # 2. tokenizer
 
 def training_text(train_tasks):
-    """What the guide reads and writes (families.Family.tokenizer_text): in an offline world, prompts and canonical
-    strategies (every verb form of the grammar once, so teacher paraphrases tokenize sensibly too)."""
+    """What the guide reads and writes (families.Family.tokenizer_text): in an offline world, the prompts and the
+    strategy grammar's own words (every verb form, "the result of step k"); never a task's canonical strategy."""
     for t in train_tasks:
         yield from families.family_of(t).tokenizer_text(t)
 
@@ -488,14 +500,20 @@ def stage_sample(args, run):
         write_jsonl(paths[i], sample_chunk(args, chunks[i], cfg, teacher, core))
     raw = [row for path in paths for row in read_jsonl(path, required=("task_id", "strategy", "accepted", "dollars"))]
     write_jsonl(raw_path, raw)
-    accepted = select_accepted(raw, cfg.keep)
+    accepted = select_accepted(raw, cfg.keep, cfg.select)
     write_jsonl(accepted_path, accepted)
     n_tasks = len({r["task_id"] for r in raw})
     covered = len({r["task_id"] for r in accepted})
     rate = sum(r["accepted"] for r in raw) / max(1, len(raw))
     teacher_dollars = teacher.stats()["dollars"]
+    # how many tasks have an accepted strategy that names no number (every quantity by a phrase), within the
+    # first k teacher draws: what the "handles" rule has to choose from at each K
+    phrase_only = {k: len({r["task_id"] for r in raw if r["accepted"] and r["draw"] < k
+                           and tasks.numbers_named(r["strategy"]) == 0})
+                   for k in sorted({1, 2, 4, 8, 16, cfg.k}) if k <= cfg.k}
     run.log("sample", strategies=len(raw), acceptance_rate=round(rate, 4), accepted_kept=len(accepted),
-            tasks_covered=covered, teacher=teacher.stats(), core=core.stats())
+            tasks_covered=covered, tasks_with_phrase_only_accepted=phrase_only, teacher=teacher.stats(),
+            core=core.stats())
     print(f"sample: {len(raw)} teacher strategies for {n_tasks} tasks; acceptance rate {rate:.1%}; kept "
           f"{len(accepted)} covering {covered} tasks; teacher dollars this call "
           f"{'unknown' if teacher_dollars is None else f'${teacher_dollars:.4f}'}")
@@ -503,8 +521,8 @@ def stage_sample(args, run):
 
 def sample_chunk(args, chunk, cfg, teacher, core):
     """K teacher strategies per task, each valid one run M times by the cheap core. One row per strategy."""
-    replies = run_requests(teacher, [families.family_of(t).teacher_messages(t.problem) for t in chunk
-                                     for _ in range(cfg.k)],
+    replies = run_requests(teacher, [families.family_of(t).teacher_messages(t.problem, cfg.name_quantities)
+                                     for t in chunk for _ in range(cfg.k)],
                            "teacher", draws=[d for _ in chunk for d in range(cfg.k)],
                            temperature=1.0, max_tokens=args.core_max_tokens)
     rows, runs_needed = [], []
@@ -542,18 +560,28 @@ def is_accepted(row, m):
     return bool(row["valid"] and not row["leaks"] and len(row["runs"]) == m and all(x["correct"] for x in row["runs"]))
 
 
-def select_accepted(raw, keep):
-    """Per task, the `keep` cheapest accepted strategies (core dollars, then output tokens as a tie-break)."""
+# The order in which a task's accepted strategies are kept: cheapest first is ExecTune's own rule; a strategy that
+# names quantities by the problem's own phrases costs the core a few more input tokens but is copied, not looked up,
+# so a small guide imitates it far more easily (README, the reading levers).
+SELECT_RULES = {
+    "cheapest": lambda r: (r["dollars"] if r["dollars"] is not None else 0.0, len(r["strategy"])),
+    "handles": lambda r: (tasks.numbers_named(r["strategy"]), r["dollars"] if r["dollars"] is not None else 0.0,
+                          len(r["strategy"])),
+}
+
+
+def select_accepted(raw, keep, select="cheapest"):
+    """Per task, its distinct accepted strategies in SELECT_RULES[select] order, the first `keep` (0: all)."""
     by_task = {}
     for r in raw:
         if r["accepted"]:
             by_task.setdefault(r["task_id"], []).append(r)
     out = []
     for task_id, rows in by_task.items():
-        rows.sort(key=lambda r: (r["dollars"] if r["dollars"] is not None else 0.0, len(r["strategy"])))
+        rows.sort(key=SELECT_RULES[select])
         seen = set()
         for r in rows:
-            if r["strategy"] not in seen and len(seen) < keep:
+            if r["strategy"] not in seen and (keep == 0 or len(seen) < keep):
                 seen.add(r["strategy"])
                 out.append(dict(task_id=task_id, strategy=r["strategy"], dollars=r["dollars"]))
     return out
@@ -919,7 +947,11 @@ def eval_system(args, run, name, guide, role="core"):
         strategies = [None] * len(test)
     elif guide == "teacher":
         teacher = client_for(args, "teacher", run)
-        replies = run_requests(teacher, [families.family_of(t).teacher_messages(t.problem) for t in test],
+        # the teacher asked as acceptance sampling asked it (that stage's recorded configuration, else the default)
+        configs = read_json(run.file("config.json")) if os.path.exists(run.file("config.json")) else {}
+        name_quantities = configs.get("sample", {}).get("name_quantities", SampleConfig.name_quantities)
+        replies = run_requests(teacher, [families.family_of(t).teacher_messages(t.problem, name_quantities)
+                                         for t in test],
                                "teacher on test+ood", temperature=1.0, max_tokens=args.core_max_tokens)
         # a task whose teacher call failed for good is counted as failed, never quietly run without a strategy
         failed = {i: r for i, r in enumerate(replies) if isinstance(r, CoreError)}

@@ -24,7 +24,7 @@ class Family:
     guide_prompt: object        # problem -> text (a guide without a chat format)
     guide_messages: object      # problem -> messages (a pretrained chat guide, through its template)
     core_messages: object       # (problem, strategy or None) -> messages
-    teacher_messages: object    # problem -> messages
+    teacher_messages: object    # (problem, name_quantities) -> messages; name_quantities adds tasks.NAME_QUANTITIES
     parse_strategy: object      # text -> tasks.ParsedStrategy
     leaks: object               # (strategy, task) -> bool
     grade: object               # (tasks, reply texts) -> [bool]: is each reply a correct solution of its task
@@ -97,7 +97,7 @@ FAMILIES = {f.name: f for f in [
            teacher_messages=tasks.teacher_messages, parse_strategy=tasks.parse_strategy,
            leaks=lambda strategy, task: tasks.leaks(strategy, task.problem, task.answer),
            grade=_answer_grader(tasks.extract_answer),
-           tokenizer_text=lambda task: (tasks.guide_prompt(task.problem), tasks.canonical_strategy(task)),
+           tokenizer_text=lambda task: (tasks.guide_prompt(task.problem), tasks.grammar_text()),
            generate=tasks.generate_tasks, canonical_strategy=tasks.canonical_strategy,
            plan_matches=tasks.plan_matches, exact_success=_math_exact_success),
     Family("gsm8k", task_from_json=tasks.GSM8KTask.from_json, guide_prompt=tasks.gsm8k_guide_prompt,
@@ -112,7 +112,7 @@ FAMILIES = {f.name: f for f in [
            leaks=lambda strategy, task: code_tasks.code_leaks(strategy),
            grade=lambda task_list, texts: code_tasks.codesim_verdicts(task_list,
                                                                       [code_tasks.extract_code(t) for t in texts]),
-           tokenizer_text=lambda task: (tasks.guide_prompt(task.problem), code_tasks.canonical_code_strategy(task)),
+           tokenizer_text=lambda task: (tasks.guide_prompt(task.problem), code_tasks.CODE_TEACHER_SYSTEM),
            generate=lambda n, seed, split, level: code_tasks.generate_codesim(n, seed, split),    # one level
            canonical_strategy=code_tasks.canonical_code_strategy, plan_matches=_code_plan_matches,
            exact_success=_code_exact_success),

@@ -54,6 +54,7 @@ class Reward:
     correct: bool = False
     leaked: bool = False
     harmed: bool = False
+    deferred: bool = False              # invalid, or abandoned by the core at an unclear step (tasks.deferred)
     core_dollars: float | None = None   # None: not run, failed, or the core's price is unknown
     failed: bool = False
 
@@ -96,6 +97,8 @@ def compute_rewards(task_list, strategies, client, alone_stats=None, weights=Non
         alone = alone_stats.get(task.id, {})
         r = Reward(valid=valid[i], leaked=family[i].leaks(strategy, task))
         reply = reply_of.get(i)
+        r.deferred = tasks.deferred(valid[i], reply.text if reply is not None and not isinstance(reply, Exception)
+                                    else None)
         if reply is None:                       # invalid, structure reward: scored without the core
             r.validity = weights.invalid
         elif isinstance(reply, Exception):      # chat_many puts a CoreError where a call failed for good
@@ -282,6 +285,7 @@ def grpo_step(model, optimizer, tokenizer, tasks_batch, client, alone_stats, cfg
         # success: the core answered correctly (an invalid strategy under the structure reward never ran: not correct)
         "success_rate": _mean([r.correct for r in done]),
         "leak_rate": _mean([r.leaked for r in rewards]),
+        "deferred_rate": _mean([r.deferred for r in rewards]),
         "harm_rate": _mean([r.harmed for r in done]),
         "zero_std_groups": float((advantages.view(-1, G) == 0).all(dim=1).float().mean()),
         "completion_tokens": float(lengths.float().mean()),

@@ -37,8 +37,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import code_tasks
 import sim_code
-from tasks import (CANONICAL, OPS, SYMBOLS, VERBS, UnreadableProblem, apply_op, extract_strategy, leaks,
-                   parse_core_request, parse_strategy, parse_teacher_request, read_problem, strategy_envelope)
+from tasks import (CANONICAL, OPS, SYMBOLS, VERBS, UnreadableProblem, apply_op, asks_to_name_quantities,
+                   extract_strategy, leaks, parse_core_request, parse_strategy, parse_teacher_request, read_problem,
+                   strategy_envelope, UNCLEAR_NOTE)
 
 # Comprehension of each verb by the cheap core (DESIGN 4.3). A verb outside the lexicon is understood with 0.
 COMPREHENSION = {
@@ -76,6 +77,8 @@ class TeacherModel:
     canonical_verb: float = 0.75  # otherwise uniform over the operation's other lexicon verbs
     by_number: float = 0.60       # a given quantity named by its number; then its exact handle; else a paraphrase
     by_handle: float = 0.30
+    named_by_number: float = 0.05  # the same two when the request carries tasks.NAME_QUANTITIES
+    named_by_handle: float = 0.85
     by_step_ref: float = 0.85     # an earlier result named "the result of step k"; else "it" / "that"
     max_filler: int = 6           # filler words a step, uniform 0..max_filler
     answer_note: float = 0.10     # "The answer is N." appended
@@ -303,7 +306,7 @@ def _guided_reply(plan: Plan, core: CoreModel, rng: random.Random) -> str:
     source, todo, _ = _handover(plan)
     known = {k: (shown[j], bad[j]) for k, j in source.items()}
     rest, answer = _solve_alone(task, core, rng, known, todo, len(lines))
-    lines.append(f"Step {len(lines) + 1} of the strategy is unclear, so I solve the rest myself.")
+    lines.append(f"Step {len(lines) + 1} {UNCLEAR_NOTE}")
     return "\n".join(lines + rest + [f"#### {_fmt(answer)}"])
 
 
@@ -360,8 +363,11 @@ _SUFFIX = {2: ["to start", "to continue"], 3: ["to get it", "to find this"], 4: 
 _VAGUE = ["the other figure", "the given count", "the earlier quantity"]   # share no word with any handle
 
 
-def _teacher_reply(task, teacher: TeacherModel, rng: random.Random) -> str:
-    """One strategy in a sampled style (DESIGN 4.4)."""
+def _teacher_reply(task, teacher: TeacherModel, rng: random.Random, name_quantities: bool = False) -> str:
+    """One strategy in a sampled style (DESIGN 4.4); name_quantities: the request carried the naming instruction,
+    which changes how given quantities are named and nothing else."""
+    by_number, by_handle = ((teacher.named_by_number, teacher.named_by_handle) if name_quantities
+                            else (teacher.by_number, teacher.by_handle))
     order, done = [], set()
     while len(order) < len(task.ops):          # a random topological order
         ready = [i for i, op in enumerate(task.ops) if i not in done
@@ -376,9 +382,9 @@ def _teacher_reply(task, teacher: TeacherModel, rng: random.Random) -> str:
             return (f"the result of step {position[ref[1]]}" if rng.random() < teacher.by_step_ref
                     else rng.choice(["it", "that"]))
         q, u = task.quantities[ref[1]], rng.random()
-        if u < teacher.by_number:
+        if u < by_number:
             return str(q.value)
-        if u < teacher.by_number + teacher.by_handle:
+        if u < by_number + by_handle:
             return "the " + q.handle
         words = [w for w in q.handle.split() if w.lower() not in _STOP]
         if rng.random() < 0.2 or not words:
@@ -423,7 +429,7 @@ def complete(model: str, messages: list, temperature: float = 1.0, seed=None, in
         problem = parse_teacher_request(messages)
         if code_tasks.is_codesim_problem(problem):
             return sim_code.teacher_reply(problem, TEACHER, rng)
-        return _teacher_reply(_read(problem), TEACHER, rng)
+        return _teacher_reply(_read(problem), TEACHER, rng, asks_to_name_quantities(messages))
     problem, strategy = parse_core_request(messages)
     if code_tasks.is_codesim_problem(problem):      # codesim (DESIGN 4.5): the core writes a real function
         return sim_code.core_reply(problem, strategy, _core(model), rng)

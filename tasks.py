@@ -633,6 +633,32 @@ def canonical_strategy(task: MathTask) -> str:
     return "<strategy>\n" + "\n".join(lines) + "\n</strategy>"
 
 
+# What the simulated core writes when it abandons a strategy at an unclear step and solves the rest alone.
+UNCLEAR_NOTE = "of the strategy is unclear, so I solve the rest myself."
+
+
+def deferred(valid: bool, reply_text: str | None) -> bool:
+    """Did the strategy leave the work to the core: invalid (the core ignores it) or abandoned at an unclear step
+    (the simulated core says so; a real core's reply carries no such note, so there only invalid counts)?"""
+    return not valid or (reply_text is not None and UNCLEAR_NOTE in reply_text)
+
+
+def numbers_named(strategy: str) -> int:
+    """How many operands of a strategy are numbers (step numbers and "step k" references aside): each one the guide
+    had to look up in the problem rather than copy its phrase."""
+    body = re.sub(r"(?m)^\s*\d+[.)]", "", strategy)
+    return len(re.findall(r"(?<!step )(?<![\w.])\d[\d,]*(?:\.\d+)?", body, flags=re.I))
+
+
+def grammar_text() -> str:
+    """The strategy grammar's own words, as one strategy per verb form: what a from-scratch guide's tokenizer learns
+    besides the problems (it never sees a task's canonical strategy, an oracle)."""
+    forms = [f for forms in VERBS.values() for f in forms]
+    lines = [f"{k}. {f.pattern.format(a='the result of step 1', b='the result of step 2')}."
+             for k, f in enumerate(forms, 1)]
+    return "<strategy>\n" + "\n".join(lines) + "\n</strategy>"
+
+
 def plan_matches(task: MathTask, strategy: str) -> bool:
     """Is the strategy the task's plan: it parses, and its steps compute exactly the solution's operations (in any
     order that respects their inputs), each operand a number, an exact handle, an earlier step or a pronoun for the
@@ -670,10 +696,14 @@ def plan_matches(task: MathTask, strategy: str) -> bool:
 CORE_SYSTEM = ("You are a careful math assistant. Solve the word problem. Write your work one operation per line as "
                "'Step k: a op b = c' with op one of + - * /, then a final line '#### N' where N is the answer as a "
                "whole number. If a strategy is given, follow its steps in order.")
-TEACHER_SYSTEM = ("You write strategies that a weaker model follows to solve a math word problem. Reply with exactly "
-                  "one block in this format:\n<strategy>\n1. Multiply 3 by 6.\n2. Add 14 to the result of step 1.\n"
-                  "</strategy>\nOne arithmetic operation per numbered step, on numbers from the problem or "
-                  "'the result of step k'; the last step gives the answer. Do not state the final answer.")
+_TEACHER_FORMAT = ("You write strategies that a weaker model follows to solve a math word problem. Reply with exactly "
+                   "one block in this format:\n<strategy>\n1. Multiply 3 by 6.\n2. Add 14 to the result of step 1.\n"
+                   "</strategy>\nOne arithmetic operation per numbered step, on ")
+_TEACHER_RULES = " or 'the result of step k'; the last step gives the answer. Do not state the final answer."
+TEACHER_SYSTEM = _TEACHER_FORMAT + "numbers from the problem" + _TEACHER_RULES
+# The teacher's naming instruction (docs/offline_world.md): a quantity named by the problem's own phrase is copied by
+# the guide far more easily than a number it must look up. The simulated teacher reacts to this exact sentence.
+NAME_QUANTITIES = "Name each given quantity as the problem names it."
 _PROBLEM, _STRATEGY = "Problem: ", "\n\nStrategy:\n"
 
 
@@ -686,8 +716,16 @@ def core_messages(problem: str, strategy: str | None) -> list:
     return [{"role": "system", "content": CORE_SYSTEM}, {"role": "user", "content": user}]
 
 
-def teacher_messages(problem: str) -> list:
-    return [{"role": "system", "content": TEACHER_SYSTEM}, {"role": "user", "content": _PROBLEM + problem}]
+def teacher_messages(problem: str, name_quantities: bool = False) -> list:
+    system = (_TEACHER_FORMAT + "the problem's quantities" + _TEACHER_RULES + " " + NAME_QUANTITIES if name_quantities
+              else TEACHER_SYSTEM)
+    return [{"role": "system", "content": system}, {"role": "user", "content": _PROBLEM + problem}]
+
+
+def asks_to_name_quantities(messages) -> bool:
+    """Does a teacher request carry the naming instruction in a system message?"""
+    return any(isinstance(m, dict) and m.get("role") == "system" and isinstance(m.get("content"), str)
+               and NAME_QUANTITIES in m["content"] for m in messages)
 
 
 def _user_text(messages) -> str:
@@ -836,8 +874,9 @@ def gsm8k_core_messages(problem: str, strategy: str | None) -> list:
     return [{"role": "system", "content": GSM8K_CORE_SYSTEM}, {"role": "user", "content": user}]
 
 
-def gsm8k_teacher_messages(problem: str) -> list:
-    return [{"role": "system", "content": GSM8K_TEACHER_SYSTEM}, {"role": "user", "content": _PROBLEM + problem}]
+def gsm8k_teacher_messages(problem: str, name_quantities: bool = False) -> list:
+    system = GSM8K_TEACHER_SYSTEM + (" " + NAME_QUANTITIES if name_quantities else "")
+    return [{"role": "system", "content": system}, {"role": "user", "content": _PROBLEM + problem}]
 
 
 def gsm8k_guide_prompt(problem: str) -> str:

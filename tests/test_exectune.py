@@ -11,6 +11,7 @@ import torch
 import exectune
 import model as guide_model
 import sim_core
+import tasks
 from conftest import ROOT, fail, reply
 
 TINY_SFT = ["--steps", "8", "--batch-size", "4", "--eval-every", "4", "--n-layer", "1", "--n-embd", "32",
@@ -90,6 +91,34 @@ def test_acceptance_rule():
            dict(task_id="b", strategy="s4", accepted=True, dollars=2.0)]
     kept = exectune.select_accepted(raw, keep=2)
     assert [(k["task_id"], k["strategy"]) for k in kept] == [("a", "s2"), ("a", "s1"), ("b", "s4")]
+    assert len(exectune.select_accepted(raw, keep=0)) == 3                 # 0: every distinct accepted one
+    named = [dict(task_id="a", strategy="1. Add 3 to 4.", accepted=True, dollars=1.0),
+             dict(task_id="a", strategy="1. Add the red apples to 4.", accepted=True, dollars=1.2),
+             dict(task_id="a", strategy="1. Add the red apples to the green apples.", accepted=True, dollars=1.5)]
+    assert [k["strategy"] for k in exectune.select_accepted(named, 1)] == ["1. Add 3 to 4."]
+    assert ([k["strategy"] for k in exectune.select_accepted(named, 1, "handles")]
+            == ["1. Add the red apples to the green apples."])
+    with pytest.raises(ValueError, match="--select"):
+        exectune.SampleConfig(select="longest")
+
+
+def test_numbers_named_counts_operands_not_step_numbers():
+    assert tasks.numbers_named("<strategy>\n1. Multiply 3 by 6.\n2. Add 14 to the result of step 1.\n"
+                               "3. Add the apples to it.\n</strategy>") == 3
+    assert tasks.numbers_named("1. Add the red apples to the result of step 12.") == 0
+
+
+def test_deferred_is_invalid_or_abandoned():
+    assert tasks.deferred(False, None) and tasks.deferred(False, "#### 3")
+    assert tasks.deferred(True, "Step 1: 2 + 3 = 5\nStep 2 " + tasks.UNCLEAR_NOTE + "\n#### 9")
+    assert not tasks.deferred(True, "Step 1: 2 + 3 = 5\n#### 5")
+
+
+def test_tokenizer_text_holds_no_canonical_strategy():
+    train = tasks.generate_tasks(30, 0, "train", 1)
+    text = "\n".join(exectune.training_text(train))
+    assert not any(tasks.canonical_strategy(t) in text for t in train)
+    assert "the result of step" in text and "Find the quotient of" in text
 
 
 def test_sft_loss_covers_strategy_tokens_only():

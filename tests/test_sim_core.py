@@ -412,3 +412,43 @@ def test_cli_serves_and_selfchecks():
     bad = subprocess.run([sys.executable, "sim_core.py", "--fail-rate", "2"], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)
     assert bad.returncode == 2 and "--fail-rate must be between 0 and 1" in bad.stderr
+
+
+def naming_shares(messages_for, n=400):
+    """Shares of given-quantity operands the teacher names by number, exact handle and anything else."""
+    counts = {"number": 0, "handle": 0, "other": 0}
+    for i in range(n):
+        task = POOL[i % len(POOL)]
+        handles = {q.handle.lower() for q in task.quantities}
+        parsed = parse_strategy(complete("sim-teacher", messages_for(task.problem), 1.0, i))
+        for step in parsed.steps if parsed.valid else ():
+            for text in step.args:
+                t = text.strip().lower()
+                if re.search(r"\bstep \d+$", t) or t in ("it", "that"):
+                    continue
+                kind = ("number" if re.fullmatch(r"\d+", t) else
+                        "handle" if re.sub(r"^the ", "", t) in handles else "other")
+                counts[kind] += 1
+    total = sum(counts.values())
+    return {k: v / total for k, v in counts.items()}
+
+
+def test_teacher_names_quantities_as_asked():
+    plain = naming_shares(teacher_messages)                                   # DESIGN 4.4: 60 / 30 / 10
+    assert abs(plain["number"] - 0.60) < 0.05 and abs(plain["handle"] - 0.30) < 0.05
+    named = naming_shares(lambda p: teacher_messages(p, name_quantities=True))  # the instruction: 5 / 85 / 10
+    assert abs(named["number"] - 0.05) < 0.03 and abs(named["handle"] - 0.85) < 0.05
+    assert abs(named["other"] - 0.10) < 0.04
+    assert tasks.NAME_QUANTITIES in teacher_messages("x", name_quantities=True)[0]["content"]
+
+
+def test_naming_instruction_changes_nothing_but_naming():
+    task = POOL[3]
+    plain = [complete("sim-teacher", teacher_messages(task.problem), 1.0, s) for s in range(300)]
+    named = [complete("sim-teacher", teacher_messages(task.problem, True), 1.0, s) for s in range(300)]
+    assert plain != named
+    for replies in (plain, named):
+        parsed = [parse_strategy(r) for r in replies]
+        assert 0.01 <= sum(not p.valid for p in parsed) / 300 <= 0.11              # format errors 5%
+        verbs = [s.verb for p in parsed if p.valid for s in p.steps]
+        assert 0.65 < sum(v in {f.key for f in tasks.CANONICAL.values()} for v in verbs) / len(verbs) < 0.85

@@ -1,0 +1,202 @@
+"""How well does one guide configuration learn to read? The lever benchmark of the README's reading table.
+
+  1. Takes a run directory that has been through data, tokenizer and sample (bash train.sh's first stages, or
+     `exectune.py data/tokenizer/baselines/sample --run R`).
+  2. Builds the training strategies from that run's raw.jsonl with a keep rule (the recipe's own: accepted ones,
+     `--keep` / `--select`, `--k` to use only the first k teacher draws of a task), or every teacher strategy
+     (`--data raw`), or, flagged as an ORACLE upper bound that no recipe can use, canonical strategies (`--data
+     canonical`, numbers) or handle-naming ones (`--data handles`).
+  3. Trains a fresh guide with the recipe's own SFT pieces (exectune.sft_batch_examples / sft_loss / lr_at,
+     AdamW or Muon on the hidden matrices) for --steps or --seconds on --threads threads, and at every eval prints
+     one JSON line: exact plans on val (tasks.plan_matches) overall and by number of operations, mean exact success
+     (sim_core.exact_success, the cheap core's chance with those strategies), the core alone's, and useful
+     (non-padding) tokens/s. No core is called: the oracles score the greedy val strategies directly.
+
+Example: python benchmarks/reading.py --run runs/default --steps 6000 --eval-every 1000
+"""
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+
+import evaluate
+import exectune
+import families
+import model as guide_model
+import tasks
+
+
+def handle_strategy(task):
+    """ORACLE: the task's plan with every given quantity named by its exact handle."""
+    def name(ref):
+        return "the " + task.quantities[ref[1]].handle if ref[0] == "q" else f"the result of step {ref[1] + 1}"
+    lines = []
+    for k, op in enumerate(task.ops, 1):
+        form = tasks.CANONICAL[op.op]
+        x, y = name(op.a), name(op.b)
+        a, b = (y, x) if form.swap or (op.op == "add" and op.a[0] == "s" and op.b[0] == "q") else (x, y)
+        lines.append(f"{k}. {form.pattern.format(a=a, b=b)}.")
+    return "<strategy>\n" + "\n".join(lines) + "\n</strategy>"
+
+
+def training_strategies(run, train_tasks, a):
+    """[(task, strategy)] by the chosen data rule."""
+    if a.data in ("canonical", "handles"):
+        target = tasks.canonical_strategy if a.data == "canonical" else handle_strategy
+        return [(t, target(t)) for t in train_tasks]
+    raw = [r for r in exectune.read_jsonl(run.file("raw.jsonl")) if a.k is None or r["draw"] < a.k]
+    by_id = {t.id: t for t in train_tasks}
+    if a.data == "raw":
+        rows = raw
+    else:
+        rows = exectune.select_accepted(raw, a.keep, a.select)
+    return [(by_id[r["task_id"]], r["strategy"]) for r in rows if r["task_id"] in by_id]
+
+
+class Muon(torch.optim.Optimizer):
+    """Momentum SGD whose update of each 2-D weight is orthogonalised by 5 Newton-Schulz iterations."""
+    def __init__(self, params, lr, momentum=0.95):
+        super().__init__(params, dict(lr=lr, momentum=momentum))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                buf = self.state[p].setdefault("buf", torch.zeros_like(p))
+                buf.mul_(group["momentum"]).add_(p.grad)
+                update = p.grad.add(buf, alpha=group["momentum"])       # Nesterov
+                x = update / (update.norm() + 1e-7)
+                tall = x.size(0) > x.size(1)
+                x = x.T if tall else x
+                for _ in range(5):
+                    gram = x @ x.T
+                    x = 3.4445 * x + (-4.7750 * gram + 2.0315 * gram @ gram) @ x
+                x = x.T if tall else x
+                p.add_(x, alpha=-group["lr"] * max(1, p.size(0) / p.size(1)) ** 0.5)
+
+
+def optimizers(net, a):
+    """[(optimizer, base lr)]: AdamW on everything, or Muon on the blocks' matrices with AdamW on the rest."""
+    if a.opt == "adamw":
+        return [(exectune.make_optimizer(net, a.lr, 0.1), a.lr)]
+    hidden = [p for n, p in net.named_parameters() if p.dim() >= 2 and n.startswith("blocks.")]
+    rest = [p for n, p in net.named_parameters() if not (p.dim() >= 2 and n.startswith("blocks."))]
+    adam = torch.optim.AdamW([dict(params=[p for p in rest if p.dim() >= 2], weight_decay=0.1),
+                              dict(params=[p for p in rest if p.dim() < 2], weight_decay=0.0)],
+                             lr=a.lr, betas=(0.9, 0.95))
+    return [(Muon(hidden, a.muon_lr), a.muon_lr), (adam, a.lr)]
+
+
+def lr_scale(step, cfg, schedule):
+    """The recipe's warmup + cosine (exectune.lr_at), or warmup-stable-decay: flat, then linear to min_lr_ratio
+    over the last 20% of the steps."""
+    if schedule == "cosine":
+        return exectune.lr_at(step, cfg, 1.0)
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    decay_from = int(0.8 * cfg.steps)
+    if step < decay_from:
+        return 1.0
+    return 1.0 - (1 - cfg.min_lr_ratio) * (step - decay_from) / max(1, cfg.steps - decay_from)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", required=True, help="a run directory after data, tokenizer and sample")
+    ap.add_argument("--data", default="accepted", choices=["accepted", "raw", "canonical", "handles"],
+                    help="canonical and handles are ORACLE targets: upper bounds, not a recipe")
+    ap.add_argument("--keep", type=int, default=0, help="accepted strategies kept per task (0: all)")
+    ap.add_argument("--select", default="cheapest", choices=sorted(exectune.SELECT_RULES))
+    ap.add_argument("--k", type=int, default=None, help="use only the first k teacher draws of each task")
+    ap.add_argument("--n-train", type=int, default=None, help="use only the first n training tasks")
+    ap.add_argument("--curriculum", action="store_true", help="train on 1-operation tasks first, adding one more "
+                                                              "operation every steps/3")
+    ap.add_argument("--steps", type=int, default=6000)
+    ap.add_argument("--seconds", type=float, default=None, help="stop at the first eval past this wall time")
+    ap.add_argument("--eval-every", type=int, default=1000)
+    ap.add_argument("--n-val", type=int, default=200)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--muon-lr", type=float, default=0.02)
+    ap.add_argument("--opt", default="adamw", choices=["adamw", "muon"])
+    ap.add_argument("--schedule", default="cosine", choices=["cosine", "wsd"])
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--n-layer", type=int, default=4)
+    ap.add_argument("--n-embd", type=int, default=128)
+    ap.add_argument("--n-head", type=int, default=4)
+    ap.add_argument("--n-kv-head", type=int, default=2)
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args()
+    if not os.path.exists(os.path.join(a.run, "raw.jsonl")) and a.data in ("accepted", "raw"):
+        sys.exit(f"error: {a.run}/raw.jsonl not found: run exectune.py data, tokenizer, baselines and sample first")
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    run = exectune.Run(a.run)
+    tok = exectune.load_tokenizer(run)
+    train_tasks = exectune.load_tasks(run, "train")[:a.n_train]
+    val_tasks = exectune.load_tasks(run, "val")[:a.n_val]
+    eos, pad = tok.encode_single_token("<|eos|>"), tok.encode_single_token("<|pad|>")
+    pairs = training_strategies(run, train_tasks, a)
+    examples = [(families.prompt_tokens(tok, t), tok.encode(s, disallowed_special=()) + [eos]) for t, s in pairs]
+    n_ops = [len(t.ops) for t, _ in pairs]
+    cfg = exectune.SFTConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup=a.warmup, seed=a.seed)
+    net = guide_model.Guide(guide_model.GuideConfig(vocab_size=tok.n_vocab, n_layer=a.n_layer, n_embd=a.n_embd,
+                                                    n_head=a.n_head, n_kv_head=a.n_kv_head, max_seq_len=1024))
+    opts = optimizers(net, a)
+    train_net = torch.compile(net, dynamic=True) if a.compile else net
+    alone = sum(families.family_of(t).exact_success(t, None) for t in val_tasks) / len(val_tasks)
+    print(json.dumps(dict(args=vars(a), oracle=a.data in ("canonical", "handles"), examples=len(examples),
+                          tasks=len({t.id for t, _ in pairs}), params=sum(p.numel() for p in net.parameters()),
+                          core_alone_exact_success=round(alone, 4))), flush=True)
+    pools = {}
+    t0, useful = time.time(), 0
+    for step in range(a.steps):
+        if a.curriculum:             # the examples of at most 1 + step // (steps / 3) operations
+            most = 1 + (3 * step) // a.steps
+            pool = pools.setdefault(most, [e for e, n in zip(examples, n_ops) if n <= most])
+        else:
+            pool = examples
+        for opt, base in opts:
+            for g in opt.param_groups:
+                g["lr"] = base * lr_scale(step, cfg, a.schedule)
+        inputs, targets, mask = exectune.sft_batch(exectune.sft_batch_examples(pool, cfg, step), pad)
+        net.train()
+        loss = exectune.sft_loss(train_net, inputs, targets, mask)
+        for opt, _ in opts:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        for opt, _ in opts:
+            opt.step()
+        useful += int((inputs != pad).sum())
+        over = a.seconds is not None and time.time() - t0 > a.seconds
+        if (step + 1) % a.eval_every == 0 or step + 1 == a.steps or over:
+            elapsed = time.time() - t0
+            texts, _ = evaluate.guide_strategies(net, tok, val_tasks, 160, 64)
+            strategies = [tasks.extract_strategy(s) or s for s in texts]
+            exact = [tasks.plan_matches(t, s) for t, s in zip(val_tasks, strategies)]
+            by_ops = {}
+            for t, e in zip(val_tasks, exact):
+                by_ops.setdefault(len(t.ops), []).append(e)
+            plan_exact, success = evaluate.plan_scores(val_tasks, texts)
+            print(json.dumps(dict(step=step + 1, seconds=round(elapsed), loss=round(loss.item(), 4),
+                                  plan_exact=round(plan_exact, 4),
+                                  plan_exact_by_ops={n: round(sum(v) / len(v), 4) for n, v in sorted(by_ops.items())},
+                                  exact_success=round(success, 4), useful_tokens_per_s=round(useful / elapsed))),
+                  flush=True)
+            if over:
+                break
+
+
+if __name__ == "__main__":
+    main()
