@@ -26,7 +26,11 @@ whether a reward is honest, and what the bill is.
    draws there rely on temperature > 0.
 5. Cost is tokens x the model's price (PRICES, or price_in / price_out); an unknown price is None, never 0.
    `dollars(reply)` prices a request even when it came from the cache (what it costs, not what this run paid).
-6. `python core_client.py --base-url URL --model M [--api anthropic] "message"` checks a key and an endpoint by hand.
+6. Keys and replies are bounded. A key with whitespace or control characters is refused (without echoing it); a
+   redirect is never followed, so a key never reaches another address; a reply is read up to MAX_REPLY_BYTES
+   (after decompression) within `timeout` seconds in all, however slowly it drips; token counts must be
+   non-negative integers below MAX_TOKENS (not booleans), so a cost can neither go negative nor overflow.
+7. `python core_client.py --base-url URL --model M [--api anthropic] "message"` checks a key and an endpoint by hand.
 """
 import argparse
 import email.utils
@@ -36,6 +40,7 @@ import logging
 import os
 import random
 import re
+import socket
 import sqlite3
 import sys
 import threading
@@ -72,6 +77,8 @@ MAX_RETRY_AFTER_S = 60.0  # a server that asks to wait longer than this is not w
 # Error-object `code` / `type` values that mean the account cannot pay: retrying cannot help (OpenAI, Anthropic).
 QUOTA_CODES = {"insufficient_quota", "billing_hard_limit_reached", "billing_error"}
 KEY_VARS = ("CORE_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY")
+MAX_REPLY_BYTES = 8 << 20  # a chat reply is kilobytes; a larger one is a broken or hostile server
+MAX_TOKENS = 10 ** 8       # more tokens than any context holds
 
 
 @dataclass
@@ -212,6 +219,9 @@ class CoreClient:
         self.backoff_base, self.backoff_cap, self.max_retry_after = backoff_base, backoff_cap, max_retry_after
         self.key_var = "ANTHROPIC_API_KEY" if api == "anthropic" else "OPENAI_API_KEY"
         self._key = api_key or os.environ.get("CORE_API_KEY") or os.environ.get(self.key_var) or None
+        if self._key is not None and (not isinstance(self._key, str) or re.search(r"[\s\x00-\x1f\x7f]", self._key)):
+            raise ValueError(f"the API key (api_key, CORE_API_KEY or {self.key_var}) contains whitespace or control "
+                             "characters (a pasted newline?): set it again without them")
         # every key this process could send, longest first (a key that contains another is replaced whole)
         self._secrets = sorted({k for k in [self._key, *map(os.environ.get, KEY_VARS)] if k}, key=len, reverse=True)
         table = model_price(model) or (None, None)
@@ -389,7 +399,9 @@ class CoreClient:
         """One HTTP attempt: the parsed JSON reply, or a _Transient / CoreError."""
         self._add(requests=1)
         try:
-            response = self._session().post(self._url, json=body, headers=self._headers, timeout=self.timeout)
+            response = self._session().post(self._url, json=body, headers=self._headers, timeout=self.timeout,
+                                            allow_redirects=False, stream=True)
+            content = self._read_bounded(response)
         except requests.Timeout:
             raise self._error(None, f"no answer within {self.timeout} s",
                               f"is the server at {self.base_url} overloaded? raise timeout if answers are long",
@@ -399,12 +411,15 @@ class CoreClient:
         except requests.RequestException as exc:
             raise self._error(None, f"{type(exc).__name__}: {exc}", f"check the base URL {self.base_url}")
         status = response.status_code
+        if 300 <= status < 400:       # the key must not follow a redirect to wherever it points
+            raise self._error(status, f"the server redirects to {response.headers.get('location')!r}",
+                              "set the base URL to the final address (redirects are not followed)")
         if 200 <= status < 300:
             try:
-                return response.json()
+                return json.loads(content)
             except ValueError:
-                raise self._error(status, f"the reply is not JSON: {response.text!r}", self._shape_hint())
-        message, kinds = _server_error(response)
+                raise self._error(status, f"the reply is not JSON: {content[:300]!r}", self._shape_hint())
+        message, kinds = _server_error(response, content)
         retry = status in (408, 409, 429) or 500 <= status <= 599
         if kinds & QUOTA_CODES:
             retry, hint = False, (f"the account behind {self.key_var} (or CORE_API_KEY) is out of quota or credit, "
@@ -419,6 +434,34 @@ class CoreClient:
         retry = retry if verdict is None else verdict
         raise self._error(status, message, hint, retry=retry, wait=retry_after_s(response.headers))
 
+    def _read_bounded(self, response) -> bytes:
+        """The decompressed body, at most MAX_REPLY_BYTES, read within `timeout` seconds from the request's start."""
+        deadline, parts, size = time.monotonic() + self.timeout, [], 0
+        # a read waits for a whole chunk, and a server that drips a byte at a time never trips the socket timeout:
+        # at the deadline a watchdog closes the connection under the read
+        watchdog = threading.Timer(self.timeout, _hang_up, (response,))
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            for chunk in response.iter_content(64 << 10):
+                size += len(chunk)
+                if size > MAX_REPLY_BYTES:
+                    raise self._error(response.status_code, f"the reply is longer than {MAX_REPLY_BYTES} bytes",
+                                      f"is {self.base_url} a chat-completions server?")
+                if time.monotonic() > deadline:
+                    raise requests.Timeout()
+                parts.append(chunk)
+        except (requests.RequestException, ValueError, OSError, AttributeError):
+            if time.monotonic() > deadline:
+                raise requests.Timeout() from None
+            raise
+        finally:
+            watchdog.cancel()
+            response.close()
+        if time.monotonic() > deadline:
+            raise requests.Timeout()
+        return b"".join(parts)
+
     def _read_reply(self, reply) -> tuple[str, int, int, str | None]:
         """(text, input tokens, output tokens, finish reason) from a 200 body; a wrong shape is a CoreError."""
         try:
@@ -430,7 +473,7 @@ class CoreClient:
                 text = "".join(b["text"] for b in reply["content"] if b.get("type") == "text")
                 finish = reply.get("stop_reason")
                 tin, tout = reply["usage"]["input_tokens"], reply["usage"]["output_tokens"]
-            if not (isinstance(text, str) and isinstance(tin, int) and isinstance(tout, int)):
+            if not (isinstance(text, str) and all(type(n) is int and 0 <= n < MAX_TOKENS for n in (tin, tout))):
                 raise TypeError("wrong field types")
         except (KeyError, IndexError, TypeError, AttributeError):
             raise self._error(200, f"the reply is not in the {self.api} shape: {json.dumps(reply)}",
@@ -461,10 +504,21 @@ class CoreClient:
         return _Transient(status, message, hint, wait) if retry else CoreError(status, message, hint)
 
 
-def _server_error(response) -> tuple[str, set]:
+def _hang_up(response):
+    """Close a response's connection from another thread: a shutdown wakes a read blocked on its socket."""
+    sock = getattr(getattr(response.raw, "_connection", None), "sock", None)
+    try:
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    response.close()
+
+
+def _server_error(response, content: bytes) -> tuple[str, set]:
     """(message, {code, type}) from OpenAI's or Anthropic's error object; without one, the body and no kinds."""
     try:
-        error = response.json().get("error")
+        error = json.loads(content).get("error")
     except (ValueError, AttributeError):
         error = None
     if isinstance(error, dict):
@@ -472,7 +526,7 @@ def _server_error(response) -> tuple[str, set]:
         return str(error.get("message") or error), kinds
     if isinstance(error, str):
         return error, set()
-    return response.text or response.reason or "(empty body)", set()
+    return content.decode("utf-8", "replace") or response.reason or "(empty body)", set()
 
 
 def _connection_problem(exc) -> str:

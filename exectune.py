@@ -337,8 +337,11 @@ def client_for(args, role, run):
                         "(bash train.sh starts the local simulated core for you)")
     model = {"core": args.core_model, "large": args.large_core_model, "teacher": args.teacher_model}[role]
     api = args.teacher_api if role == "teacher" else args.core_api
-    return CoreClient(url, model, api=api or args.core_api, concurrency=args.concurrency,
-                      max_retries=args.max_retries, cache_path=run.file("cache.sqlite"))
+    try:
+        return CoreClient(url, model, api=api or args.core_api, concurrency=args.concurrency,
+                          max_retries=args.max_retries, cache_path=run.file("cache.sqlite"))
+    except ValueError as e:                     # a malformed URL or key: one line, the key never echoed
+        raise UserError(f"{role}: {e}")
 
 
 def run_requests(client, messages, what, draws=None, **params):

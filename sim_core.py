@@ -451,7 +451,8 @@ class ApiError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-_ERROR_TYPES = {400: ("invalid_request_error", "invalid_request_error"), 404: ("invalid_request_error",
+_ERROR_TYPES = {400: ("invalid_request_error", "invalid_request_error"),
+                413: ("invalid_request_error", "request_too_large"), 404: ("invalid_request_error",
                 "not_found_error"), 429: ("rate_limit_error", "rate_limit_error"), 500: ("server_error", "api_error"),
                 529: ("server_error", "overloaded_error")}
 
@@ -478,7 +479,7 @@ def _number(body: dict, key: str, default, low, high, integer=False):
 def _respond(api: str, raw: bytes) -> dict:
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):     # RecursionError: nested too deep to be a request
         raise ApiError(400, "invalid_json", "the request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "the request body must be a JSON object")
@@ -546,6 +547,7 @@ def send_json(handler: BaseHTTPRequestHandler, status: int, payload, headers: di
 
 
 FAILURES = ("429", "500", "529", "cut")
+MAX_BODY_BYTES = 4 << 20          # a chat request is kilobytes
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -556,6 +558,8 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         # Headers and body go out in separate writes; without NODELAY, Nagle + delayed ACK add ~40 ms per reply.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    timeout = 30      # seconds a connection may stall (a short body, an idle keep-alive) before it is dropped
 
     def log_message(self, *args):
         pass
@@ -576,6 +580,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         length = self.headers.get("Content-Length", "0")
+        if length.isdigit() and int(length) > MAX_BODY_BYTES:
+            self.close_connection = True          # the body is not read: the connection cannot be reused
+            return self._error("openai", 413, "request_too_large", f"the body is over {MAX_BODY_BYTES} bytes")
         raw = self.rfile.read(int(length)) if length.isdigit() else b""
         path = self.path.split("?")[0].rstrip("/")
         api = "anthropic" if path.endswith("/messages") else "openai" if path.endswith("/chat/completions") else None

@@ -425,3 +425,72 @@ def test_cli_failure_is_one_line_and_exit_1(fake):
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and "OPENAI_API_KEY" in result.stderr and "sk-cli-secret" not in result.stderr
     assert run_cli("--model", "sim-core", "hi").returncode == 2  # argparse: --base-url missing
+
+
+# ---- keys and replies stay bounded ----
+def test_a_key_with_whitespace_is_refused_without_echoing_it():
+    for key in ("sk-secret123\r", "sk-secret123\n", "sk-sec ret123", "sk-\x00secret123"):
+        with pytest.raises(ValueError) as e:
+            CoreClient("http://127.0.0.1:9/v1", "sim-core", api_key=key)
+        assert "secret123" not in str(e.value) and "whitespace" in str(e.value)
+
+
+def redirect(location):
+    def action(handler, body):
+        handler.send_response(307)
+        handler.send_header("Location", location)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+    return action
+
+
+@pytest.mark.parametrize("api", ["openai", "anthropic"])
+def test_a_redirect_is_refused_and_the_key_goes_nowhere_else(fake, api):
+    elsewhere = fake(ok)
+    server = fake(redirect(elsewhere.url + "/v1/messages"))
+    client = CoreClient(server.url + "/v1", "sim-core", api=api, api_key="sk-secret123", **FAST)
+    with pytest.raises(CoreError) as e:
+        client.chat(USER)
+    assert e.value.status == 307 and "redirect" in str(e.value) and "secret123" not in str(e.value)
+    assert elsewhere.hits == [] and len(server.hits) == 1            # refused at once, not retried
+
+
+def test_a_huge_or_gzip_bombed_reply_is_one_clear_error(fake):
+    import gzip
+    huge = b'{"x": "' + b"a" * (core_client.MAX_REPLY_BYTES + 10) + b'"}'
+    bomb = gzip.compress(huge)
+    for script in (raw(200, huge), raw(200, bomb, {"Content-Encoding": "gzip"})):
+        server = fake(script)
+        with pytest.raises(CoreError, match="longer than"):
+            CoreClient(server.url + "/v1", "sim-core", **FAST, max_retries=0).chat(USER)
+
+
+def test_a_dripping_reply_meets_the_total_deadline(fake):
+    def drip(handler, body):
+        handler.send_response(200)
+        handler.send_header("Content-Length", "100000")
+        handler.end_headers()
+        try:
+            for _ in range(40):
+                handler.wfile.write(b" " * 2000)
+                handler.wfile.flush()
+                time.sleep(0.1)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+    server = fake(drip)
+    client = CoreClient(server.url + "/v1", "sim-core", timeout=1.0, max_retries=0, progress=False)
+    start = time.monotonic()
+    with pytest.raises(CoreError):
+        client.chat(USER)
+    assert time.monotonic() - start < 2.5
+
+
+@pytest.mark.parametrize("usage", [{"prompt_tokens": True, "completion_tokens": 3},
+                                   {"prompt_tokens": -1000000000, "completion_tokens": 3},
+                                   {"prompt_tokens": 10 ** 30, "completion_tokens": 3},
+                                   {"prompt_tokens": 2.5, "completion_tokens": 3}])
+def test_token_counts_must_be_sane_integers(fake, usage):
+    body = {"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}], "usage": usage}
+    server = fake(raw(200, json.dumps(body).encode()))
+    with pytest.raises(CoreError, match="shape"):
+        CoreClient(server.url + "/v1", "sim-core", **FAST).chat(USER)

@@ -452,3 +452,25 @@ def test_naming_instruction_changes_nothing_but_naming():
         assert 0.01 <= sum(not p.valid for p in parsed) / 300 <= 0.11              # format errors 5%
         verbs = [s.verb for p in parsed if p.valid for s in p.steps]
         assert 0.65 < sum(v in {f.key for f in tasks.CANONICAL.values()} for v in verbs) / len(verbs) < 0.85
+
+
+def test_hostile_requests_get_a_status_not_a_dropped_connection(url):
+    deep = b'{"model": "sim-core", "messages": ' + b"[" * 100000 + b"]" * 100000 + b"}"
+    assert post(url, "/v1/chat/completions", deep).status_code == 400
+    big = b'{"model": "sim-core", "messages": [], "x": "' + b"a" * (sim_core.MAX_BODY_BYTES + 1) + b'"}'
+    assert post(url, "/v1/chat/completions", big).status_code == 413
+
+
+def test_a_stalled_connection_is_dropped(monkeypatch):
+    import socket
+    monkeypatch.setattr(sim_core._Handler, "timeout", 0.5)
+    server, base = start_server()
+    try:
+        host, port = server.server_address
+        with socket.create_connection((host, port), timeout=5) as sock:   # promises 100 bytes, sends 10
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+            start = time.monotonic()
+            assert sock.recv(100) == b""                                   # closed by the server, no reply
+            assert time.monotonic() - start < 3
+    finally:
+        server.shutdown()
