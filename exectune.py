@@ -36,6 +36,7 @@ SFT checkpoint it starts from); the learning curves also log oracle measures (th
 val tasks, the exact-plan rate and the simulator's exact success probability) that never feed training or choice.
 """
 import argparse
+import contextlib
 import dataclasses
 import fcntl
 import json
@@ -243,8 +244,15 @@ def add_config_flags(parser, cls):
 
 class Run:
     def __init__(self, path):
+        if not path:
+            raise UserError("--run must name a directory")
         self.path = path
-        os.makedirs(path, exist_ok=True)
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot make the run directory {path}: {e.strerror}")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UserError(f"the run directory {path} is not writable")
 
     def file(self, *parts):
         return os.path.join(self.path, *parts)
@@ -264,6 +272,24 @@ class Run:
                                 f"use another --run, or delete {path} entries and outputs to redo it")
             configs[stage] = cfg
             write_json(path, configs)
+
+    @contextlib.contextmanager
+    def writer(self, what):
+        """Hold the run's lock for `what` (a stage's outputs) while it writes; a second process asking for the same
+        one stops with a line naming the holder. Stages with other outputs (train.sh's two SFT guides) run at once."""
+        os.makedirs(self.file("locks"), exist_ok=True)
+        with open(self.file("locks", f"{what}.lock"), "a+") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.seek(0)
+                holder = lock.read().strip() or "another process"
+                raise UserError(f"{self.path}: {what} is being written by {holder}; wait for it, or use another --run")
+            lock.seek(0)
+            lock.truncate()
+            lock.write(f"pid {os.getpid()} ({' '.join(sys.argv[:3])})")
+            lock.flush()
+            yield
 
     def log(self, stage, **values):
         with open(self.file("metrics.jsonl"), "a") as f:
@@ -980,9 +1006,11 @@ def eval_system(args, run, name, guide, role="core"):
     k_ood = sum(r["correct"] for r in ood)
     summary.update(n_ood=len(ood), accuracy_ood=k_ood / max(1, len(ood)) if has_ood else None,
                    accuracy_ood_ci=evaluate.wilson(k_ood, len(ood)) if has_ood else None)
-    results = [r for r in results if r["name"] != name] + [dict(name=name, spec=spec, **summary)]
-    write_json(results_path, results)
-    guide_model.atomic_write(run.file("results.md"), evaluate.table(results))
+    with run.writer("results"):          # another system's eval may have added its row since we read the file
+        results = read_json(results_path) if os.path.exists(results_path) else []
+        results = [r for r in results if r["name"] != name] + [dict(name=name, spec=spec, **summary)]
+        write_json(results_path, results)
+        guide_model.atomic_write(run.file("results.md"), evaluate.table(results))
     run.log("eval", **summary)
     print(f"eval: {name}: accuracy {summary['accuracy']:.3f} "
           f"[{summary['accuracy_ci'][0]:.3f}, {summary['accuracy_ci'][1]:.3f}]" + (
@@ -1127,6 +1155,17 @@ def check_flags(parser, args):
         parser.error(str(e))
 
 
+def writer_of(args):
+    """The outputs a command writes, as the name of its lock: one writer each."""
+    if args.stage == "sft":
+        return f"sft-{args.data}"
+    if args.stage == "grpo":
+        return f"grpo-{args.reward}"
+    if args.stage == "eval":
+        return "eval-" + "".join(c if c.isalnum() else "-" for c in (args.name or args.guide).lower())
+    return args.stage
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -1135,7 +1174,10 @@ def main(argv=None):
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 0) or max(1, os.cpu_count() or 1))
     try:
         run = Run(args.run)
-        STAGES[args.stage][0](args, run)
+        with contextlib.ExitStack() as held:
+            if args.stage != "table":        # the one stage that only reads
+                held.enter_context(run.writer(writer_of(args)))
+            STAGES[args.stage][0](args, run)
     except (UserError, CoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

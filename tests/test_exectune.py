@@ -285,3 +285,30 @@ def test_help_says_what_each_stage_does(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert info.value.code == 0
     assert all(f"{name} {' '.join(what.split())}" in out for name, (_, _, what) in exectune.STAGES.items())
+
+
+def test_one_writer_per_output_of_a_run(tmp_path):
+    run = exectune.Run(str(tmp_path / "r"))
+    with run.writer("sample"):
+        with pytest.raises(exectune.UserError, match=r"sample is being written by pid \d+"):
+            with run.writer("sample"):
+                pass
+        with run.writer("sft-accepted"):          # other outputs of the same run may be written at once
+            pass
+    with run.writer("sample"):                     # released when its holder is done
+        pass
+
+
+def test_a_second_process_on_the_same_stage_gets_one_line(tmp_path):
+    run = exectune.Run(str(tmp_path / "r"))
+    with run.writer("data"):
+        out = subprocess.run([sys.executable, "exectune.py", "data", "--run", run.path], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and out.stderr.strip().count("\n") == 0 and "being written by" in out.stderr
+    assert not os.path.exists(os.path.join(run.path, "data"))
+
+
+def test_an_unusable_run_directory_is_one_line(tmp_path):
+    assert exectune.main(["data", "--run", ""]) == 1
+    (tmp_path / "file").write_text("x")
+    assert exectune.main(["data", "--run", str(tmp_path / "file" / "r")]) == 1
