@@ -41,6 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
+from safetensors import safe_open
 from safetensors.torch import load_file, save
 
 # ----------------------------------------------------------------------------------------------------- the model
@@ -64,6 +65,16 @@ class GuideConfig:
                                       # original_max_position_embeddings}; None: plain RoPE
 
     def __post_init__(self):
+        # a config file is input: sizes are checked before any tensor is made from them
+        for name, most in (("vocab_size", 1 << 21), ("n_layer", 1024), ("n_head", 1024), ("n_kv_head", 1024),
+                           ("n_embd", 1 << 16), ("max_seq_len", 1 << 20)):
+            value = getattr(self, name)
+            if type(value) is not int or not 1 <= value <= most:
+                raise ValueError(f"GuideConfig: {name} must be an integer in [1, {most}], got {value!r}")
+        for name in ("ffn_hidden", "head_dim"):
+            value = getattr(self, name)
+            if value is not None and (type(value) is not int or not 1 <= value <= 1 << 18):
+                raise ValueError(f"GuideConfig: {name} must be a positive integer or null, got {value!r}")
         if self.ffn_hidden is None:
             self.ffn_hidden = 64 * math.ceil(8 * self.n_embd / 3 / 64)
         if self.head_dim is None:
@@ -592,9 +603,21 @@ def load_checkpoint(path_dir, device="cpu") -> Guide:
         config = GuideConfig(**raw)
     except (ValueError, TypeError) as e:    # JSONDecodeError is a ValueError
         raise CheckpointError(f"{config_path}: not a valid GuideConfig ({e})") from None
+    try:                                    # shapes from the file's header and the config, before allocating
+        with safe_open(weights_path, "pt") as f:
+            stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        with torch.device("meta"):
+            implied = {k: tuple(v.shape) for k, v in Guide(config).state_dict().items()
+                       if not (config.tie_embeddings and k == "lm_head.weight")}
+    except Exception as e:                  # safetensors raises its own error type for torn or corrupt files
+        raise CheckpointError(f"{weights_path}: torn or corrupt safetensors file ({e})") from None
+    if stored != implied:
+        wrong = sorted(k for k in set(stored) | set(implied) if stored.get(k) != implied.get(k))
+        raise CheckpointError(f"{weights_path}: does not match {config_path}: " + ", ".join(
+            f"{k} {stored.get(k)} vs {implied.get(k)}" for k in wrong[:3]))
     try:
         weights = load_file(weights_path)
-    except Exception as e:                  # safetensors raises its own error type for torn or corrupt files
+    except Exception as e:
         raise CheckpointError(f"{weights_path}: torn or corrupt safetensors file ({e})") from None
     model = Guide(config)
     if "tok_emb.weight" in weights:                  # keep the stored precision (fp32, bf16, fp64)

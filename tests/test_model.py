@@ -303,3 +303,18 @@ def test_config_head_dim_and_norm_eps():
     assert net.blocks[0].attn.qkv.out_features == (4 + 2 * cfg.n_kv_head) * 32 and net.norm.eps == 1e-6
     assert net(torch.tensor([[1, 2, 3]])).shape == (1, 3, cfg.vocab_size)
     assert M.GuideConfig(n_embd=64, n_head=4).head_dim == 16
+
+
+@pytest.mark.parametrize("field,value", [("vocab_size", 300_000_000), ("vocab_size", 8_000_000), ("n_layer", -3),
+                                         ("n_head", 0), ("n_embd", True), ("max_seq_len", 200_000_000),
+                                         ("ffn_hidden", -1)])
+def test_absurd_checkpoint_configs_fail_before_allocating(tmp_path, field, value):
+    import time
+    ckpt = tmp_path / "ckpt"
+    M.save_checkpoint(tiny_model(torch.float32), ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps(dict(config, **{field: value})))
+    start = time.monotonic()
+    with pytest.raises(M.CheckpointError, match=r"config\.json"):
+        M.load_checkpoint(ckpt)
+    assert time.monotonic() - start < 1.0      # no tensor of the claimed size was made
