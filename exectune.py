@@ -345,6 +345,8 @@ def read_jsonl(path, required=()):
 def load_tasks(run, split):
     path = run.file("data", f"{split}.jsonl")
     rows = read_jsonl(path, required=("id",))      # the family's from_json checks the rest
+    if not rows:
+        raise UserError(f"{path} holds no tasks")
     try:
         return [families.get(r.get("family", "mathsim")).task_from_json(r) for r in rows]
     except (KeyError, TypeError, ValueError) as e:

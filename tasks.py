@@ -71,10 +71,21 @@ class MathTask:
     @staticmethod
     def from_json(d: dict) -> "MathTask":
         try:
-            return MathTask(d["id"], d["split"], d["problem"], int(d["answer"]), d["solution"],
+            task = MathTask(d["id"], d["split"], d["problem"], int(d["answer"]), d["solution"],
                             tuple(Quantity(int(v), h) for v, h in d["quantities"]),
                             tuple(Op(o, (a[0], int(a[1])), (b[0], int(b[1]))) for o, a, b in d["ops"]),
                             tuple(int(i) for i in d["distractors"]))
+            if not all(isinstance(x, str) for x in (task.id, task.split, task.problem, task.solution)):
+                raise TypeError("id, split, problem and solution must be strings")
+            for k, op in enumerate(task.ops):   # every reference names a given quantity or an earlier step
+                if op.op not in OPS:
+                    raise ValueError(f"op {k}: unknown operation {op.op!r}")
+                for kind, i in (op.a, op.b):
+                    if not ((kind == "q" and 0 <= i < len(task.quantities)) or (kind == "s" and 0 <= i < k)):
+                        raise ValueError(f"op {k}: reference {[kind, i]} out of range")
+            if not task.ops or not all(0 <= i < len(task.quantities) for i in task.distractors):
+                raise ValueError("no ops, or a distractor index out of range")
+            return task
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"not a mathsim task record ({type(e).__name__}: {e})") from None
 

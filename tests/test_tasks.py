@@ -263,3 +263,12 @@ def test_cli_prints_tasks_as_json_lines():
     bad = run_cli("mathsim", "--split", "dev")
     assert bad.returncode == 2 and "invalid choice: 'dev'" in bad.stderr and bad.stdout == ""
     assert run_cli("mathsim", "--n", "-1").returncode == 2
+
+
+@pytest.mark.parametrize("change", [dict(ops=[["pow", ["q", 0], ["q", 1]]]), dict(ops=[["add", ["q", 0], ["q", 99]]]),
+                                    dict(ops=[["add", ["s", 0], ["q", 0]]]), dict(problem=12345),
+                                    dict(distractors=[7]), dict(ops=[])])
+def test_a_malformed_task_record_is_refused(change):
+    record = tasks.generate_tasks(1, 0, "train", 1)[0].to_json()
+    with pytest.raises(ValueError, match="not a mathsim task record"):
+        tasks.MathTask.from_json(dict(record, **change))
