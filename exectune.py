@@ -68,11 +68,14 @@ class UserError(Exception):
 # when it is made, so a bad flag stops the command before it writes anything.
 
 def at_least(cfg, low, *names):
-    """Raise ValueError, naming the flag, for the first of cfg's fields `names` that is below `low`."""
+    """Raise ValueError, naming the flag, for the first of cfg's fields `names` that is below `low` (or, for a
+    seed, above what the random generators take)."""
     for name in names:
         value = getattr(cfg, name)
         if not value >= low:
             raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+        if name == "seed" and value >= 2 ** 32:
+            raise ValueError(f"--seed must be < 2**32, got {value}")
 
 
 @dataclass

@@ -712,7 +712,7 @@ _TEACHER_FORMAT = ("You write strategies that a weaker model follows to solve a 
                    "</strategy>\nOne arithmetic operation per numbered step, on ")
 _TEACHER_RULES = " or 'the result of step k'; the last step gives the answer. Do not state the final answer."
 TEACHER_SYSTEM = _TEACHER_FORMAT + "numbers from the problem" + _TEACHER_RULES
-# The teacher's naming instruction (docs/offline_world.md): a quantity named by the problem's own phrase is copied by
+# The teacher's naming instruction (README, The offline world): a quantity named by the problem's own phrase is copied by
 # the guide far more easily than a number it must look up. The simulated teacher reacts to this exact sentence.
 NAME_QUANTITIES = "Name each given quantity as the problem names it."
 _PROBLEM, _STRATEGY = "Problem: ", "\n\nStrategy:\n"
