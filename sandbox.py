@@ -191,6 +191,15 @@ def _exited(pid: int) -> bool:
     return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
 
 
+def _well_formed(end) -> bool:
+    """Is `end` a status report as BOOTSTRAP writes it?"""
+    if not isinstance(end, dict) or end.get("end") not in ("ok", "exit", "exception"):
+        return False
+    if end["end"] == "exit":
+        return "code" in end
+    return end["end"] == "ok" or (isinstance(end.get("type"), str) and isinstance(end.get("message"), str))
+
+
 def _classify(end: dict | None, rc: int, limit: tuple | None, cpu_s: float) -> tuple:
     if limit is not None:
         return limit
@@ -201,6 +210,8 @@ def _classify(end: dict | None, rc: int, limit: tuple | None, cpu_s: float) -> t
         return "crashed", f"killed by {name}"
     if end is None:
         return "failed", f"exited with status {rc} before the end of the program"
+    if not _well_formed(end):                  # the program wrote on the status pipe itself: its verdict alone
+        return "crashed", "malformed status report (the program wrote on the sandbox's status pipe)"
     if end["end"] == "ok":
         return ("passed", "") if rc == 0 else ("failed", f"exit status {rc} after the program ended")
     if end["end"] == "exit":
@@ -290,7 +301,16 @@ def run(source: str, timeout_s: float = 10.0, *, cpu_s: float | None = None, mem
         return Result(status, reason, buffers["stdout"].decode("utf-8", "replace"),
                       buffers["stderr"].decode("utf-8", "replace"), proc.returncode, time.monotonic() - start)
     finally:
-        shutil.rmtree(workdir)
+        _remove(workdir)
+
+
+def _remove(workdir: str) -> None:
+    """Delete the program's directory whatever it holds; a straggler still writing into it gets a few tries."""
+    for _ in range(5):
+        shutil.rmtree(workdir, ignore_errors=True)
+        if not os.path.exists(workdir):
+            return
+        time.sleep(0.05)
 
 
 def run_many(sources: list, timeout_s: float = 10.0, *, workers: int | None = None, desc: str | None = None,

@@ -139,3 +139,21 @@ def test_run_many_keeps_input_order_and_bounds_the_pool():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="timeout_s"):
         sandbox.run("pass", timeout_s=0)
+
+
+@pytest.mark.parametrize("status", [b"[]", b"1", b"{}", b'{"end": "exit"}', b'{"end": "exception"}'])
+def test_a_malformed_status_report_fails_that_program_alone(status):
+    forge = ("import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, %r)\n    except OSError:\n"
+             "        pass\nos._exit(0)\n" % status)
+    results = sandbox.run_many([forge, "x = 1\n"], timeout_s=10)
+    assert results[0].status == "crashed" and "malformed status" in results[0].reason
+    assert results[1].status == "passed"
+
+
+def test_the_directory_is_removed_whatever_it_holds():
+    before = set(os.listdir(tempfile.gettempdir()))
+    source = ("import os\nos.makedirs('a/b/c', exist_ok=True)\n"
+              "for i in range(200):\n    open(f'a/b/c/f{i}', 'w').write('x')\nos.chmod('a/b', 0o500)\n")
+    assert sandbox.run(source, timeout_s=10).status in ("passed", "crashed")
+    leftovers = {d for d in set(os.listdir(tempfile.gettempdir())) - before if d.startswith("sandbox-")}
+    assert not leftovers
