@@ -34,7 +34,7 @@ def gsm8k_answer(body):
     messages = body["messages"]
     problem, strategy = tasks.parse_core_request(messages)
     a, b = (int(x) for x in problem.split()[2:7:4])
-    if messages[0]["content"] == tasks.GSM8K_TEACHER_SYSTEM:
+    if messages[0]["content"].startswith(tasks.GSM8K_TEACHER_SYSTEM):
         return ["<strategy>\n1. Add the apples Tom has to the apples he buys.\n</strategy>",
                 f"<strategy>\n1. Add {a} and {b} to get {a + b}.\n</strategy>",
                 "Just add them."][body.get("seed", 0) % 3]
