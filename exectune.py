@@ -119,8 +119,8 @@ class SampleConfig:
     k: int = 8                   # teacher strategies per task
     m: int = 2                   # cheap-core executions per strategy; accept only when all are correct
     keep: int = 0                # accepted strategies kept per task, in `select` order; 0: every distinct one
-    select: str = "cheapest"     # cheapest: fewest core dollars first; handles: most quantities named by the
-                                 # problem's own phrases first, then cheapest
+    select: str = "cheapest"     # cheapest: fewest core dollars first; handles: fewest numbers looked up (so
+                                 # most quantities named by the problem's own phrases) first, then cheapest
     name_quantities: bool = True  # ask the teacher to name quantities as the problem does (tasks.NAME_QUANTITIES)
     chunk: int = 500             # tasks per resumable chunk
 
@@ -597,11 +597,11 @@ def is_accepted(row, m):
 # The order in which a task's accepted strategies are kept: cheapest first is ExecTune's own rule; a strategy that
 # names quantities by the problem's own phrases costs the core a few more input tokens but is copied, not looked up,
 # so a small guide imitates it far more easily (README, the reading levers).
-SELECT_RULES = {
-    "cheapest": lambda r: (r["dollars"] if r["dollars"] is not None else 0.0, len(r["strategy"])),
-    "handles": lambda r: (tasks.numbers_named(r["strategy"]), r["dollars"] if r["dollars"] is not None else 0.0,
-                          len(r["strategy"])),
-}
+def _cheapest(r):
+    return r["dollars"] if r["dollars"] is not None else 0.0, len(r["strategy"])
+
+
+SELECT_RULES = {"cheapest": _cheapest, "handles": lambda r: (tasks.numbers_named(r["strategy"]), *_cheapest(r))}
 
 
 def select_accepted(raw, keep, select="cheapest"):
@@ -1002,8 +1002,7 @@ def eval_system(args, run, name, guide, role="core"):
     per_task = evaluate.grade(test, strategies, [replies[i] for i in range(len(test))], client, guide_tokens,
                                 teacher_dollars)
     os.makedirs(run.file("eval"), exist_ok=True)
-    slug = "".join(c if c.isalnum() else "-" for c in name.lower())
-    write_jsonl(run.file("eval", f"{slug}.jsonl"), per_task)
+    write_jsonl(run.file("eval", f"{slug(name)}.jsonl"), per_task)
     alone_path = run.file("eval", "core-alone.jsonl")
     alone = {r["id"]: r for r in read_jsonl(alone_path)} if os.path.exists(alone_path) else None
     summary = evaluate.summarize([r for r in per_task if r["split"] == "test"], client.model, guide, alone)
@@ -1160,6 +1159,11 @@ def check_flags(parser, args):
         parser.error(str(e))
 
 
+def slug(name):
+    """A system's name as a file name: eval/<slug>.jsonl and its lock."""
+    return "".join(c if c.isalnum() else "-" for c in name.lower())
+
+
 def writer_of(args):
     """The outputs a command writes, as the name of its lock: one writer each."""
     if args.stage == "sft":
@@ -1167,7 +1171,7 @@ def writer_of(args):
     if args.stage == "grpo":
         return f"grpo-{args.reward}"
     if args.stage == "eval":
-        return "eval-" + "".join(c if c.isalnum() else "-" for c in (args.name or args.guide).lower())
+        return "eval-" + slug(args.name or args.guide)
     return args.stage
 
 

@@ -631,10 +631,14 @@ def extract_answer(reply: str) -> int | None:
     return int(value) if value.denominator == 1 else None
 
 
-def canonical_strategy(task: MathTask) -> str:
-    """The clearest strategy: one step per operation in order, canonical verbs, numbers as operands."""
+def canonical_strategy(task: MathTask, by_handle: bool = False) -> str:
+    """The clearest strategy: one step per operation in order, canonical verbs, numbers (by_handle: the problem's
+    exact handles) as operands. An oracle: for validation curves and analysis only."""
     def name(ref):
-        return str(task.quantities[ref[1]].value) if ref[0] == "q" else f"the result of step {ref[1] + 1}"
+        if ref[0] == "s":
+            return f"the result of step {ref[1] + 1}"
+        q = task.quantities[ref[1]]
+        return "the " + q.handle if by_handle else str(q.value)
     lines = []
     for k, op in enumerate(task.ops, 1):
         x, y = name(op.a), name(op.b)

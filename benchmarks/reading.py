@@ -16,9 +16,7 @@ Example: python benchmarks/reading.py --run runs/default --steps 6000 --eval-eve
 """
 import argparse
 import json
-import math
 import os
-import random
 import sys
 import time
 
@@ -32,24 +30,10 @@ import model as guide_model
 import tasks
 
 
-def handle_strategy(task):
-    """ORACLE: the task's plan with every given quantity named by its exact handle."""
-    def name(ref):
-        return "the " + task.quantities[ref[1]].handle if ref[0] == "q" else f"the result of step {ref[1] + 1}"
-    lines = []
-    for k, op in enumerate(task.ops, 1):
-        form = tasks.CANONICAL[op.op]
-        x, y = name(op.a), name(op.b)
-        a, b = (y, x) if form.swap or (op.op == "add" and op.a[0] == "s" and op.b[0] == "q") else (x, y)
-        lines.append(f"{k}. {form.pattern.format(a=a, b=b)}.")
-    return "<strategy>\n" + "\n".join(lines) + "\n</strategy>"
-
-
 def training_strategies(run, train_tasks, a):
     """[(task, strategy)] by the chosen data rule."""
     if a.data in ("canonical", "handles"):
-        target = tasks.canonical_strategy if a.data == "canonical" else handle_strategy
-        return [(t, target(t)) for t in train_tasks]
+        return [(t, tasks.canonical_strategy(t, by_handle=a.data == "handles")) for t in train_tasks]
     raw = [r for r in exectune.read_jsonl(run.file("raw.jsonl")) if a.k is None or r["draw"] < a.k]
     by_id = {t.id: t for t in train_tasks}
     if a.data == "raw":
