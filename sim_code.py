@@ -136,7 +136,7 @@ def _same_function(pipeline: tuple, task: ct.CodesimTask) -> bool:
 
 
 def batch_verdicts(task: ct.CodesimTask, sources: list) -> list:
-    """Whether each function passes the task's hidden tests, from one sandbox program."""
+    """Whether each function passes the task's hidden tests, each function called alone in the sandbox."""
     return ct.codesim_verdicts([task] * len(sources), sources)
 
 

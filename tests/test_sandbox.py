@@ -51,17 +51,102 @@ def test_fork_bomb_is_stopped(bomb):
     assert result.status == "crashed" and result.reason.startswith("forbidden:"), result
 
 
-def test_children_that_escape_the_guards_are_killed_with_the_group():
-    # A determined program gets the real fork back (a fresh import of the builtin module); the process-group kill
-    # at the end still takes its child down.
-    escape = ("import sys\ndel sys.modules['posix']\nimport posix\npid = posix.fork()\n"
-              "if pid == 0:\n    import time\n    time.sleep(60)\nelse:\n    print(pid)\n")
-    result = sandbox.run(escape, timeout_s=30)
+# A determined program gets the real fork, setsid and exec back (a fresh import of the builtin module).
+UNGUARD = "import sys\ndel sys.modules['posix']\nimport posix\n"
+BWRAP = sandbox.isolation()[0] == "bwrap"
+# .ci/run installs bubblewrap and sets EXECTUNE_REQUIRE_DEV=1: there these tests must run, never skip.
+needs_bwrap = pytest.mark.skipif(not BWRAP and os.environ.get("EXECTUNE_REQUIRE_DEV") != "1",
+                                 reason="bubblewrap is not usable here: the fallback does not promise this")
+
+
+def _running(marker: str) -> list:
+    """Pids of processes on this machine whose command line holds `marker`."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if marker.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+def _escapee(marker: str, body: str = "") -> str:
+    """A child that leaves the program's session and becomes `sleep MARKER` (after running `body`)."""
+    return (f"pid = posix.fork()\nif pid == 0:\n    posix.setsid()\n{body}"
+            f"    posix.execv('/bin/sleep', ['sleep', '{marker}'])\n")
+
+
+def test_children_that_escape_the_guards_and_the_session_die_with_the_program():
+    marker = "61.0001"
+    result = sandbox.run(UNGUARD + _escapee(marker) + "import time\ntime.sleep(0.3)\nprint('done')\n",
+                         timeout_s=30)
+    assert result.status == "passed" and result.stdout == "done\n", result
+    assert _running(marker) == [], "a child outlived run()"
+
+
+def test_a_setsid_child_holding_stdout_does_not_turn_a_clean_exit_into_a_timeout():
+    marker = "61.0002"
+    t0 = time.monotonic()
+    result = sandbox.run(UNGUARD + _escapee(marker) + "print('done')\n", timeout_s=20)
+    assert (result.status, result.stdout) == ("passed", "done\n"), result
+    assert time.monotonic() - t0 < 10 and _running(marker) == []
+
+
+def test_a_setsid_child_creating_files_is_killed_and_the_directory_removed():
+    # The fixture checks that the directory is gone.
+    body = ("    import time\n    for i in range(10 ** 6):\n        posix.mkdir(f'd{i}')\n"
+            "        posix.close(posix.open(f'd{i}/f', posix.O_CREAT | posix.O_WRONLY))\n")
+    result = sandbox.run(UNGUARD + "pid = posix.fork()\nif pid == 0:\n    posix.setsid()\n" + body
+                         + "import time\ntime.sleep(0.5)\n", timeout_s=20)
     assert result.status == "passed", result
-    child = int(result.stdout)
-    time.sleep(0.1)
-    state = open(f"/proc/{child}/stat").read().split()[2] if os.path.exists(f"/proc/{child}") else "gone"
-    assert state in ("Z", "X", "gone"), f"escaped child {child} is still running ({state})"
+
+
+def test_a_hundred_processes_all_die_with_the_program():
+    marker = "61.0003"
+    result = sandbox.run(UNGUARD + "for _ in range(100):\n    " + _escapee(marker).replace("\n", "\n    ")
+                         + "\nprint('started')\n", timeout_s=30, max_procs=200)
+    assert result.status == "passed", result
+    assert _running(marker) == [], "children outlived run()"
+
+
+def test_killing_the_host_fails_that_program_alone():
+    results = sandbox.run_many([UNGUARD + "posix.kill(posix.getppid(), 9)\n", "x = 1\n"], timeout_s=20)
+    assert results[0].status == "crashed" and "killed" in results[0].reason, results[0]
+    assert results[1].status == "passed"
+    os.kill(os.getpid(), 0)
+
+
+@needs_bwrap
+def test_under_bubblewrap_the_grader_is_out_of_reach(monkeypatch):
+    assert BWRAP, "bubblewrap is not usable here"
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key-42")
+    me = os.getpid()
+    spy = (UNGUARD + f"for pid in ({me}, posix.getppid(), 1):\n    try:\n"
+           "        fd = posix.open(f'/proc/{pid}/environ', posix.O_RDONLY)\n        print(posix.read(fd, 1 << 16))\n"
+           "    except OSError as e:\n        print(pid, e)\n"
+           f"try:\n    posix.kill({me}, 9)\nexcept OSError as e:\n    print(e)\n")
+    result = sandbox.run(spy, timeout_s=20)
+    assert result.status == "passed", result
+    assert "sk-test" not in result.stdout and "OPENAI_API_KEY" not in result.stdout
+    os.kill(me, 0)                               # still alive
+
+
+@needs_bwrap
+def test_under_bubblewrap_there_is_no_network():
+    assert BWRAP, "bubblewrap is not usable here"
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.settimeout(0.2)
+        port = listener.getsockname()[1]
+        attack = (f"import sys\nsys.meta_path.pop(0)\nimport socket\n"
+                  f"socket.create_connection(('127.0.0.1', {port}), timeout=2).sendall(b'hi')\n")
+        result = sandbox.run(attack, timeout_s=20)
+        assert result.status == "failed" and "ConnectionRefused" in result.reason, result
+        with pytest.raises(socket.timeout):
+            listener.accept()
 
 
 def test_ten_gigabyte_allocation_hits_the_memory_limit():
