@@ -243,3 +243,14 @@ def test_the_directory_is_removed_whatever_it_holds():
     assert sandbox.run(source, timeout_s=10).status in ("passed", "crashed")
     leftovers = {d for d in set(os.listdir(tempfile.gettempdir())) - before if d.startswith("sandbox-")}
     assert not leftovers
+
+
+def test_without_bubblewrap_the_first_run_says_the_isolation_is_weaker(tmp_path):
+    import subprocess
+    import sys
+    code = "import sandbox\nfor _ in range(3):\n    assert sandbox.run('x = 1\\n').status == 'passed'\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         env={**os.environ, "EXECTUNE_SANDBOX": "guards", "TMPDIR": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.count("\n") == 1 and "weaker isolation" in out.stderr, out.stderr
