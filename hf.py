@@ -42,6 +42,9 @@ GPT2_PAT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(
 LLAMA31_DATES = "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
 
 
+FLOAT_TYPES = ("F16", "BF16", "F32", "F64")
+
+
 class HFError(Exception):
     """A Hugging Face directory this module cannot read or write; the message is one line naming the file."""
 
@@ -213,38 +216,78 @@ def load_hf_tokenizer(directory, chat=None):
 # ------------------------------------------------------------------------------------------------------ the model
 
 
+# Bounds on config.json's sizes, checked (with the file and field named) before anything is allocated from them;
+# GuideConfig checks the same again for every other source of a config.
+SIZE_FIELDS = {"vocab_size": 1 << 21, "num_hidden_layers": 1024, "num_attention_heads": 1024,
+               "num_key_value_heads": 1024, "hidden_size": 1 << 16, "intermediate_size": 1 << 18,
+               "max_position_embeddings": 1 << 20, "head_dim": 1 << 18, "sliding_window": 1 << 30}
+
+
+def _field(hf, name, path, kind, default=None, required=False):
+    """hf[name] checked to be of `kind` (a size: an integer in [1, SIZE_FIELDS[name]]); null counts as absent."""
+    value = hf.get(name)
+    if value is None:
+        if required:
+            raise HFError(f"{path}: missing field {name!r}")
+        return default
+    if kind == "size":
+        if type(value) is not int or not 1 <= value <= SIZE_FIELDS[name]:
+            raise HFError(f"{path}: {name} must be an integer in [1, {SIZE_FIELDS[name]}], got {json.dumps(value)[:40]}")
+    elif kind == "number":
+        if type(value) not in (int, float) or not 0 < value < float("inf"):
+            raise HFError(f"{path}: {name} must be a positive number, got {json.dumps(value)[:40]}")
+    elif not isinstance(value, kind) or (kind is int and type(value) is bool):
+        raise HFError(f"{path}: {name} must be {'an object' if kind is dict else 'a list' if kind is list else kind.__name__}"
+                      f", got {type(value).__name__}")
+    return value
+
+
 def _config(hf, path):
-    """GuideConfig from a Llama / Qwen2 / Mistral config.json (dict)."""
-    arch = (hf.get("architectures") or [None])[0]
+    """GuideConfig from a Llama / Qwen2 / Mistral config.json (dict), every field checked first."""
+    if not isinstance(hf, dict):
+        raise HFError(f"{path}: must be a JSON object, got {type(hf).__name__}")
+    archs = _field(hf, "architectures", path, list, [None])
+    arch = (archs or [None])[0]
     if arch not in ARCHITECTURES:
         raise HFError(f"{path}: unsupported architecture {arch!r} (supported: {', '.join(ARCHITECTURES)})")
     if hf.get("hidden_act", "silu") != "silu" or hf.get("mlp_bias") or (arch != "Qwen2ForCausalLM"
                                                                        and hf.get("attention_bias")):
         raise HFError(f"{path}: unsupported options (need hidden_act silu, no mlp_bias, no attention_bias)")
     # transformers >= 5 writes rope_parameters {rope_type, rope_theta, ...}; older files rope_theta, rope_scaling
-    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    rope_field = "rope_parameters" if hf.get("rope_parameters") else "rope_scaling"
+    rope = _field(hf, rope_field, path, dict, {})
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in ("default", "llama3"):
         raise HFError(f"{path}: RoPE scaling {rope_type!r} is not supported (plain RoPE or Llama 3's)")
-    theta = rope.get("rope_theta") or hf.get("rope_theta") or 10000.0
+    theta = _field(rope, "rope_theta", path, "number") or _field(hf, "rope_theta", path, "number", 10000.0)
     keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
     if rope_type == "llama3" and not all(k in rope for k in keys):
         raise HFError(f"{path}: llama3 RoPE scaling needs {', '.join(keys)}")
-    scaling = {k: rope[k] for k in keys} if rope_type == "llama3" else None
-    max_len = hf.get("max_position_embeddings", 4096)
-    if hf.get("sliding_window") and (arch == "MistralForCausalLM" or hf.get("use_sliding_window")):
-        max_len = min(max_len, hf["sliding_window"])      # within the window, sliding attention is full attention
+    scaling = {k: _field(rope, k, path, "number") for k in keys} if rope_type == "llama3" else None
+    sizes = {name: _field(hf, name, path, "size", required=name not in ("num_key_value_heads", "head_dim",
+                                                                         "max_position_embeddings", "sliding_window"))
+             for name in SIZE_FIELDS}
+    n_head = sizes["num_attention_heads"]
+    n_kv = sizes["num_key_value_heads"] or n_head
+    head_dim = sizes["head_dim"]
+    if head_dim is None and sizes["hidden_size"] % n_head:
+        raise HFError(f"{path}: hidden_size {sizes['hidden_size']} is not a multiple of num_attention_heads {n_head} "
+                      f"(and there is no head_dim)")
+    head_dim = head_dim or sizes["hidden_size"] // n_head
+    if n_head % n_kv or head_dim % 2:
+        raise HFError(f"{path}: num_attention_heads {n_head} must be a multiple of num_key_value_heads {n_kv}, and the "
+                      f"head size {head_dim} even")
+    max_len = sizes["max_position_embeddings"] or 4096
+    if sizes["sliding_window"] and (arch == "MistralForCausalLM" or hf.get("use_sliding_window")):
+        max_len = min(max_len, sizes["sliding_window"])   # within the window, sliding attention is full attention
+    tie = _field(hf, "tie_word_embeddings", path, bool, False)
+    eps = _field(hf, "rms_norm_eps", path, "number", 1e-6)
     try:
-        n_head = hf["num_attention_heads"]
         return guide_model.GuideConfig(
-            vocab_size=hf["vocab_size"], n_layer=hf["num_hidden_layers"], n_head=n_head,
-            n_kv_head=hf.get("num_key_value_heads") or n_head, n_embd=hf["hidden_size"],
-            ffn_hidden=hf["intermediate_size"], max_seq_len=max_len, rope_theta=float(theta),
-            tie_embeddings=bool(hf.get("tie_word_embeddings", False)), qkv_bias=arch == "Qwen2ForCausalLM",
-            norm_eps=float(hf.get("rms_norm_eps", 1e-6)), head_dim=hf.get("head_dim") or hf["hidden_size"] // n_head,
-            rope_scaling=scaling)
-    except KeyError as e:
-        raise HFError(f"{path}: missing field {e.args[0]!r}") from None
+            vocab_size=sizes["vocab_size"], n_layer=sizes["num_hidden_layers"], n_head=n_head, n_kv_head=n_kv,
+            n_embd=sizes["hidden_size"], ffn_hidden=sizes["intermediate_size"], max_seq_len=max_len,
+            rope_theta=float(theta), tie_embeddings=tie, qkv_bias=arch == "Qwen2ForCausalLM", norm_eps=float(eps),
+            head_dim=head_dim, rope_scaling=scaling)
     except (ValueError, TypeError) as e:
         raise HFError(f"{path}: {e}") from None
 
@@ -267,6 +310,14 @@ def _hf_to_guide_names(cfg):
     return names
 
 
+def _shard_path(directory, index, shard):
+    """A shard named in the index, confined to the model directory: a relative name with no '..' (symlinks inside
+    are fine: a Hugging Face cache links its snapshots to blobs)."""
+    if not isinstance(shard, str) or not shard or os.path.isabs(shard) or ".." in shard.replace("\\", "/").split("/"):
+        raise HFError(f"{index}: shard {str(shard)[:80]!r} is not a file name inside the model directory")
+    return os.path.join(directory, shard)
+
+
 def _weight_files(directory):
     """{tensor name: file} from model.safetensors or model.safetensors.index.json; every listed shard must exist."""
     single, index = os.path.join(directory, "model.safetensors"), os.path.join(directory, "model.safetensors.index.json")
@@ -278,13 +329,15 @@ def _weight_files(directory):
             raise HFError(f"{single}: torn or corrupt safetensors file ({e})") from None
     if not os.path.isfile(index):
         raise HFError(f"{directory}: no model.safetensors or model.safetensors.index.json")
-    weight_map = _read_json(index).get("weight_map")
+    meta = _read_json(index)
+    weight_map = meta.get("weight_map") if isinstance(meta, dict) else None
     if not isinstance(weight_map, dict):
-        raise HFError(f"{index}: no weight_map")
+        raise HFError(f"{index}: no weight_map object")
+    files = {k: _shard_path(directory, index, v) for k, v in weight_map.items()}
     for shard in sorted(set(weight_map.values())):
-        if not os.path.isfile(os.path.join(directory, shard)):
+        if not os.path.isfile(files[next(k for k, v in weight_map.items() if v == shard)]):
             raise HFError(f"{index}: shard {shard} is missing")
-    return {k: os.path.join(directory, v) for k, v in weight_map.items()}
+    return files
 
 
 def load_hf_config(directory):
@@ -306,14 +359,29 @@ def load_hf(directory, device="cpu", dtype=None):
     if missing:
         raise HFError(f"{directory}: weights missing from the safetensors files: {missing[:3]}")
     handles = {}
+    with torch.device("meta"):
+        net = guide_model.Guide(cfg)
     try:
         for path in sorted(set(files.values())):
             handles[path] = safe_open(path, "pt")
+        # shapes and types from the headers first: no tensor is read until every one fits the config
+        for ours, hs in names.items():
+            shapes = []
+            for h in hs:
+                piece = handles[files[h]].get_slice(h)
+                if piece.get_dtype() not in FLOAT_TYPES:
+                    raise HFError(f"{files[h]}: tensor {h} is {piece.get_dtype()}, not a floating-point type")
+                shapes.append(list(piece.get_shape()))
+            shape = [sum(s[0] for s in shapes)] + shapes[0][1:] if all(s and s[1:] == shapes[0][1:]
+                                                                       for s in shapes) else None
+            if shape != list(net.state_dict()[ours].shape):
+                raise HFError(f"{config_path}: weights do not fit the config: {hs[0]} {shapes[0]}, expected "
+                              f"{list(net.state_dict()[ours].shape)}")
         state = {ours: torch.cat([handles[files[h]].get_tensor(h) for h in hs]) for ours, hs in names.items()}
+    except HFError:
+        raise
     except Exception as e:                      # safetensors raises its own error type for torn or corrupt files
         raise HFError(f"{directory}: cannot read safetensors weights ({e})") from None
-    with torch.device("meta"):
-        net = guide_model.Guide(cfg)
     net.to_empty(device=device)                 # no random init of billions of weights that are overwritten next
     if cfg.tie_embeddings:
         net.lm_head.weight = net.tok_emb.weight  # to_empty gives each module its own tensor: tie them again

@@ -279,3 +279,73 @@ def test_malformed_directories_fail_with_one_line(tmp_path, what, message):
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
     assert str(e.value) in proc.stderr
+
+
+def _edit_config(d, **fields):
+    config = json.loads((d / "config.json").read_text())
+    config.update(fields)
+    (d / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"vocab_size": 300_000_000}, r"config\.json: vocab_size must be an integer in \[1, 2097152\], got 300000000"),
+    ({"vocab_size": 8_000_000}, r"config\.json: vocab_size must be an integer"),
+    ({"hidden_size": 10 ** 12}, r"config\.json: hidden_size must be an integer"),
+    ({"num_attention_heads": 0}, r"config\.json: num_attention_heads must be an integer in \[1, 1024\], got 0"),
+    ({"num_hidden_layers": -3}, r"config\.json: num_hidden_layers must be an integer in \[1, 1024\], got -3"),
+    ({"num_hidden_layers": 2.0}, r"config\.json: num_hidden_layers must be an integer"),
+    ({"num_key_value_heads": True}, r"config\.json: num_key_value_heads must be an integer"),
+    ({"num_key_value_heads": 3}, r"config\.json: num_attention_heads 4 must be a multiple of num_key_value_heads 3"),
+    ({"rope_scaling": [1, 2], "rope_parameters": None}, r"config\.json: rope_scaling must be an object, got list"),
+    ({"rope_parameters": ["default"]}, r"config\.json: rope_parameters must be an object, got list"),
+    ({"architectures": {"a": 1}}, r"config\.json: architectures must be a list, got dict"),
+    ({"tie_word_embeddings": "yes"}, r"config\.json: tie_word_embeddings must be bool, got str"),
+    ({"rms_norm_eps": -1}, r"config\.json: rms_norm_eps must be a positive number"),
+    ({"hidden_size": None}, r"config\.json: missing field 'hidden_size'")])
+def test_absurd_or_malformed_config_fields_fail_with_one_line_before_any_tensor(tmp_path, fields, message):
+    d = tmp_path / "m"
+    tiny_hf("llama", str(d))
+    _edit_config(d, **fields)
+    with pytest.raises(hf.HFError, match=message) as e:
+        M.load_hf(str(d))
+    assert "\n" not in str(e.value)
+
+
+def test_a_config_that_is_a_list_fails_with_one_line(tmp_path):
+    d = tmp_path / "m"
+    tiny_hf("llama", str(d))
+    (d / "config.json").write_text("[1, 2, 3]")
+    with pytest.raises(hf.HFError, match=r"config\.json: must be a JSON object, got list"):
+        M.load_hf(str(d))
+
+
+def test_integer_weights_are_refused_before_they_are_read(tmp_path):
+    from safetensors.torch import load_file, save_file
+    d = tmp_path / "m"
+    tiny_hf("llama", str(d))
+    weights = load_file(str(d / "model.safetensors"))
+    weights["model.layers.0.mlp.up_proj.weight"] = weights["model.layers.0.mlp.up_proj.weight"].to(torch.int64)
+    save_file(weights, str(d / "model.safetensors"))
+    with pytest.raises(hf.HFError, match=r"model\.safetensors: tensor model\.layers\.0\.mlp\.up_proj\.weight is I64, "
+                                         r"not a floating-point type"):
+        M.load_hf(str(d))
+
+
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "/etc/passwd", "sub/../../x.safetensors", 7])
+def test_shard_paths_stay_inside_the_model_directory(tmp_path, shard):
+    d = tmp_path / "m"
+    tiny_hf("llama", str(d))
+    (tmp_path / "outside.safetensors").write_bytes((d / "model.safetensors").read_bytes())
+    os.remove(d / "model.safetensors")
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"model.embed_tokens.weight": shard}}))
+    with pytest.raises(hf.HFError, match=r"index\.json: shard .* is not a file name inside the model directory"):
+        M.load_hf(str(d))
+
+
+def test_an_index_without_a_weight_map_object_fails_with_one_line(tmp_path):
+    d = tmp_path / "m"
+    tiny_hf("llama", str(d))
+    os.remove(d / "model.safetensors")
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": ["a", "b"]}))
+    with pytest.raises(hf.HFError, match=r"index\.json: no weight_map object"):
+        M.load_hf(str(d))
