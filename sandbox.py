@@ -82,8 +82,10 @@ _isolation, _isolation_lock, _warned = None, threading.Lock(), False
 
 
 def _bwrap_argv(workdir: str, extra: list) -> list:
-    return (["bwrap", "--unshare-all", *extra, "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-             "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--bind", workdir, workdir,
+    # --as-pid-1: the host is the namespace's init (not dumpable, and a SIGKILL from inside does not reach it); with
+    # bubblewrap's own init there, a program could open that init's descriptors, the host's stdin among them.
+    return (["bwrap", "--unshare-all", *extra, "--as-pid-1", "--die-with-parent", "--new-session",
+             "--cap-drop", "ALL", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--bind", workdir, workdir,
              "--chdir", workdir])
 
 
@@ -169,8 +171,11 @@ def _host(mode: str, spec: dict, frames: list, deadline_s: float, max_output: in
         reports, data = {}, bytes(buffers["report"])
         while len(data) >= 4 and len(data) >= 4 + struct.unpack(">I", data[:4])[0]:
             n = struct.unpack(">I", data[:4])[0]
-            report = json.loads(data[4:4 + n])
-            reports[report["i"]] = report
+            try:
+                report = json.loads(data[4:4 + n])
+                reports[int(report["i"])] = report
+            except (ValueError, KeyError, TypeError, RecursionError):
+                pass                             # not the host's: that job has no report and runs again
             data = data[4 + n:]
         return (reports, buffers["stdout"].decode("utf-8", "replace"), buffers["stderr"].decode("utf-8", "replace"),
                 limit)

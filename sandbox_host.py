@@ -473,14 +473,17 @@ def run_calls(job, frame):
         if "raise" in hello:
             out = {"error": f"{hello.get('raise')}: {hello.get('message')}"}
         else:
-            replies = []
+            replies, size = [], 0
             for args in frame["calls"]:
                 write_frame(req_w, {"call": frame["name"], "args": encode(list(args)), "kwargs": {"d": []}})
                 replies.append(read_frame(resp_r, deadline))
+                size += len(json.dumps(replies[-1]))
+                if size > 1 << 20:
+                    raise ValueError("replies over 1 MiB")
             out = {"replies": replies}
     except TimeoutError:
         out = {"error": "timeout"}
-    except (EOFError, ValueError, OSError, KeyError, TypeError) as e:
+    except (EOFError, ValueError, OSError, KeyError, TypeError, RecursionError) as e:
         out = {"error": f"the candidate ended or broke the protocol ({type(e).__name__})"}
     finally:
         os.close(req_w)
@@ -577,7 +580,7 @@ def make_remote(req_w, resp_r, exceptions):
                 reply = read_frame(resp_r)
             except (EOFError, OSError):
                 raise CandidateGone("the candidate's process has ended") from None
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise CandidateGone("the candidate's reply is not a reply") from None
             if type(reply) is not dict:
                 raise CandidateGone("the candidate's reply is not a reply")
@@ -699,7 +702,7 @@ def run_check(job, frame):
             return
         try:
             hello = read_frame(resp_r)
-        except (EOFError, ValueError, OSError):
+        except (EOFError, ValueError, OSError, RecursionError):
             write_frame(verdict_w, {"status": "gone", "reason": "the candidate's process ended while loading"})
             return
         if type(hello) is not dict:
@@ -758,8 +761,7 @@ def main():
         write_frame(report, {"i": index, **result})
         if result.get("desync") or index == header["n"] - 1:
             return                  # the grader deletes the directory; after a desync it runs the rest anew
-        wipe(job.dir)               # nothing of this job is left for the next one to read
-        os.rmdir(job.dir)
+        wipe(root)                  # nothing of this job is left for the next one to read
         if private and os.path.isdir("/dev/shm"):
             wipe("/dev/shm")        # bubblewrap's own /dev
 

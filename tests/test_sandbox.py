@@ -113,7 +113,10 @@ def test_a_hundred_processes_all_die_with_the_program():
 
 def test_killing_the_host_fails_that_program_alone():
     results = sandbox.run_many([UNGUARD + "posix.kill(posix.getppid(), 9)\n", "x = 1\n"], timeout_s=20)
-    assert results[0].status == "crashed" and "killed" in results[0].reason, results[0]
+    if BWRAP:       # the host is the pid namespace's init: a SIGKILL from inside does not reach it
+        assert results[0].status == "passed", results[0]
+    else:
+        assert results[0].status == "crashed" and "killed" in results[0].reason, results[0]
     assert results[1].status == "passed"
     os.kill(os.getpid(), 0)
 

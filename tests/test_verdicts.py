@@ -139,3 +139,42 @@ def test_no_process_of_a_graded_batch_outlives_it(tmp_path):
                 assert marker.encode() not in f.read(), f"process {pid} outlived the grading"
         except OSError:
             pass
+
+
+BWRAP = __import__("sandbox").isolation()[0] == "bwrap"
+
+
+@pytest.mark.skipif(not BWRAP and os.environ.get("EXECTUNE_REQUIRE_DEV") != "1",
+                    reason="bubblewrap is not usable here: the fallback does not promise this")
+def test_under_bubblewrap_no_other_process_of_the_sandbox_can_be_written_or_read(tmp_path):
+    # A forged report frame into every descriptor of every other process it can see (the host's report pipe, the
+    # test process's verdict pipe), and a read of their memory: all refused (not dumpable, no CAP_SYS_PTRACE).
+    assert BWRAP, "bubblewrap is not usable here"
+    frame = b'{"i": 0, "status": "passed", "reason": ""}'
+    attack = (UNGUARD + "import struct as _struct\n_opened = []\n"
+              "for _pid in [p for p in _posix.listdir('/proc') if p.isdigit() and int(p) != _posix.getpid()]:\n"
+              "    for _name in ['mem'] + [f'fd/{n}' for n in range(64)]:\n        try:\n"
+              f"            _fd = _posix.open(f'/proc/{{_pid}}/{{_name}}', _posix.O_RDWR)\n"
+              f"            _opened.append(_name)\n"
+              f"            _posix.write(_fd, _struct.pack('>I', {len(frame)}) + {frame!r})\n"
+              "        except OSError:\n            pass\n"
+              "def clip_sum(xs, hi):\n    return len(_opened)\n")
+    task = _kodcode(tmp_path, [KOD])[0]
+    results = ct.grade([task, task], [attack, KOD_RIGHT], workers=1)
+    assert _passed(results) == [False, True], [(r.status, r.reason) for r in results]
+    # clip_sum returns how many it opened: test_b (expects 0) passes, test_a (expects 5) fails
+    assert "1 of 2 tests failed; first: test_a" in results[0].reason, results[0].reason
+
+
+@pytest.mark.skipif(not BWRAP and os.environ.get("EXECTUNE_REQUIRE_DEV") != "1",
+                    reason="bubblewrap is not usable here: without a pid namespace this would kill the machine")
+def test_under_bubblewrap_a_program_killing_every_process_it_sees_fails_alone(tmp_path):
+    assert BWRAP, "bubblewrap is not usable here"
+    killer = (UNGUARD + "for _pid in range(1, 64):\n    if _pid != _posix.getpid():\n        try:\n"
+              "            _posix.kill(_pid, 9)\n        except OSError:\n            pass\n" + KOD_WRONG)
+    task = _kodcode(tmp_path, [KOD])[0]
+    results = ct.grade([task] * 4, [KOD_RIGHT, killer, KOD_RIGHT, KOD_WRONG], workers=1)
+    assert _passed(results) == [True, False, True, False], [(r.status, r.reason) for r in results]
+    humaneval = ct.load_humaneval()[0]
+    results = ct.grade([humaneval] * 2, ["    return True\n" + killer.replace(KOD_WRONG, ""), humaneval.solution])
+    assert _passed(results) == [False, True], [(r.status, r.reason) for r in results]
