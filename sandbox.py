@@ -351,7 +351,7 @@ def _batches(mode: str, spec: dict, jobs: list, frames_of, per_job_s: float, wor
     """Reports of every job, in order. A host that ends early (a program killed it) leaves jobs without a report:
     the first of them runs again alone, then the rest as a new chunk, until every job has one."""
     workers = workers or os.cpu_count() or 1
-    size = max(1, min(32, -(-len(jobs) // (workers * 4))))
+    size = max(1, min(64, -(-len(jobs) // (workers * 2))))     # a host costs a start; two chunks a worker balance
     chunks = [list(range(i, min(i + size, len(jobs)))) for i in range(0, len(jobs), size)]
     out = [None] * len(jobs)
     bar = tqdm(total=len(jobs), desc=desc, disable=desc is None)
