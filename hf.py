@@ -232,13 +232,14 @@ def _field(hf, name, path, kind, default=None, required=False):
         return default
     if kind == "size":
         if type(value) is not int or not 1 <= value <= SIZE_FIELDS[name]:
-            raise HFError(f"{path}: {name} must be an integer in [1, {SIZE_FIELDS[name]}], got {json.dumps(value)[:40]}")
+            raise HFError(f"{path}: {name} must be an integer in [1, {SIZE_FIELDS[name]}], "
+                          f"got {json.dumps(value)[:40]}")
     elif kind == "number":
         if type(value) not in (int, float) or not 0 < value < float("inf"):
             raise HFError(f"{path}: {name} must be a positive number, got {json.dumps(value)[:40]}")
     elif not isinstance(value, kind) or (kind is int and type(value) is bool):
-        raise HFError(f"{path}: {name} must be {'an object' if kind is dict else 'a list' if kind is list else kind.__name__}"
-                      f", got {type(value).__name__}")
+        wanted = "an object" if kind is dict else "a list" if kind is list else kind.__name__
+        raise HFError(f"{path}: {name} must be {wanted}, got {type(value).__name__}")
     return value
 
 

@@ -272,7 +272,7 @@ def _limits(cpu_s: float, memory_mb: int, file_mb: int, max_procs: int, max_file
 # ---------------------------------------------------------------------------------------------------------------
 # run(): one whole program, its own report of how it ended (not a grader's verdict: see the module docstring)
 def _well_formed(end) -> bool:
-    """Is `end` a status report as BOOTSTRAP writes it?"""
+    """Is `end` a status report as the host's program_main writes it?"""
     if not isinstance(end, dict) or end.get("end") not in ("ok", "exit", "exception"):
         return False
     if end["end"] == "exit":
@@ -317,7 +317,8 @@ def run(source: str, timeout_s: float = 10.0, *, cpu_s: float | None = None, mem
     spec = {"limits": _limits(cpu_s, memory_mb, file_mb, max_procs, max_files), "timeout_s": timeout_s,
             "cpu_s": cpu_s}
     start = time.monotonic()
-    reports, stdout, stderr, limit = _host("program", {**spec, "n": 1}, [{"source": source}], timeout_s + 10, max_output, python)
+    reports, stdout, stderr, limit = _host("program", {**spec, "n": 1}, [{"source": source}], timeout_s + 10,
+                                           max_output, python)
     report, rc, end = reports.get(0), None, None
     if limit is None and report is None:
         limit = ("crashed", "the sandbox's host ended without a report (the program killed it)")

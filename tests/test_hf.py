@@ -281,6 +281,18 @@ def test_malformed_directories_fail_with_one_line(tmp_path, what, message):
     assert str(e.value) in proc.stderr
 
 
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny") / "llama"
+    tiny_hf("llama", str(d))
+    return d
+
+
+def _copy(tiny_llama, tmp_path):
+    import shutil
+    return shutil.copytree(tiny_llama, tmp_path / "m")
+
+
 def _edit_config(d, **fields):
     config = json.loads((d / "config.json").read_text())
     config.update(fields)
@@ -302,18 +314,17 @@ def _edit_config(d, **fields):
     ({"tie_word_embeddings": "yes"}, r"config\.json: tie_word_embeddings must be bool, got str"),
     ({"rms_norm_eps": -1}, r"config\.json: rms_norm_eps must be a positive number"),
     ({"hidden_size": None}, r"config\.json: missing field 'hidden_size'")])
-def test_absurd_or_malformed_config_fields_fail_with_one_line_before_any_tensor(tmp_path, fields, message):
-    d = tmp_path / "m"
-    tiny_hf("llama", str(d))
+def test_absurd_or_malformed_config_fields_fail_with_one_line_before_any_tensor(tiny_llama, tmp_path, fields,
+                                                                                message):
+    d = _copy(tiny_llama, tmp_path)
     _edit_config(d, **fields)
     with pytest.raises(hf.HFError, match=message) as e:
         M.load_hf(str(d))
     assert "\n" not in str(e.value)
 
 
-def test_a_config_that_is_a_list_fails_with_one_line(tmp_path):
-    d = tmp_path / "m"
-    tiny_hf("llama", str(d))
+def test_a_config_that_is_a_list_fails_with_one_line(tiny_llama, tmp_path):
+    d = _copy(tiny_llama, tmp_path)
     (d / "config.json").write_text("[1, 2, 3]")
     with pytest.raises(hf.HFError, match=r"config\.json: must be a JSON object, got list"):
         M.load_hf(str(d))
@@ -332,9 +343,8 @@ def test_integer_weights_are_refused_before_they_are_read(tmp_path):
 
 
 @pytest.mark.parametrize("shard", ["../outside.safetensors", "/etc/passwd", "sub/../../x.safetensors", 7])
-def test_shard_paths_stay_inside_the_model_directory(tmp_path, shard):
-    d = tmp_path / "m"
-    tiny_hf("llama", str(d))
+def test_shard_paths_stay_inside_the_model_directory(tiny_llama, tmp_path, shard):
+    d = _copy(tiny_llama, tmp_path)
     (tmp_path / "outside.safetensors").write_bytes((d / "model.safetensors").read_bytes())
     os.remove(d / "model.safetensors")
     (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"model.embed_tokens.weight": shard}}))
@@ -342,9 +352,8 @@ def test_shard_paths_stay_inside_the_model_directory(tmp_path, shard):
         M.load_hf(str(d))
 
 
-def test_an_index_without_a_weight_map_object_fails_with_one_line(tmp_path):
-    d = tmp_path / "m"
-    tiny_hf("llama", str(d))
+def test_an_index_without_a_weight_map_object_fails_with_one_line(tiny_llama, tmp_path):
+    d = _copy(tiny_llama, tmp_path)
     os.remove(d / "model.safetensors")
     (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": ["a", "b"]}))
     with pytest.raises(hf.HFError, match=r"index\.json: no weight_map object"):
