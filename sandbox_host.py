@@ -720,12 +720,12 @@ def run_check(job, frame):
     pid_t = fork_child(run_t)
     os.close(stdin)
     os.close(verdict_w)
-    deadline = time.monotonic() + job.spec["timeout_s"]
+    deadline, desync = time.monotonic() + job.spec["timeout_s"], True   # until T reports, its frame may be half read
     try:
-        verdict = read_frame(verdict_r, deadline)
+        verdict, desync = read_frame(verdict_r, deadline), False
     except TimeoutError:
         verdict = {"status": "timeout", "reason": f"wall-clock limit of {job.spec['timeout_s']:g} s"}
-    except (EOFError, ValueError, OSError):
+    except (EOFError, ValueError, OSError, RecursionError):
         verdict = {"status": "gone", "reason": "the test process ended without a verdict"}
     os.close(verdict_r)
     os.close(req_w)
@@ -737,7 +737,7 @@ def run_check(job, frame):
         why = cpu_reason(end_c, job) or cpu_reason(end_t, job)
         if why:
             verdict["status"], verdict["reason"] = why
-        verdict["desync"] = end_t is not None     # T may have died before reading all of its frame
+    verdict["desync"] = desync
     return verdict
 
 
