@@ -87,6 +87,8 @@ CODESIM_FORGERIES = {
                             "            if list(args[0]) == xs:\n                return expected\n    return None\n",
     "status on every fd": FORGE_FDS,
     "__eq__ always true": ALWAYS_EQUAL + "def {name}(xs):\n    return _Any()\n",
+    "an int whose __eq__ is always true": "class _I(int):\n    def __eq__(self, other):\n        return True\n"
+                                          "    __hash__ = int.__hash__\n\ndef {name}(xs):\n    return [_I(0)]\n",
     "kill -9 of the parent": UNGUARD + "_posix.kill(_posix.getppid(), 9)\n"}
 
 
