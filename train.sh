@@ -63,8 +63,8 @@ fi
 if [ "$offline" = "0" ]; then
     GEN_FLAGS="--max-new-tokens 256"               # free-text strategies run longer than the offline worlds'
 fi
-if [ -n "${GUIDE_INIT:-}" ]; then                  # fine-tuning a pretrained guide: small learning rates
-    SFT_FLAGS="--init hf:$GUIDE_INIT --lr 1e-5 --warmup 20"
+if [ -n "${GUIDE_INIT:-}" ]; then                  # fine-tuning a pretrained guide: small learning rates, and the
+    SFT_FLAGS="--init hf:$GUIDE_INIT --lr 1e-5 --warmup 20 --prompt-loss-weight 0"   # loss on strategies alone
     GRPO_FLAGS="--lr 1e-6"
 fi
 

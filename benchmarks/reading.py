@@ -113,6 +113,8 @@ def main():
     ap.add_argument("--opt", default="adamw", choices=["adamw", "muon"])
     ap.add_argument("--schedule", default="cosine", choices=["cosine", "wsd"])
     ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--prompt-loss-weight", type=float, default=0.0,
+                    help="weight of the language-modelling loss on the problem text (exectune sft's flag)")
     ap.add_argument("--n-layer", type=int, default=4)
     ap.add_argument("--n-embd", type=int, default=128)
     ap.add_argument("--n-head", type=int, default=4)
@@ -155,7 +157,7 @@ def main():
                 g["lr"] = base * lr_scale(step, cfg, a.schedule)
         inputs, targets, mask = exectune.sft_batch(exectune.sft_batch_examples(pool, cfg, step), pad)
         net.train()
-        loss = exectune.sft_loss(train_net, inputs, targets, mask)
+        loss = exectune.sft_loss(train_net, inputs, targets, mask, a.prompt_loss_weight)
         for opt, _ in opts:
             opt.zero_grad(set_to_none=True)
         loss.backward()

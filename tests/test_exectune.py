@@ -138,6 +138,11 @@ def test_sft_loss_covers_strategy_tokens_only():
     logits = net(inputs).log_softmax(-1)
     expected = -logits.gather(-1, targets[..., None])[..., 0][mask].mean()
     assert torch.allclose(loss, expected, atol=1e-6)
+    # the language-modelling term: the mean over the problem's own tokens (padding and strategy excluded)
+    prompt = torch.tensor([[True, True, False, False, False], [True, False, False, False, False]])
+    with_prompt = exectune.sft_loss(net, inputs, targets, mask, prompt_weight=0.5)
+    prompt_ce = -logits.gather(-1, targets[..., None])[..., 0][prompt].mean()
+    assert torch.allclose(with_prompt, expected + 0.5 * prompt_ce, atol=1e-6)
 
 
 def test_sft_resume_matches_uninterrupted(tiny_run, core_url, tmp_path, monkeypatch):
