@@ -251,16 +251,14 @@ def _read(proc, report_r: int, deadline_s: float, max_output: int, n: int) -> tu
 def _remove(workdir: str) -> None:
     """Delete the directory whatever it holds (its processes are dead; read-only parts are made writable first)."""
     for _ in range(5):
-        shutil.rmtree(workdir, ignore_errors=True)
-        if not os.path.exists(workdir):
+        try:
+            sandbox_host.wipe(workdir)
+            os.rmdir(workdir)
             return
-        for dirpath, dirnames, _files in os.walk(workdir):
-            for d in dirnames:
-                try:
-                    os.chmod(os.path.join(dirpath, d), 0o700)
-                except OSError:
-                    pass
-        time.sleep(0.05)
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.05)
 
 
 def _limits(cpu_s: float, memory_mb: int, file_mb: int, max_procs: int, max_files: int) -> dict:

@@ -12,7 +12,9 @@
      (sim_core.exact_success, the cheap core's chance with those strategies), the core alone's, and useful
      (non-padding) tokens/s. No core is called: the oracles score the greedy val strategies directly.
 
-Example: python benchmarks/reading.py --run runs/default --steps 6000 --eval-every 1000
+Every flag defaults to the recipe's SFT setting (exectune.SFTConfig), so a lever is one flag away from the default.
+
+Example: python benchmarks/reading.py --run runs/default --eval-every 1000
 """
 import argparse
 import json
@@ -92,6 +94,9 @@ def lr_scale(step, cfg, schedule):
     return 1.0 - (1 - cfg.min_lr_ratio) * (step - decay_from) / max(1, cfg.steps - decay_from)
 
 
+SFT = exectune.SFTConfig()     # the recipe's SFT settings are the benchmark's defaults
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", required=True, help="a run directory after data, tokenizer and sample")
@@ -103,22 +108,22 @@ def main():
     ap.add_argument("--n-train", type=int, default=None, help="use only the first n training tasks")
     ap.add_argument("--curriculum", action="store_true", help="train on 1-operation tasks first, adding one more "
                                                               "operation every steps/3")
-    ap.add_argument("--steps", type=int, default=6000)
+    ap.add_argument("--steps", type=int, default=SFT.steps)
     ap.add_argument("--seconds", type=float, default=None, help="stop at the first eval past this wall time")
     ap.add_argument("--eval-every", type=int, default=1000)
     ap.add_argument("--n-val", type=int, default=200)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--batch-size", type=int, default=SFT.batch_size)
+    ap.add_argument("--lr", type=float, default=SFT.lr)
     ap.add_argument("--muon-lr", type=float, default=0.02)
     ap.add_argument("--opt", default="adamw", choices=["adamw", "muon"])
     ap.add_argument("--schedule", default="cosine", choices=["cosine", "wsd"])
-    ap.add_argument("--warmup", type=int, default=100)
-    ap.add_argument("--prompt-loss-weight", type=float, default=0.0,
+    ap.add_argument("--warmup", type=int, default=SFT.warmup)
+    ap.add_argument("--prompt-loss-weight", type=float, default=SFT.prompt_loss_weight,
                     help="weight of the language-modelling loss on the problem text (exectune sft's flag)")
-    ap.add_argument("--n-layer", type=int, default=4)
-    ap.add_argument("--n-embd", type=int, default=128)
-    ap.add_argument("--n-head", type=int, default=4)
-    ap.add_argument("--n-kv-head", type=int, default=2)
+    ap.add_argument("--n-layer", type=int, default=SFT.n_layer)
+    ap.add_argument("--n-embd", type=int, default=SFT.n_embd)
+    ap.add_argument("--n-head", type=int, default=SFT.n_head)
+    ap.add_argument("--n-kv-head", type=int, default=SFT.n_kv_head)
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
