@@ -80,7 +80,7 @@ def serve(by_question, log):
             problem, strategy = tasks.parse_core_request(messages)
             solution = by_question[problem]
             lines = plain(solution).splitlines()[:-1]
-            if messages[0]["content"] == tasks.GSM8K_TEACHER_SYSTEM:
+            if messages[0]["content"].startswith(tasks.GSM8K_TEACHER_SYSTEM):   # with or without the naming sentence
                 kind = "teacher"
                 steps = [re.sub(r"\s*=\s*\$?[\d.,]+", "", line) for line in lines] or ["Read the problem."]
                 text = "<strategy>\n" + "\n".join(f"{i}. {s}" for i, s in enumerate(steps, 1)) + "\n</strategy>"
