@@ -7,10 +7,12 @@
                 every training task: the harm term of the reward needs "does the core usually solve this alone?".
   4. sample     teacher-guided acceptance sampling: K teacher strategies per training task, each executed M times by
                 the cheap core; a strategy is accepted when it is valid, leaks no answer and all M runs are correct;
-                the cheapest `keep` accepted strategies of a task are kept (accepted.jsonl). raw.jsonl keeps every
+                every distinct accepted strategy of a task is kept (accepted.jsonl). raw.jsonl keeps every
                 teacher strategy: the supervised-GCoP baseline trains on it.
   5. sft        supervised fine-tuning of a fresh guide on accepted (ExecTune init) or raw (baseline) strategies;
-                loss on strategy tokens only; AdamW, warmup + cosine, clipping, length-grouped batches,
+                loss on strategy tokens plus 0.5 x the language-modelling loss on the problem text (unlabeled
+                text; it teaches the guide to find and copy the problem's phrases); AdamW, warmup + cosine, clipping,
+                length-grouped batches,
                 torch.compile; the best checkpoint is the one with which the core is most accurate on val.
   6. grpo       structure-aware GRPO against the live core (grpo.py), or the outcome-only advisor baseline.
   7. eval       one system (a guide checkpoint, the teacher, or no guide) with one core on the test split; appends
@@ -30,8 +32,8 @@ training one; there is no tokenizer stage then, and every checkpoint of that gui
 directory with its tokenizer, so it can be served as is.
 
 Where this departs from the paper: by default the guide is a tiny decoder trained from scratch (the paper fine-tunes
-pretrained LLMs), on level-1 mathsim, so that it learns to read within a 2-core CPU budget (about 40 minutes end
-to end); SFT and GRPO keep the checkpoint with which the core is most accurate on val (GRPO's candidates include the
+pretrained LLMs), on level-1 mathsim, so that it learns to read within a 2-core CPU budget (about 52 minutes end
+to end), helped by the language-modelling loss on problem text (a pretrained guide trains on strategies alone); SFT and GRPO keep the checkpoint with which the core is most accurate on val (GRPO's candidates include the
 SFT checkpoint it starts from); the learning curves also log oracle measures (the loss on canonical strategies of
 val tasks, the exact-plan rate and the simulator's exact success probability) that never feed training or choice.
 """
