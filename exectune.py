@@ -33,7 +33,8 @@ directory with its tokenizer, so it can be served as is.
 
 Where this departs from the paper: by default the guide is a tiny decoder trained from scratch (the paper fine-tunes
 pretrained LLMs), on level-1 mathsim, so that it learns to read within a 2-core CPU budget (about 52 minutes end
-to end), helped by the language-modelling loss on problem text (a pretrained guide trains on strategies alone); SFT and GRPO keep the checkpoint with which the core is most accurate on val (GRPO's candidates include the
+to end), helped by the language-modelling loss on problem text (a pretrained guide trains on strategies alone);
+SFT and GRPO keep the checkpoint with which the core is most accurate on val (GRPO's candidates include the
 SFT checkpoint it starts from); the learning curves also log oracle measures (the loss on canonical strategies of
 val tasks, the exact-plan rate and the simulator's exact success probability) that never feed training or choice.
 """
