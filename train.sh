@@ -7,6 +7,7 @@
 #   TASK=codesim bash train.sh       the code world (DESIGN 4.5): replies graded by running their code in the sandbox
 # Overrides: CORE_URL CORE_MODEL CORE_API LARGE_CORE_MODEL TEACHER_URL TEACHER_MODEL TEACHER_API RUN DEVICE LEVEL PRESET
 #   TASK (mathsim, codesim; gsm8k, humaneval, kodcode need CORE_URL)
+#   SEED (default 0): the training seed of SFT and GRPO; the tasks, their splits and the teacher's draws stay the same
 # The paper's experiments: TASK=gsm8k|kodcode|humaneval GUIDE_INIT=<Hugging Face dir> CORE_URL=https://api.anthropic.com
 #   bash train.sh (GSM8K from DATA_DIR, default data/gsm8k; kodcode and humaneval train on DATA_DIR/kodcode.jsonl,
 #   default data/kodcode, and humaneval tests on HumanEval; a pretrained guide fine-tuned instead of one from scratch;
@@ -56,16 +57,18 @@ case "${CORE_URL:-}" in
         export TEACHER_MODEL=${TEACHER_MODEL:-claude-3-5-sonnet-20241022} ;;
 esac
 # extra flags, word-split where they are used (so GUIDE_INIT must not contain spaces)
-DATA_FLAGS="--family $TASK" GEN_FLAGS="" SFT_FLAGS="" GRPO_FLAGS=""
+SEED=${SEED:-0}
+case "$SEED" in ''|*[!0-9]*) echo "error: SEED must be a non-negative integer, got '$SEED'" >&2; exit 2 ;; esac
+DATA_FLAGS="--family $TASK" GEN_FLAGS="" SFT_FLAGS="--seed $SEED" GRPO_FLAGS="--seed $SEED"
 if [ "$TASK" = "gsm8k" ] && [ "$PRESET" != "quick" ]; then
     DATA_FLAGS="$DATA_FLAGS --n-train 7473 --n-test 1319"     # all of GSM8K (200 of train: val)
 fi
 if [ "$offline" = "0" ]; then
     GEN_FLAGS="--max-new-tokens 256"               # free-text strategies run longer than the offline worlds'
 fi
-if [ -n "${GUIDE_INIT:-}" ]; then                  # fine-tuning a pretrained guide: small learning rates, and the
-    SFT_FLAGS="--init hf:$GUIDE_INIT --lr 1e-5 --warmup 20 --prompt-loss-weight 0"   # loss on strategies alone
-    GRPO_FLAGS="--lr 1e-6"
+if [ -n "${GUIDE_INIT:-}" ]; then                  # a pretrained guide: small learning rates, loss on strategies alone
+    SFT_FLAGS="$SFT_FLAGS --init hf:$GUIDE_INIT --lr 1e-5 --warmup 20 --prompt-loss-weight 0"
+    GRPO_FLAGS="$GRPO_FLAGS --lr 1e-6"
 fi
 
 if [ -z "${CORE_URL:-}" ]; then
