@@ -4,9 +4,10 @@ Every stage of ExecTune talks to the core (acceptance sampling, RL rewards, eval
 calls that fail, rate-limit and cost money. This client decides whether a run survives a bad minute of the provider,
 whether a reward is honest, and what the bill is.
 
-1. One request shape per API (DESIGN 7). OpenAI: POST `{base}/chat/completions`, Bearer key. Anthropic: POST
+1. One request shape per API. OpenAI: POST `{base}/chat/completions`, Bearer key. Anthropic: POST
    `{base}/v1/messages`, `x-api-key`, `anthropic-version: 2023-06-01`, the system prompt in `system`, `max_tokens`
-   always sent. Request params pass through verbatim (defaults temperature=1.0, max_tokens=512).
+   always sent. Request params pass through verbatim (defaults temperature=1.0, max_tokens=512, or the client's
+   `params`).
 2. Retries as the OpenAI and Anthropic SDKs do them. Faults that may clear (connection errors, timeouts, 408, 409,
    429, 5xx, 529) are retried up to `max_retries` times; faults that would repeat (other 4xx, an error object whose
    `code` or `type` says quota or billing such as OpenAI's `insufficient_quota` or Anthropic's `billing_error`, and a
@@ -53,7 +54,8 @@ from tqdm import tqdm
 
 log = logging.getLogger("core_client")
 
-# $ per million input / output tokens. Sim prices follow DESIGN 4.3-4.4 (they mirror Claude 3.5 Haiku / Sonnet).
+# $ per million input / output tokens: the one price table, the simulated models' included (docs/world.md §7;
+# they mirror Claude 3.5 Haiku / Sonnet). The simulator has no prices of its own.
 PRICES: dict[str, tuple[float, float]] = {
     "claude-3-5-haiku": (0.80, 4.0),
     "claude-3-5-sonnet": (3.0, 15.0),
@@ -203,7 +205,7 @@ class _Cache:
 
 class CoreClient:
     def __init__(self, base_url, model, api="openai", api_key=None, concurrency=16, timeout=60, max_retries=6,
-                 cache_path=None, price_in=None, price_out=None, progress=None,
+                 cache_path=None, price_in=None, price_out=None, progress=None, params=None,
                  backoff_base=BACKOFF_BASE_S, backoff_cap=BACKOFF_CAP_S, max_retry_after=MAX_RETRY_AFTER_S):
         if api not in ("openai", "anthropic"):
             raise ValueError(f"api must be 'openai' or 'anthropic', got {api!r}")
@@ -214,6 +216,8 @@ class CoreClient:
         if int(concurrency) < 1 or int(max_retries) < 0 or not timeout > 0 or not max_retry_after >= 0:
             raise ValueError("need concurrency >= 1, max_retries >= 0, timeout > 0 and max_retry_after >= 0")
         self.base_url, self.model, self.api = base_url.rstrip("/"), model, api
+        # the sampling parameters of every request (a call may pass its own on top)
+        self.params = {**DEFAULT_PARAMS, **(params or {})}
         self.concurrency, self.timeout, self.max_retries = int(concurrency), timeout, int(max_retries)
         self.progress = progress  # None: a bar only on a terminal
         self.backoff_base, self.backoff_cap, self.max_retry_after = backoff_base, backoff_cap, max_retry_after
@@ -252,7 +256,7 @@ class CoreClient:
         _check_messages(messages)
         if not isinstance(draw, int) or draw < 0:
             raise ValueError(f"draw must be an integer >= 0, got {draw!r}")
-        params = {**DEFAULT_PARAMS, **params}
+        params = {**self.params, **params}
         start = time.monotonic()
         self._add(calls=1)
         key = self._cache_key(messages, params, draw)
@@ -491,7 +495,8 @@ class CoreClient:
             return f"the key in {self.key_var} (or CORE_API_KEY) may not use model {self.model!r}: check its access"
         if status == 404:
             slash_v1 = "end in /v1" if self.api == "openai" else "not end in /v1"
-            return f"check the model name {self.model!r} and the base URL {self.base_url} (it should usually {slash_v1})"
+            return (f"check the model name {self.model!r} and the base URL {self.base_url} "
+                    f"(it should usually {slash_v1})")
         if status == 413:
             return "the request is too large: shorten the messages"
         return "the server refused the request: check the messages and params"

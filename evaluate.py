@@ -8,7 +8,7 @@ same core executes it with the same seeds, and each task is graded. One row of r
                           of every column (counted in `failures` in results.json), never scored as wrong.
   accuracy on held-out    the same on the `ood` split: phrasings (sentence templates, names, scenes) that training
   phrasings               never shows. "—" for a real benchmark (gsm8k), which has no such split.
-  valid                   share of strategies that parse (DESIGN 4.2); "—" for a system without strategies.
+  valid                   share of strategies that parse (docs/world.md §3); "—" for a system without strategies.
   deferred                share of strategies that left the work to the core: invalid, or abandoned by the core
                           at an unclear step (the simulated core says so in its reply; with a real core only
                           invalid strategies are counted).
@@ -23,29 +23,40 @@ same core executes it with the same seeds, and each task is graded. One row of r
   cost vs large           $ / 1k tasks divided by that of the large core alone; "n/a" when either is unknown.
 
 Each task is prompted and graded by its own family's rules (families.py). The functions here are pure (tasks,
-texts and replies in; rows and text out); exectune.py reads and writes the run directory around them.
+texts and replies in; rows and text out) but for the two stages at the end, which read and write the run
+directory around them.
 """
+import json
 import math
+import os
+from dataclasses import dataclass, asdict
+from typing import ClassVar
 
 import torch
 from tqdm import tqdm
 
+import checkpoint
+import config
+import execute
 import families
-import model as guide_model
-import tasks
+import generate
+import run_dir
+import strategy_format
+from config import at_least
 from core_client import CoreError
+from sample import SampleConfig
 
 
 @torch.no_grad()
 def guide_strategies(net, tok, task_list, max_new_tokens, batch_size, desc="guide writes"):
     """Greedy strategies for each task; returns (texts, completion token counts)."""
     net.eval()
-    eos = tok.encode_single_token("<|eos|>")
+    greedy = generate.SamplingOptions(max_new_tokens, tok.encode_single_token("<|eos|>"), temperature=0.0,
+                                      stop_strings=[strategy_format.STOP])
     texts, lengths = [], []
     for i in tqdm(range(0, len(task_list), batch_size), desc=desc, leave=False):
         prompts = [families.prompt_tokens(tok, t) for t in task_list[i:i + batch_size]]
-        out = guide_model.generate(net, prompts, max_new_tokens, eos_id=eos, temperature=0.0,
-                                   stop_strings=[tasks.STOP], tokenizer=tok)
+        out = generate.generate(net, prompts, greedy, tokenizer=tok)
         texts.extend(out.texts)
         lengths.extend(out.mask.sum(1).tolist())
     return texts, lengths
@@ -59,17 +70,16 @@ def plan_scores(val_tasks, texts):
     oracles = [families.family_of(t) for t in val_tasks]
     if not val_tasks or any(f.plan_matches is None for f in oracles):
         return None, None
-    strategies = [tasks.extract_strategy(s) or s for s in texts]
+    strategies = [strategy_format.extract_strategy(s) or s for s in texts]
     n = len(val_tasks)
     plan_exact = sum(f.plan_matches(t, s) for f, t, s in zip(oracles, val_tasks, strategies)) / n
     success = sum(f.exact_success(t, s) for f, t, s in zip(oracles, val_tasks, strategies)) / n
     return plan_exact, success
 
 
-def grade(task_list, strategies, replies, client, guide_tokens, teacher_dollars):
-    """One row per task: its strategy (None without one), and the core's reply graded; a reply that is a CoreError
-    (the call failed for good) makes the row `failed`, with no grade."""
-    correct = families.grade(task_list, replies)
+def task_rows(task_list, strategies, replies, correct, client, guide_tokens, teacher_dollars):
+    """One row per task: its strategy (None without one), and the core's reply with its verdict (correct[i]); a
+    reply that is a CoreError (the call failed for good) makes the row `failed`, with no verdict."""
     rows = []
     for i, (t, s, r, g, td) in enumerate(zip(task_list, strategies, replies, guide_tokens, teacher_dollars)):
         family = families.family_of(t)
@@ -82,7 +92,7 @@ def grade(task_list, strategies, replies, client, guide_tokens, teacher_dollars)
         if s is not None:
             valid = family.parse_strategy(s).valid
             row.update(valid=valid, leaks=family.leaks(s, t),
-                       deferred=tasks.deferred(valid, None if isinstance(r, CoreError) else r.text))
+                       deferred=strategy_format.deferred(valid, None if isinstance(r, CoreError) else r.text))
         rows.append(row)
     return rows
 
@@ -97,17 +107,17 @@ def wilson(k, n, z=1.96):
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def summarize(per_task, core_model, guide, alone=None):
-    """The table's columns for one system from its graded test rows; `alone` (id -> the core-alone row of the same
-    task) gives the harm rate."""
+def summarize(per_task, core_model, guide, alone_rows=None):
+    """The table's columns for one system from its graded test rows; `alone_rows` (id -> the core-alone row of the
+    same task) gives the harm rate."""
     done = [r for r in per_task if not r["failed"]]
     n = len(done)
     k = sum(r["correct"] for r in done)
     with_strategy = [r for r in done if "valid" in r]
     valid = [r for r in with_strategy if r["valid"]]
     harm = None
-    if alone is not None and guide != "none":
-        harm = sum(bool(alone.get(r["id"], {}).get("correct")) and not r["correct"] for r in done) / max(1, n)
+    if alone_rows is not None and guide != "none":
+        harm = sum(bool(alone_rows.get(r["id"], {}).get("correct")) and not r["correct"] for r in done) / max(1, n)
     core_dollars, teacher_dollars = (mean_or_unknown([r[key] for r in done], n) for key in ("dollars",
                                                                                              "teacher_dollars"))
     return dict(
@@ -206,3 +216,93 @@ def plot_curves(rows, out):
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the eval and table stages
+
+@dataclass
+class EvalConfig:
+    stage: ClassVar[str] = "eval"
+    max_new_tokens: int = 160
+    batch_size: int = 64
+
+    def __post_init__(self):
+        at_least(self, 1, "max_new_tokens", "batch_size")
+
+
+def eval_system(args, run, name, guide, role="core"):
+    """One system on the test split and the held-out-phrasing split (evaluate.py says what is measured): guide
+    (checkpoint path, 'teacher' or 'none') + core (role core|large). Appends its row to results.json and rewrites
+    results.md; the per-task rows go to eval/<name>.jsonl."""
+    results_path = run.file("results.json")
+    results = run_dir.read_json(results_path) if os.path.exists(results_path) else []
+    cfg = config.stage_config(EvalConfig, args)
+    spec = dict(name=name, guide=guide, core_role=role, **asdict(cfg))
+    if any(r["spec"] == spec for r in results):
+        print(f"eval: {name!r} already in {results_path}, kept")
+        return
+    # a real benchmark (gsm8k) has no held-out-phrasing split: its ood column stays empty
+    has_ood = os.path.exists(run.file("data", "ood.jsonl"))
+    test = run_dir.load_tasks(run, "test") + (run_dir.load_tasks(run, "ood") if has_ood else [])
+    client = execute.client_for(args, role, run)
+    guide_tokens, teacher_dollars, failed = [0] * len(test), [0.0] * len(test), {}
+    if guide == "none":
+        strategies = [None] * len(test)
+    elif guide == "teacher":
+        teacher = execute.client_for(args, "teacher", run)
+        # the teacher asked as acceptance sampling asked it (that stage's recorded configuration, else the default)
+        configs = run_dir.read_json(run.file("config.json")) if os.path.exists(run.file("config.json")) else {}
+        name_quantities = configs.get("sample", {}).get("name_quantities", SampleConfig.name_quantities)
+        taught = execute.ask_teacher(teacher, test, "teacher on test+ood", name_quantities=name_quantities)
+        strategies = [strategy for _, strategy in taught]
+        teacher_dollars = [None if s is None else teacher.dollars(r) for r, s in taught]
+        # a task whose teacher call failed for good is counted as failed, never quietly run without a strategy
+        failed = {i: r for i, (r, s) in enumerate(taught) if s is None}
+    else:
+        net, tok = run_dir.load_guide(run, guide, args.device)
+        strategies, guide_tokens = guide_strategies(net, tok, test, cfg.max_new_tokens, cfg.batch_size)
+    todo = [i for i in range(len(test)) if i not in failed]
+    core_replies, verdicts = execute.execute(client, [test[i] for i in todo], [strategies[i] for i in todo],
+                                             f"{name}: core")
+    replies, correct = failed | dict(zip(todo, core_replies)), dict(zip(todo, verdicts))
+    per_task = task_rows(test, strategies, [replies[i] for i in range(len(test))],
+                         [correct.get(i) for i in range(len(test))], client, guide_tokens, teacher_dollars)
+    os.makedirs(run.file("eval"), exist_ok=True)
+    run_dir.write_jsonl(run.file("eval", f"{run_dir.slug(name)}.jsonl"), per_task)
+    alone_path = run.file("eval", "core-alone.jsonl")
+    alone_rows = {r["id"]: r for r in run_dir.read_jsonl(alone_path)} if os.path.exists(alone_path) else None
+    summary = summarize([r for r in per_task if r["split"] == "test"], client.model, guide, alone_rows)
+    ood = [r for r in per_task if r["split"] == "ood" and not r["failed"]]
+    k_ood = sum(r["correct"] for r in ood)
+    summary.update(n_ood=len(ood), accuracy_ood=k_ood / max(1, len(ood)) if has_ood else None,
+                   accuracy_ood_ci=wilson(k_ood, len(ood)) if has_ood else None)
+    with run.writer("results"):          # another system's eval may have added its row since we read the file
+        results = run_dir.read_json(results_path) if os.path.exists(results_path) else []
+        results = [r for r in results if r["name"] != name] + [dict(name=name, spec=spec, **summary)]
+        run_dir.write_json(results_path, results)
+        checkpoint.atomic_write(run.file("results.md"), table(results))
+    run.log("eval", **summary)
+    print(f"eval: {name}: accuracy {summary['accuracy']:.3f} "
+          f"[{summary['accuracy_ci'][0]:.3f}, {summary['accuracy_ci'][1]:.3f}]" + (
+              f", on held-out phrasings {summary['accuracy_ood']:.3f} [{summary['accuracy_ood_ci'][0]:.3f}, "
+              f"{summary['accuracy_ood_ci'][1]:.3f}]" if has_ood else ""))
+
+
+def stage_table(args, run):
+    """Print results.md (and draw curves.png when matplotlib is installed), then one JSON summary line."""
+    results = run_dir.read_json(run.file("results.json"))
+    text = table(results)
+    checkpoint.atomic_write(run.file("results.md"), text)
+    print(text, end="")
+    metrics = run.file("metrics.jsonl")
+    rows = run_dir.read_jsonl(metrics, required=("stage",)) if os.path.exists(metrics) else []
+    plot = plot_curves(rows, run.file("curves.png"))
+    if plot:
+        print(f"SFT and GRPO learning curves -> {plot}")
+    dollars = {r["name"]: dollars_per_1k(r) for r in results}
+    summary = dict(run=run.path, wall_s=args.wall_s, tasks=results[0]["n"] if results else 0,
+                   accuracy={r["name"]: round(r["accuracy"], 4) for r in results},
+                   accuracy_ood={r["name"]: run_dir.rounded(r["accuracy_ood"]) for r in results},
+                   dollars_per_1k={k: None if v is None else round(v, 4) for k, v in dollars.items()})
+    print(json.dumps(summary))

@@ -1,11 +1,12 @@
 """Task families: what the recipe needs from each one, in one place, and the guide's prompt for all of them.
 
-1. `mathsim` (tasks.py, DESIGN 4.1): synthetic word problems; a reply is graded by the number after '####'.
-2. `gsm8k` (tasks.py, DESIGN 4.6): the real benchmark, for a real core; graded the same way, free-text strategies.
-3. `codesim` (code_tasks.py, DESIGN 4.5): list-processing functions described in English; a reply is graded by
+1. `mathsim` (mathsim.py, docs/world.md §2): synthetic word problems; a reply is graded by the number after '####'.
+2. `gsm8k` (gsm8k.py, docs/world.md §1): the real benchmark, for a real core; graded the same way, free-text
+   strategies.
+3. `codesim` (codesim.py, docs/world.md §6): list-processing functions described in English; a reply is graded by
    running the function it contains against the task's hidden tests in the sandbox (never by the simulator's
    knowledge), one sandbox program per task for a whole batch of replies.
-4. `kodcode` and `humaneval` (code_tasks.py, DESIGN 4.6): real code benchmarks, for a real core. Free-text
+4. `kodcode` and `humaneval` (code_bench.py, docs/world.md §1): real code benchmarks, for a real core. Free-text
    strategies; a reply's code is run with the benchmark's own tests in the sandbox. Neither has a training split:
    the guide trains on the user's KodCode file, and `humaneval` tests on HumanEval's 164 problems.
 `family_of(task)` reads the family a task names, so every stage prompts and grades a task by its own rules.
@@ -13,8 +14,13 @@ The stages never branch on a family's name: what differs is a field of `Family`.
 """
 from dataclasses import dataclass
 
-import code_tasks
-import tasks
+import code_bench
+import codesim
+import gsm8k
+import mathsim
+import sim_code
+import sim_math
+import strategy_format
 
 
 @dataclass(frozen=True)
@@ -24,8 +30,8 @@ class Family:
     guide_prompt: object        # problem -> text (a guide without a chat format)
     guide_messages: object      # problem -> messages (a pretrained chat guide, through its template)
     core_messages: object       # (problem, strategy or None) -> messages
-    teacher_messages: object    # (problem, name_quantities) -> messages; name_quantities adds tasks.NAME_QUANTITIES
-    parse_strategy: object      # text -> tasks.ParsedStrategy
+    teacher_messages: object    # (problem, name_quantities) -> messages; name_quantities adds the naming instruction
+    parse_strategy: object      # text -> strategy_format.ParsedStrategy
     leaks: object               # (strategy, task) -> bool
     grade: object               # (tasks, reply texts) -> [bool]: is each reply a correct solution of its task
     tokenizer_text: object      # task -> strings a from-scratch guide's tokenizer trains on
@@ -44,47 +50,46 @@ def _answer_grader(extract_answer):
 
 
 def _math_exact_success(task, strategy):
-    import sim_core                   # the offline world, read in-process for curves only, like a gym's `info`
-    return sim_core.exact_success(task.problem, strategy)
+    """The cheap core's chance of success (sim_math.exact_success): the offline world, read in-process for curves
+    only, like a gym's `info`."""
+    return sim_math.exact_success(task.problem, strategy)
 
 
 def _code_parse_strategy(text):
-    steps, error = code_tasks.parse_code_strategy(text)
-    return tasks.ParsedStrategy(steps=steps, error=error)
+    steps, error = codesim.parse_code_strategy(text)
+    return strategy_format.ParsedStrategy(steps=steps, error=error)
 
 
 def _code_benchmark(name):
     """The rules of a real code benchmark: free-text strategies, the reply's code run with the task's own tests."""
     def parse_strategy(text):
-        steps, error = code_tasks.strategy_steps(text)
-        return tasks.ParsedStrategy(steps=steps, error=error)
+        steps, error = strategy_format.free_text_steps(text)
+        return strategy_format.ParsedStrategy(steps=steps, error=error)
 
     def grade(task_list, texts):
-        results = code_tasks.grade(task_list, [code_tasks.extract_code(t) for t in texts], desc="grade")
+        results = code_bench.grade(task_list, [code_bench.extract_code(t) for t in texts], desc="grade")
         return [r.status == "passed" for r in results]
 
     def load(data_dir, n_val, n_test, seed):
-        return code_tasks.load_code_benchmark(name, data_dir, n_val, n_test, seed)
+        return code_bench.load_code_benchmark(name, data_dir, n_val, n_test, seed)
 
-    return Family(name, task_from_json=code_tasks.CodeTask.from_json, guide_prompt=tasks.guide_prompt,
-                  guide_messages=code_tasks.code_guide_messages, core_messages=code_tasks.code_core_messages,
-                  teacher_messages=code_tasks.code_teacher_messages, parse_strategy=parse_strategy,
-                  leaks=lambda strategy, task: code_tasks.code_leaks(strategy), grade=grade,
-                  tokenizer_text=lambda task: (tasks.guide_prompt(task.problem), task.solution or ""),
+    return Family(name, task_from_json=code_bench.CodeTask.from_json, guide_prompt=strategy_format.guide_prompt,
+                  guide_messages=code_bench.code_guide_messages, core_messages=code_bench.code_core_messages,
+                  teacher_messages=code_bench.code_teacher_messages, parse_strategy=parse_strategy,
+                  leaks=lambda strategy, task: code_bench.code_leaks(strategy), grade=grade,
+                  tokenizer_text=lambda task: (strategy_format.guide_prompt(task.problem), task.solution or ""),
                   load=load, data_dir="data/kodcode")
 
 
 def _code_plan_matches(task, strategy):
-    steps, error = code_tasks.parse_code_strategy(strategy)
+    steps, error = codesim.parse_code_strategy(strategy)
     return error is None and tuple(s.prim for s in steps) == task.steps
 
 
 def _code_exact_success(task, strategy):
     """The capability model's chance that the cheap core writes the function bug-free (sim_code.p_bug_free): a lower
     bound on its success, since a bug the tests cannot see passes too; measuring it needs the sandbox."""
-    import sim_code
-    import sim_core
-    return sim_code.p_bug_free(task.problem, strategy, sim_core.CHEAP)
+    return sim_code.p_bug_free(task.problem, strategy, sim_math.CHEAP)
 
 
 def _chat(guide_prompt):
@@ -92,29 +97,29 @@ def _chat(guide_prompt):
 
 
 FAMILIES = {f.name: f for f in [
-    Family("mathsim", task_from_json=tasks.MathTask.from_json, guide_prompt=tasks.guide_prompt,
-           guide_messages=_chat(tasks.guide_prompt), core_messages=tasks.core_messages,
-           teacher_messages=tasks.teacher_messages, parse_strategy=tasks.parse_strategy,
-           leaks=lambda strategy, task: tasks.leaks(strategy, task.problem, task.answer),
-           grade=_answer_grader(tasks.extract_answer),
-           tokenizer_text=lambda task: (tasks.guide_prompt(task.problem), tasks.grammar_text()),
-           generate=tasks.generate_tasks, canonical_strategy=tasks.canonical_strategy,
-           plan_matches=tasks.plan_matches, exact_success=_math_exact_success),
-    Family("gsm8k", task_from_json=tasks.GSM8KTask.from_json, guide_prompt=tasks.gsm8k_guide_prompt,
-           guide_messages=tasks.gsm8k_guide_messages, core_messages=tasks.gsm8k_core_messages,
-           teacher_messages=tasks.gsm8k_teacher_messages, parse_strategy=tasks.gsm8k_parse_strategy,
-           leaks=lambda strategy, task: tasks.gsm8k_leaks(strategy, task.problem, task.answer),
-           grade=_answer_grader(tasks.gsm8k_extract_answer), tokenizer_text=tasks.gsm8k_training_text,
-           load=lambda data_dir, n_val, n_test, seed: tasks.load_gsm8k(data_dir, n_val, seed), data_dir="data/gsm8k"),
-    Family("codesim", task_from_json=code_tasks.CodesimTask.from_json, guide_prompt=tasks.guide_prompt,
-           guide_messages=_chat(tasks.guide_prompt), core_messages=code_tasks.code_core_messages,
-           teacher_messages=code_tasks.code_teacher_messages, parse_strategy=_code_parse_strategy,
-           leaks=lambda strategy, task: code_tasks.code_leaks(strategy),
-           grade=lambda task_list, texts: code_tasks.codesim_verdicts(task_list,
-                                                                      [code_tasks.extract_code(t) for t in texts]),
-           tokenizer_text=lambda task: (tasks.guide_prompt(task.problem), code_tasks.CODE_TEACHER_SYSTEM),
-           generate=lambda n, seed, split, level: code_tasks.generate_codesim(n, seed, split),    # one level
-           canonical_strategy=code_tasks.canonical_code_strategy, plan_matches=_code_plan_matches,
+    Family("mathsim", task_from_json=mathsim.MathTask.from_json, guide_prompt=strategy_format.guide_prompt,
+           guide_messages=_chat(strategy_format.guide_prompt), core_messages=mathsim.core_messages,
+           teacher_messages=mathsim.teacher_messages, parse_strategy=strategy_format.parse_strategy,
+           leaks=lambda strategy, task: strategy_format.leaks(strategy, task.problem, task.answer),
+           grade=_answer_grader(strategy_format.extract_answer),
+           tokenizer_text=lambda task: (strategy_format.guide_prompt(task.problem), strategy_format.grammar_text()),
+           generate=mathsim.generate_tasks, canonical_strategy=mathsim.canonical_strategy,
+           plan_matches=mathsim.plan_matches, exact_success=_math_exact_success),
+    Family("gsm8k", task_from_json=gsm8k.GSM8KTask.from_json, guide_prompt=gsm8k.guide_prompt,
+           guide_messages=gsm8k.guide_messages, core_messages=gsm8k.core_messages,
+           teacher_messages=gsm8k.teacher_messages, parse_strategy=gsm8k.parse_strategy,
+           leaks=lambda strategy, task: gsm8k.leaks(strategy, task.problem, task.answer),
+           grade=_answer_grader(gsm8k.extract_answer), tokenizer_text=gsm8k.training_text,
+           load=lambda data_dir, n_val, n_test, seed: gsm8k.load(data_dir, n_val, seed), data_dir="data/gsm8k"),
+    Family("codesim", task_from_json=codesim.CodesimTask.from_json, guide_prompt=strategy_format.guide_prompt,
+           guide_messages=_chat(strategy_format.guide_prompt), core_messages=code_bench.code_core_messages,
+           teacher_messages=code_bench.code_teacher_messages, parse_strategy=_code_parse_strategy,
+           leaks=lambda strategy, task: code_bench.code_leaks(strategy),
+           grade=lambda task_list, texts: codesim.codesim_verdicts(task_list,
+                                                                   [code_bench.extract_code(t) for t in texts]),
+           tokenizer_text=lambda task: (strategy_format.guide_prompt(task.problem), code_bench.CODE_TEACHER_SYSTEM),
+           generate=lambda n, seed, split, level: codesim.generate_codesim(n, seed, split),       # one level
+           canonical_strategy=codesim.canonical_code_strategy, plan_matches=_code_plan_matches,
            exact_success=_code_exact_success),
     _code_benchmark("kodcode"),
     _code_benchmark("humaneval"),
@@ -131,7 +136,7 @@ def family_of(task) -> Family:
     return FAMILIES[task.family]
 
 
-def grade(task_list, replies) -> list:
+def grade_replies(task_list, replies) -> list:
     """Whether each core reply (its .text) solves its task, None where the request failed for good (an exception in
     its place). Each family grades its replies in one batch: a code family runs their code in the sandbox, one
     program per task."""

@@ -1,9 +1,9 @@
-"""Structure-aware GRPO for the guide: the reward (DESIGN 5) and the update (DESIGN 6).
+"""Structure-aware GRPO for the guide: the reward (docs/world.md §8) and the update.
 
 One training step (grpo_step):
-1. Rollouts: G strategies per prompt, sampled from one prefill of the prompt (model.generate_group), with the
+1. Rollouts: G strategies per prompt, sampled from one prefill of the prompt (generate.generate_group), with the
    log-probs of the sampled tokens at the sampling temperature ("old" log-probs).
-2. Rewards: every strategy goes to the live core once, all in one CoreClient.chat_many call (compute_rewards).
+2. Rewards: every strategy goes to the live core once, the whole step in one batch (compute_rewards).
    The reward is the weighted sum of validity, execution, leakage, harm and cost; each part is also kept apart.
    A core call that fails for good gives no reward (NaN), never 0, and is counted.
 3. Advantages per group of G: A = (r - mean) / (std + 1e-4), mean and *population* std (divide by n) over the
@@ -17,16 +17,31 @@ One training step (grpo_step):
 
 A per-task constant added to every reward of a group (say "improvement over the core alone") cancels in the
 group-normalized advantage; only terms that differ between a task's samples, such as harm, change the gradient.
+
+The stage (stage_grpo, `exectune.py grpo`) starts from an SFT checkpoint, walks the training tasks in a fixed seeded
+order, and keeps the checkpoint with which the core is most accurate on val (training.validate_and_save), the
+starting one included, so RL that does not help leaves the guide as it was. `--reward outcome` trains the
+advisor-style baseline with the same loop.
 """
+import contextlib
 import math
+import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, asdict
+from typing import ClassVar
 
 import torch
+from tqdm import tqdm
 
+import config
+import evaluate
+import execute
 import families
-import model as guide_model
-import tasks
+import generate
+import run_dir
+import strategy_format
+import training
+from config import at_least
 
 
 # ----------------------------------------------------------------------------------------------- reward
@@ -54,31 +69,30 @@ class Reward:
     correct: bool = False
     leaked: bool = False
     harmed: bool = False
-    deferred: bool = False              # invalid, or abandoned by the core at an unclear step (tasks.deferred)
+    deferred: bool = False              # invalid, or abandoned at an unclear step (strategy_format.deferred)
     core_dollars: float | None = None   # None: not run, failed, or the core's price is unknown
     failed: bool = False
 
 
-def compute_rewards(task_list, strategies, client, alone_stats=None, weights=None, kind="structure", draw=0,
-                    core_params=None):
+def compute_rewards(task_list, strategies, client, alone_stats=None, weights=None, reward="structure", draw=0):
     """Score strategies[i] for task_list[i] with the core behind `client`; returns one Reward each.
 
-    kind="structure": the ExecTune reward of DESIGN 5. An invalid strategy scores `weights.invalid` and is never
-      sent to the core. alone_stats[task.id] = {"alone_majority_correct": bool, "alone_dollars": float | None},
+    reward="structure": the ExecTune reward (docs/world.md §8). An invalid strategy scores `weights.invalid` and is
+      never sent to the core. alone_stats[task.id] = {"alone_majority_correct": bool, "alone_dollars": float | None},
       from the core-alone runs of the baselines stage. The cost term is left at 0 when either dollar figure is
       unknown (a core with no known price) or the alone cost is 0.
-    kind="outcome": the advisor-style baseline, `weights.execution` when the core's answer is correct, else 0.
+    reward="outcome": the advisor-style baseline, `weights.execution` when the core's answer is correct, else 0.
       Every strategy goes to the core; the core ignores an invalid one and solves alone.
-    Sample i is drawn with seed `draw + i`, so distinct samples of one request are independent draws.
-    core_params (e.g. temperature, max_tokens) go to the core as they are: use the evaluation's.
+    Sample i is drawn with seed `draw + i`, so distinct samples of one request are independent draws; the core
+    samples with the client's parameters (the evaluation's).
     """
     weights = weights or RewardWeights()
-    if kind not in ("structure", "outcome"):
-        raise ValueError(f"unknown reward kind {kind!r}: use 'structure' or 'outcome'")
+    if reward not in ("structure", "outcome"):
+        raise ValueError(f"unknown reward {reward!r}: use 'structure' or 'outcome'")
     if len(task_list) != len(strategies):
         raise ValueError(f"{len(task_list)} tasks but {len(strategies)} strategies")
     alone_stats = alone_stats or {}
-    if kind == "structure":
+    if reward == "structure":
         missing = [t.id for t in task_list if t.id not in alone_stats]
         if missing:
             raise ValueError(f"no core-alone stats for task {missing[0]!r} (and {len(missing) - 1} more); "
@@ -86,19 +100,19 @@ def compute_rewards(task_list, strategies, client, alone_stats=None, weights=Non
 
     family = [families.family_of(t) for t in task_list]
     valid = [f.parse_strategy(s).valid for f, s in zip(family, strategies)]
-    to_run = [i for i in range(len(strategies)) if valid[i] or kind == "outcome"]
-    replies = client.chat_many([family[i].core_messages(task_list[i].problem, strategies[i]) for i in to_run],
-                               draws=[draw + i for i in to_run], desc="reward", **(core_params or {}))
+    to_run = [i for i in range(len(strategies)) if valid[i] or reward == "outcome"]
+    replies, verdicts = execute.execute(client, [task_list[i] for i in to_run], [strategies[i] for i in to_run],
+                                        "reward", draws=[draw + i for i in to_run], strict=False)
     reply_of = dict(zip(to_run, replies))
-    correct = dict(zip(to_run, families.grade([task_list[i] for i in to_run], replies)))   # one batch
+    correct = dict(zip(to_run, verdicts))
 
     rewards = []
     for i, (task, strategy) in enumerate(zip(task_list, strategies)):
         alone = alone_stats.get(task.id, {})
         r = Reward(valid=valid[i], leaked=family[i].leaks(strategy, task))
         reply = reply_of.get(i)
-        r.deferred = tasks.deferred(valid[i], reply.text if reply is not None and not isinstance(reply, Exception)
-                                    else None)
+        text = reply.text if reply is not None and not isinstance(reply, Exception) else None
+        r.deferred = strategy_format.deferred(valid[i], text)
         if reply is None:                       # invalid, structure reward: scored without the core
             r.validity = weights.invalid
         elif isinstance(reply, Exception):      # chat_many puts a CoreError where a call failed for good
@@ -108,7 +122,7 @@ def compute_rewards(task_list, strategies, client, alone_stats=None, weights=Non
             r.harmed = bool(alone.get("alone_majority_correct")) and not r.correct
             r.core_dollars = client.dollars(reply)  # a cache hit is priced too: the reward prices the strategy
             r.execution = weights.execution * r.correct
-            if kind == "structure":
+            if reward == "structure":
                 r.leakage = weights.leakage * r.leaked
                 r.harm = weights.harm * r.harmed
                 alone_dollars = alone.get("alone_dollars")
@@ -169,16 +183,29 @@ def grpo_loss(new_logprobs, old_logprobs, advantages, mask, n_tokens, ref_logpro
 
 @dataclass
 class GRPOConfig:
-    prompts_per_step: int = 8      # N tasks per step (the caller picks them)
+    stage: ClassVar[str] = "grpo"
+    prompts_per_step: int = 8      # N tasks per step
     group_size: int = 8            # G samples per task
     max_new_tokens: int = 128
     temperature: float = 1.0       # sampling and scoring temperature
-    lr: float = 1e-4               # for the caller's optimizer; a fresh Adam's first steps move every weight by ~lr
+    lr: float = 1e-4               # a fresh Adam's first steps move every weight by ~lr
     clip_eps: float = 0.2
     kl_beta: float = 0.0
     update_passes: int = 1
     micro_batch_size: int = 16
     grad_clip: float = 1.0
+    steps: int = 100
+    eval_every: int = 20           # greedy accuracy on val every this many steps; the best checkpoint is kept
+    n_val_eval: int = 200
+    seed: int = 0
+
+    def __post_init__(self):
+        at_least(self, 1, "prompts_per_step", "max_new_tokens", "update_passes", "micro_batch_size", "steps",
+                 "eval_every", "n_val_eval")
+        at_least(self, 2, "group_size")          # a group of one has no advantage to learn from
+        at_least(self, 0, "clip_eps", "kl_beta", "grad_clip", "seed")
+        if not (self.lr > 0 and self.temperature > 0):
+            raise ValueError(f"need --lr > 0 and --temperature > 0, got {self.lr} and {self.temperature}")
 
 
 def _pad(rows, value):
@@ -191,53 +218,69 @@ def _mean(values):
     return sum(values) / len(values) if values else None
 
 
-def accumulate_gradients(model, prompts, tokens, old_logprobs, mask, advantages, cfg, ref_model=None):
+def accumulate_gradients(model, prompts, tokens, old_logprobs, mask, advantages, cfg, ref_model=None, n_vocab=None):
     """Backpropagate the step's loss into model's .grad, cfg.micro_batch_size rows at a time.
 
-    prompts: B token lists; tokens, old_logprobs, mask: (B, T); advantages: (B,); ref_model: frozen or None.
-    Every micro-batch divides by the step's total token count, so the gradient does not depend on the split.
-    Returns the loss stats of each micro-batch.
+    prompts: B token lists; tokens, old_logprobs, mask: (B, T); advantages: (B,); ref_model: frozen or None;
+    n_vocab: the tokenizer's size (generate samples among its tokens only).
+    Every micro-batch divides by the step's total token count (over every process under torchrun), so the gradient
+    does not depend on the split. model may be DistributedDataParallel: it averages the processes' gradients in the
+    last micro-batch's backward, so each process's loss is scaled by their number. Returns the loss stats of each
+    micro-batch.
     """
-    n_tokens = max(int(mask.sum()), 1)
+    world = training.rank_and_world()[1]
+    n_tokens = max(int(training.sum_over_processes(int(mask.sum()), mask.device)), 1)
     lengths = mask.sum(dim=1)                                    # (B,)
     all_stats = []
-    for s in range(0, len(prompts), cfg.micro_batch_size):
+    starts = range(0, len(prompts), cfg.micro_batch_size)
+    for s in starts:
         sl = slice(s, s + cfg.micro_batch_size)
         width = max(int(lengths[sl].max()), 1)                   # drop this micro-batch's all-padding columns
-        new = guide_model.completion_logprobs(model, prompts[sl], tokens[sl, :width], temperature=cfg.temperature)
+        new = generate.completion_logprobs(model, prompts[sl], tokens[sl, :width], cfg.temperature, n_vocab)
         ref = None
         if ref_model is not None:
             with torch.no_grad():
-                ref = guide_model.completion_logprobs(ref_model, prompts[sl], tokens[sl, :width],
-                                                      temperature=cfg.temperature)
+                ref = generate.completion_logprobs(ref_model, prompts[sl], tokens[sl, :width], cfg.temperature,
+                                                   n_vocab)
         loss, stats = grpo_loss(new, old_logprobs[sl, :width], advantages[sl], mask[sl, :width], n_tokens,
                                 ref, cfg.clip_eps, cfg.kl_beta)
-        loss.backward()
+        last = s == starts[-1]
+        with contextlib.nullcontext() if last or world == 1 else model.no_sync():
+            (loss * world).backward()
         all_stats.append(stats)
     return all_stats
 
 
-def grpo_step(model, optimizer, tokenizer, tasks_batch, client, alone_stats, cfg, weights=None, kind="structure",
-              generator=None, ref_model=None, step=0, core_params=None):
-    """One GRPO step on tasks_batch (module docstring); returns the step's metrics (DESIGN 6) as one flat dict.
+def grpo_step(model, optimizer, tokenizer, tasks_batch, client, alone_stats, cfg, weights=None, reward="structure",
+              seed=0, ref_model=None, step=0):
+    """One GRPO step on tasks_batch (module docstring); returns the step's metrics as one flat dict.
 
-    A frozen ref_model, when given, is used for the logged KL even with kl_beta = 0. generator: a torch.Generator
-    for the rollouts (seed it from the step so a resumed step samples the same). core_params: see compute_rewards.
+    model: the guide, or the guide in DistributedDataParallel (training.data_parallel) under torchrun, where
+    tasks_batch is this process's share of the step's tasks (the rank-th block) and the metrics cover all of them.
+    Task j of the step samples its rollouts from its own generator, seeded from (seed, step, j), and its core calls
+    are draws step * B + j * G ..., so a resumed step asks the same and the split over processes changes nothing.
+    A frozen ref_model, when given, is used for the logged KL even with kl_beta = 0.
     """
+    rank, world = training.rank_and_world()
+    guide = getattr(model, "module", model)           # DistributedDataParallel's module, for the rollouts
+    first = rank * len(tasks_batch)                   # the step's index of this process's first task
     weights = weights or RewardWeights()
     G = cfg.group_size
     eos_id = tokenizer.encode_single_token("<|eos|>")
+    sampling = generate.SamplingOptions(cfg.max_new_tokens, eos_id, temperature=cfg.temperature,
+                                        stop_strings=[strategy_format.STOP])
 
     # 1. Rollouts: G samples per task from one prefill.
     t0 = time.perf_counter()
-    model.eval()
+    guide.eval()
+    device = guide.tok_emb.weight.device
     prompts, rollouts = [], []
     with torch.no_grad():
-        for task in tasks_batch:
+        for j, task in enumerate(tasks_batch, start=first):
             prompt = families.prompt_tokens(tokenizer, task)
-            rollouts.append(guide_model.generate_group(
-                model, prompt, G, cfg.max_new_tokens, eos_id, temperature=cfg.temperature, generator=generator,
-                stop_strings=[tasks.STOP], tokenizer=tokenizer))
+            generator = torch.Generator(device).manual_seed((seed * 100_003 + step) * 10_007 + j)
+            rollouts.append(generate.generate_group(guide, prompt, G, sampling, generator=generator,
+                                                    tokenizer=tokenizer))
             prompts += [prompt] * G
     tokens = _pad([r.tokens for r in rollouts], 0)              # (B, T), B = len(tasks_batch) * G
     old_logprobs = _pad([r.logprobs for r in rollouts], 0.0)    # (B, T)
@@ -245,30 +288,36 @@ def grpo_step(model, optimizer, tokenizer, tasks_batch, client, alone_stats, cfg
     texts = [t for r in rollouts for t in r.texts]
     lengths = mask.sum(dim=1)                                   # (B,)
     # Truncated: ran to max_new_tokens without reaching EOS or the stop string.
-    ended = [tasks.STOP in text or (n > 0 and int(row[n - 1]) == eos_id)
+    ended = [strategy_format.STOP in text or (n > 0 and int(row[n - 1]) == eos_id)
              for text, row, n in zip(texts, tokens, lengths.tolist())]
     t1 = time.perf_counter()
 
-    # 2. Rewards: the whole step in one chat_many. Draws start at step * B, so every request of every step is a
-    # fresh sample, and a resumed step asks exactly the same requests again.
+    # 2. Rewards: the whole step in one batch. Draws start at step * B (B: the step's samples over every process),
+    # so every request of every step is a fresh sample, and a resumed step asks exactly the same requests again.
     # The strategy is the completion as written (stop string included): exactly what the core sees at inference.
     rewards = compute_rewards([t for t in tasks_batch for _ in range(G)], texts, client, alone_stats, weights,
-                              kind, draw=step * len(texts), core_params=core_params)
+                              reward, draw=(step * world * len(tasks_batch) + first) * G)
     t2 = time.perf_counter()
 
     # 3. Advantages, 4-5. update passes over micro-batches, one optimizer step per pass.
     totals = torch.tensor([r.total for r in rewards], dtype=torch.float32, device=tokens.device).view(-1, G)  # (N, G)
     advantages = group_advantages(totals).flatten()                                       # (B,)
-    model.train()
+    guide.train()
     loss_stats, grad_norm = [], 0.0
     for _ in range(cfg.update_passes):
         optimizer.zero_grad(set_to_none=True)
-        loss_stats += accumulate_gradients(model, prompts, tokens, old_logprobs, mask, advantages, cfg, ref_model)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+        loss_stats += accumulate_gradients(model, prompts, tokens, old_logprobs, mask, advantages, cfg, ref_model,
+                                           tokenizer.n_vocab)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(guide.parameters(), cfg.grad_clip))
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    model.eval()
+    guide.eval()
     t3 = time.perf_counter()
+
+    # The metrics cover the whole step: under torchrun, every process's samples.
+    zero_std = (advantages.view(-1, G) == 0).all(dim=1).tolist()
+    rewards, lengths, ended, zero_std, loss_stats = (training.gather(x) for x in (
+        rewards, lengths.tolist(), ended, zero_std, loss_stats))
 
     def token_mean(key):   # mean over every token of every pass, each micro-batch weighted by its token count
         pairs = [(s[key], s["tokens"]) for s in loss_stats if s[key] is not None]
@@ -287,8 +336,8 @@ def grpo_step(model, optimizer, tokenizer, tasks_batch, client, alone_stats, cfg
         "leak_rate": _mean([r.leaked for r in rewards]),
         "deferred_rate": _mean([r.deferred for r in rewards]),
         "harm_rate": _mean([r.harmed for r in done]),
-        "zero_std_groups": float((advantages.view(-1, G) == 0).all(dim=1).float().mean()),
-        "completion_tokens": float(lengths.float().mean()),
+        "zero_std_groups": _mean(zero_std),
+        "completion_tokens": _mean(lengths),
         "truncation_rate": 1 - _mean(ended),
         "kl": token_mean("kl"),
         "clip_frac": token_mean("clip_frac"),
@@ -301,3 +350,63 @@ def grpo_step(model, optimizer, tokenizer, tasks_batch, client, alone_stats, cfg
         "seconds_core": t2 - t1,
         "seconds_update": t3 - t2,
     }
+
+
+# ----------------------------------------------------------------------------------------------- the stage
+
+
+def stage_grpo(args, run):
+    """GRPO from an SFT checkpoint; evaluates greedy accuracy on val every eval_every steps and keeps the best
+    (the starting checkpoint included, so RL that does not help leaves the guide as it was)."""
+    cfg = config.stage_config(GRPOConfig, args)
+    name = f"grpo-{args.reward}"
+    run.check_config(name, dict(asdict(cfg), init=args.init))
+    out_dir = run.file(name)
+    tok = run_dir.load_guide_tokenizer(run, args.init)
+    train, val = run_dir.load_tasks(run, "train"), run_dir.load_tasks(run, "val")[:cfg.n_val_eval]
+    alone_stats = {i: dict(alone_majority_correct=r["majority_correct"], alone_dollars=r["dollars"])
+                   for i, r in run_dir.load_alone_stats(run).items()}
+    client = execute.client_for(args, "core", run)
+    rank, world = training.rank_and_world()
+    if cfg.prompts_per_step % world:
+        raise run_dir.UserError(f"grpo: --prompts-per-step {cfg.prompts_per_step} does not split over {world} "
+                                "processes")
+    training.seed_everything(cfg.seed)
+
+    def fresh():
+        state = dict(step=0, best_step=None, best_accuracy=None, config=asdict(cfg), init=args.init)
+        return run_dir.load_guide(run, args.init, args.device)[0], state
+    resumed = training.resume_or_start(name, out_dir, cfg.steps, args.device, fresh)
+    if resumed is None:
+        return
+    net, optimizer_state, state = resumed
+    net.grad_checkpointing = args.grad_checkpointing
+    optimizer = training.make_optimizer(net, cfg.lr, 0.0, optimizer_state)
+    train_net = training.data_parallel(net)
+    ref_model = None
+    if cfg.kl_beta > 0:
+        ref_model = run_dir.load_guide(run, args.init, args.device)[0].eval().requires_grad_(False)
+    order = random.Random(cfg.seed).sample(train, len(train))   # a fixed pass order, so a resume sees the same tasks
+
+    def validate_and_save(step):
+        return training.validate_and_save(run, name, out_dir, net, optimizer, tok, state, step, client, val,
+                                          cfg.max_new_tokens)[0]
+
+    if optimizer_state is None and rank == 0:   # a fresh start: the starting guide is step 0, the best so far
+        validate_and_save(0)
+    share = cfg.prompts_per_step // world       # this process's block of each step's tasks
+    bar = tqdm(range(state["step"], cfg.steps), desc=name, initial=state["step"], total=cfg.steps,
+               disable=rank != 0)
+    for step in bar:
+        start = step * cfg.prompts_per_step % len(order)
+        batch = (order + order)[start:start + cfg.prompts_per_step]
+        metrics = grpo_step(train_net, optimizer, tok, batch[rank * share:(rank + 1) * share], client, alone_stats,
+                            cfg, reward=args.reward, seed=cfg.seed, ref_model=ref_model, step=step)
+        if rank != 0:                           # one process validates, saves and logs for the run
+            continue
+        run.log(name, **metrics, **training.peak_memory(args.device))
+        bar.set_postfix(reward=metrics["reward"], valid=metrics["validity_rate"], success=metrics["success_rate"])
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            accuracy = validate_and_save(step + 1)
+            bar.write(f"{name} step {step + 1}: reward {evaluate.fmt(metrics['reward'])}, val accuracy {accuracy:.3f} "
+                      f"(best {state['best_accuracy']:.3f})")

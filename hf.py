@@ -18,9 +18,9 @@
 4. save_hf(guide, tokenizer, dir) writes config.json, model.safetensors, tokenizer.json, tokenizer_config.json and
    generation_config.json that transformers and vLLM load; a from-scratch guide's BPE is written as a tokenizer.json
    whose merges are every split of every token ranked by the merged token, which is how tiktoken merges.
-Every input a user can get wrong raises HFError with one line naming the file, printed as that one line (no
-traceback) when nothing catches it; `python hf.py DIR` loads a directory and prints one line. It is its own module (model.py re-exports load_hf / save_hf) because the
-format plumbing is longer than the model it feeds.
+Every input a user can get wrong raises HFError with one line naming the file; `python hf.py DIR` loads a directory
+and prints one line, what it holds or that error. It is its own module because the format plumbing is longer than
+the model it feeds.
 """
 import json
 import os
@@ -32,7 +32,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
-import model as guide_model
+import checkpoint
+import model
 
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "MistralForCausalLM": "mistral"}
 # GPT-2's pre-tokenizer, used by a ByteLevel pre-tokenizer that carries its own regex (use_regex true)
@@ -47,18 +48,6 @@ FLOAT_TYPES = ("F16", "BF16", "F32", "F64")
 
 class HFError(Exception):
     """A Hugging Face directory this module cannot read or write; the message is one line naming the file."""
-
-
-def _excepthook(kind, value, tb, default=sys.excepthook):
-    """An HFError that reaches the top of a script (`python -c "import model; model.load_hf(d)"`) prints as the one
-    line it is, not a traceback; the exit status is still 1. Any other exception prints as usual."""
-    if issubclass(kind, HFError):
-        print(f"error: {value}", file=sys.stderr)
-    else:
-        default(kind, value, tb)
-
-
-sys.excepthook = _excepthook
 
 
 def byte_to_unicode():
@@ -284,7 +273,7 @@ def _config(hf, path):
     tie = _field(hf, "tie_word_embeddings", path, bool, False)
     eps = _field(hf, "rms_norm_eps", path, "number", 1e-6)
     try:
-        return guide_model.GuideConfig(
+        return model.GuideConfig(
             vocab_size=sizes["vocab_size"], n_layer=sizes["num_hidden_layers"], n_head=n_head, n_kv_head=n_kv,
             n_embd=sizes["hidden_size"], ffn_hidden=sizes["intermediate_size"], max_seq_len=max_len,
             rope_theta=float(theta), tie_embeddings=tie, qkv_bias=arch == "Qwen2ForCausalLM", norm_eps=float(eps),
@@ -321,7 +310,8 @@ def _shard_path(directory, index, shard):
 
 def _weight_files(directory):
     """{tensor name: file} from model.safetensors or model.safetensors.index.json; every listed shard must exist."""
-    single, index = os.path.join(directory, "model.safetensors"), os.path.join(directory, "model.safetensors.index.json")
+    single = os.path.join(directory, "model.safetensors")
+    index = os.path.join(directory, "model.safetensors.index.json")
     if os.path.isfile(single):
         try:
             with safe_open(single, "pt") as f:
@@ -361,7 +351,7 @@ def load_hf(directory, device="cpu", dtype=None):
         raise HFError(f"{directory}: weights missing from the safetensors files: {missing[:3]}")
     handles = {}
     with torch.device("meta"):
-        net = guide_model.Guide(cfg)
+        net = model.Guide(cfg)
     try:
         for path in sorted(set(files.values())):
             handles[path] = safe_open(path, "pt")
@@ -392,7 +382,7 @@ def load_hf(directory, device="cpu", dtype=None):
     net.to(dtype or state["tok_emb.weight"].dtype)
     net.load_state_dict(state, strict=False)    # strict=False: a tied lm_head.weight is the embedding
     # the RoPE tables stay fp32 whatever the weights' precision: bf16 angles would blur far positions
-    net.rope_cos, net.rope_sin = (t.to(device) for t in guide_model.rope_tables(cfg))
+    net.rope_cos, net.rope_sin = (t.to(device) for t in model.rope_tables(cfg))
     return net.eval(), tokenizer
 
 
@@ -476,12 +466,15 @@ def save_hf(guide, tokenizer, directory):
              "tokenizer.json": json.dumps(tok_json, ensure_ascii=False).encode(),
              "tokenizer_config.json": json.dumps(tok_config, indent=2).encode()}
     for name, data in files.items():
-        guide_model.atomic_write(os.path.join(directory, name), data)
+        checkpoint.atomic_write(os.path.join(directory, name), data)
 
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: python hf.py DIR   (load a Hugging Face directory and print what it holds)")
-    net, enc = load_hf(sys.argv[1])
+    try:
+        net, enc = load_hf(sys.argv[1])
+    except HFError as e:
+        sys.exit(f"error: {e}")               # one line, exit status 1: the message names the file
     print(json.dumps({"config": vars(net.config), "params": sum(p.numel() for p in net.parameters()),
                       "tokens": enc.n_vocab, "chat": enc.chat, "roles": enc.roles}))

@@ -56,7 +56,6 @@ from tqdm import tqdm
 import sandbox_host
 from sandbox_host import NotPlain, decode  # noqa: F401  (the callers' plain-data decoder)
 
-STATUSES = ("passed", "failed", "timeout", "crashed")
 # The host runs from its text (`python -I -c`), so nothing on the program's path can replace it.
 with open(sandbox_host.__file__, encoding="utf-8") as _f:
     HOST_SOURCE = _f.read()

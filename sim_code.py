@@ -1,13 +1,13 @@
-"""The simulated core as a programmer for `codesim` (DESIGN 4.3, 4.5): it writes a real Python function.
+"""The simulated core as a programmer for `codesim` (docs/world.md §4, §6): it writes a real Python function.
 
-1. `code_plan(problem, strategy, core)` reads the problem with code_tasks.read_codesim and the strategy with
-   code_tasks.parse_code_strategy, and decides per step which primitive the core means to write, the chance it
-   understands the step's verb (the comprehension table of DESIGN 4.5; the large core understands every verb with
-   at least its min_comprehension) and its accuracy (DESIGN 4.3: step accuracy, minus the filler penalty per word
+1. `code_plan(problem, strategy, core)` reads the problem with codesim.read_codesim and the strategy with
+   codesim.parse_code_strategy, and decides per step which primitive the core means to write, the chance it
+   understands the step's verb (the comprehension table of docs/world.md §6; the large core understands every verb with
+   at least its min_comprehension) and its accuracy (docs/world.md §4: step accuracy, minus the filler penalty per word
    beyond the step's canonical wording, minus the long penalty per step beyond 8). An invalid strategy is ignored:
    the core writes the whole function alone. At the first unclear step (a known verb without a readable operand) it
-   abandons the strategy and writes the task's remaining steps alone, as sim_core does for mathsim.
-2. `write_code(problem, strategy, core, rng)` samples the plan into source code (code_tasks.render_function). A verb
+   abandons the strategy and writes the task's remaining steps alone, as sim_math does for mathsim.
+2. `write_code(problem, strategy, core, rng)` samples the plan into source code (codesim.render_function). A verb
    not understood becomes a different primitive; a slip is a real bug (`slip`: a wrong predicate or constant, an
    off-by-one slice, a wrong reduction, a flipped sort, a forgotten step). Solving alone, each of the task's steps is
    right with the solo accuracy, and each distractor sentence is implemented as a step unless ignored (probability
@@ -22,10 +22,11 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-import code_tasks as ct
-import tasks
+import codesim as cs
+from sim_math import FILLER_OPENERS
+from strategy_format import strategy_envelope
 
-# Comprehension of each primitive's verb by the cheap core (DESIGN 4.5). A step with no verb of the lexicon: 0.
+# Comprehension of each primitive's verb by the cheap core (docs/world.md §6). A step with no verb of the lexicon: 0.
 COMPREHENSION = {"Keep/Filter": 1.0, "Drop/Remove": 0.9, "Map/Apply": 1.0, "Square/Double/Negate": 0.95,
                  "Sum/Product": 1.0, "Max/Min": 0.95, "Count": 0.9, "Sort": 1.0, "Sort descending": 0.85,
                  "Reverse": 0.95, "Take/Skip first k": 0.8, "Unique": 0.75, "Zip-with": 0.6}
@@ -33,60 +34,55 @@ COMPREHENSION = {"Keep/Filter": 1.0, "Drop/Remove": 0.9, "Map/Apply": 1.0, "Squa
 
 @dataclass(frozen=True)
 class CodePlan:
-    task: ct.CodesimTask
+    task: cs.CodesimTask
     guided: tuple      # per followed strategy step: (primitive meant, chance the verb is understood, accuracy)
     alone: tuple       # the task's primitives the core writes on its own (all of them without a usable strategy)
 
 
-def comprehension(key: str | None, core) -> float:
-    return max(COMPREHENSION[key], core.min_comprehension) if key in COMPREHENSION else 0.0
-
-
 @lru_cache(maxsize=4096)
 def code_plan(problem: str, strategy: str | None, core) -> CodePlan:
-    task = ct.read_codesim(problem)
-    steps, error = ct.parse_code_strategy(strategy) if strategy is not None else ([], "no strategy")
+    task = cs.read_codesim(problem)
+    steps, error = cs.parse_code_strategy(strategy) if strategy is not None else ([], "no strategy")
     if error:
         return CodePlan(task, (), task.steps)
-    long = core.long_penalty * max(0, len(steps) - core.long_after)
     guided = []
     for step in steps:
         if step.key is not None and step.prim is None:          # unclear: write the rest alone
             return CodePlan(task, tuple(guided), task.steps[len(guided):])
-        accuracy = min(1.0, max(0.0, core.step_accuracy - core.filler_penalty * step.filler_words - long))
-        guided.append((step.prim, comprehension(step.key, core), accuracy))
+        accuracy = core.followed_accuracy(step.filler_words, len(steps))
+        guided.append((step.prim, core.comprehension(step.key, COMPREHENSION), accuracy))
     return CodePlan(task, tuple(guided), ())
 
 
-def slip(p: ct.Prim, rng: random.Random) -> ct.Prim | None:
+def slip(p: cs.Prim, rng: random.Random) -> cs.Prim | None:
     """A real bug in writing primitive p (None: the step is left out)."""
     swap = {"even": "odd", "odd": "even", "pos": "neg", "neg": "pos"}
     if p.kind in ("keep", "drop"):
         if p.sub in swap:
-            return ct.Prim(p.kind, swap[p.sub])                                   # the wrong predicate
+            return cs.Prim(p.kind, swap[p.sub])                                   # the wrong predicate
         if p.sub == "nonzero":
-            return ct.Prim("drop" if p.kind == "keep" else "keep", p.sub)         # the predicate negated
-        return ct.Prim(p.kind, p.sub, p.k + 1 if p.sub == "div" else p.k + rng.choice([-1, 1]))  # off by one
+            return cs.Prim("drop" if p.kind == "keep" else "keep", p.sub)         # the predicate negated
+        return cs.Prim(p.kind, p.sub, p.k + 1 if p.sub == "div" else p.k + rng.choice([-1, 1]))  # off by one
     if p.kind == "map":
         if p.sub in ("add", "sub", "mul"):
-            return ct.Prim("map", p.sub, p.k + 1)                                 # the wrong constant
-        return ct.Prim("map", {"square": "double", "double": "square", "negate": "abs", "abs": "negate"}[p.sub])
+            return cs.Prim("map", p.sub, p.k + 1)                                 # the wrong constant
+        return cs.Prim("map", {"square": "double", "double": "square", "negate": "abs", "abs": "negate"}[p.sub])
     if p.kind == "sort":
-        return ct.Prim("sort", "desc" if p.sub == "asc" else "asc")
+        return cs.Prim("sort", "desc" if p.sub == "asc" else "asc")
     if p.kind in ("take", "skip"):
-        return ct.Prim(p.kind, "", max(0, p.k + rng.choice([-1, 1])))            # an off-by-one slice
+        return cs.Prim(p.kind, "", max(0, p.k + rng.choice([-1, 1])))            # an off-by-one slice
     if p.kind == "zip":
-        return ct.Prim("zip", {"add": "mul", "mul": "add", "max": "add"}[p.sub])
-    if p.kind in ct.REDUCERS:
-        return ct.Prim({"sum": "product", "product": "sum", "max": "min", "min": "max", "count": "sum"}[p.kind])
+        return cs.Prim("zip", {"add": "mul", "mul": "add", "max": "add"}[p.sub])
+    if p.kind in cs.REDUCERS:
+        return cs.Prim({"sum": "product", "product": "sum", "max": "min", "min": "max", "count": "sum"}[p.kind])
     return None                                                                   # reverse, unique: forgotten
 
 
-def _other(p: ct.Prim | None, rng: random.Random) -> ct.Prim:
+def _other(p: cs.Prim | None, rng: random.Random) -> cs.Prim:
     """The primitive written for a verb not understood: a different one of the same shape."""
     while True:
-        q = ct.Prim(rng.choice([r for r in ct.REDUCERS])) if p is not None and p.kind in ct.REDUCERS \
-            else ct._random_prim(rng, True)
+        q = cs.Prim(rng.choice([r for r in cs.REDUCERS])) if p is not None and p.kind in cs.REDUCERS \
+            else cs._random_prim(rng, True)
         if q != p:
             return q
 
@@ -103,9 +99,9 @@ def write_code(problem: str, strategy: str | None, core, rng: random.Random) -> 
             written.append(p if rng.random() < core.solo_accuracy else slip(p, rng))
         for d in plan.task.distractors:
             if rng.random() >= core.ignore_distractor:
-                n_list = sum(1 for p in written if p is None or p.kind not in ct.REDUCERS)
+                n_list = sum(1 for p in written if p is None or p.kind not in cs.REDUCERS)
                 written.insert(rng.randint(0, n_list), d)
-    return ct.render_function(plan.task.name, plan.task.two_lists, [p for p in written if p is not None])
+    return cs.render_function(plan.task.name, plan.task.two_lists, [p for p in written if p is not None])
 
 
 def p_bug_free(problem: str, strategy: str | None, core) -> float:
@@ -125,31 +121,26 @@ def p_bug_free(problem: str, strategy: str | None, core) -> float:
     return p
 
 
-def _same_function(pipeline: tuple, task: ct.CodesimTask) -> bool:
+def _same_function(pipeline: tuple, task: cs.CodesimTask) -> bool:
     """Whether a pipeline passes the task's tests (analysis only; grading runs code in the sandbox)."""
     if not task.two_lists and any(p.kind == "zip" for p in pipeline):
         return False
     # As render_function writes it: the list steps in order, then the last reduction named, in the return line.
-    reducers = [p for p in pipeline if p.kind in ct.REDUCERS]
-    pipeline = tuple(p for p in pipeline if p.kind not in ct.REDUCERS) + tuple(reducers[-1:])
-    return all(ct.reference_output(pipeline, *args) == expected for args, expected in task.tests)
-
-
-def batch_verdicts(task: ct.CodesimTask, sources: list) -> list:
-    """Whether each function passes the task's hidden tests, each function called alone in the sandbox."""
-    return ct.codesim_verdicts([task] * len(sources), sources)
+    reducers = [p for p in pipeline if p.kind in cs.REDUCERS]
+    pipeline = tuple(p for p in pipeline if p.kind not in cs.REDUCERS) + tuple(reducers[-1:])
+    return all(cs.reference_output(pipeline, *args) == expected for args, expected in task.tests)
 
 
 def success_rates(items: list, core, n: int = 64, seed: int = 0, workers: int | None = None,
                   desc: str | None = None) -> list:
     """For each (problem, strategy or None): the share of n sampled functions that pass the task's hidden tests in
-    the sandbox (code_tasks.codesim_verdicts). Sampling is seeded by (seed, position in items)."""
+    the sandbox (codesim.codesim_verdicts). Sampling is seeded by (seed, position in items)."""
     task_list, sources = [], []
     for i, (problem, strategy) in enumerate(items):
         rng = random.Random(f"sim_code/{seed}/{i}")
-        task_list += [ct.read_codesim(problem)] * n
+        task_list += [cs.read_codesim(problem)] * n
         sources += [write_code(problem, strategy, core, rng) for _ in range(n)]
-    verdicts = ct.codesim_verdicts(task_list, sources, workers=workers, desc=desc)
+    verdicts = cs.codesim_verdicts(task_list, sources, workers=workers, desc=desc)
     return [sum(verdicts[i * n:(i + 1) * n]) / n for i in range(len(items))]
 
 
@@ -167,8 +158,8 @@ def core_reply(problem: str, strategy: str | None, core, rng: random.Random) -> 
     return f"{notes}```python\n{code}```"
 
 
-# The teacher's other wordings of each primitive (DESIGN 4.4's "otherwise another verb"). Some are understood less
-# well than the canonical step, and some not at all ("Add 3 to each element": `add` is not a code verb).
+# The teacher's other wordings of each primitive (docs/world.md §5's "otherwise another verb"). Some are understood
+# less well than the canonical step, and some not at all ("Add 3 to each element": `add` is not a code verb).
 ALTERNATIVES = {
     "keep": ["Filter the list to the {p}.", "Keep only the {p}."],
     "drop": ["Drop the {p}.", "Remove all the {p}."],
@@ -195,26 +186,28 @@ ALTERNATIVES = {
 # A vague wording: the verb is known but its operand is missing, so the step is unclear.
 VAGUE = {"keep": "Keep the numbers that matter.", "drop": "Drop the ones we do not need.",
          "map": "Map each element as described.", "zip": "Zip with ys as described."}
-_PREFIX = ["Now", "Next", "Then", "Carefully", "Simply", "First"]
-_SUFFIX = {1: ["now", "here"], 2: ["to continue", "for now"], 3: ["before moving on", "for the output"],
-           4: ["as the task says", "just as described here"]}
+# A code step's filler: up to two of sim_math's FILLER_OPENERS before it, and one of these tails after it. Not
+# mathsim's tails: codesim counts every word beyond a step's canonical wording as filler, so a tail needs no "to" or
+# "so" to end an operand, and may be one word; it only avoids the verbs codesim's step reader looks for.
+_CODE_TAILS = {1: ["now", "here"], 2: ["to continue", "for now"], 3: ["before moving on", "for the output"],
+               4: ["as the task says", "just as described here"]}
 
 
-def _teacher_step(p: ct.Prim, teacher, rng: random.Random) -> str:
+def _teacher_step(p: cs.Prim, teacher, rng: random.Random) -> str:
     if rng.random() < 1 - (teacher.by_number + teacher.by_handle) and p.kind in VAGUE:
         return VAGUE[p.kind]                             # as often as the teacher paraphrases a handle in mathsim
     if rng.random() < teacher.canonical_verb:
-        return ct.canonical_step(p)
-    text = rng.choice(ALTERNATIVES[ct._key(p)])
-    return text.format(p=ct.PRED_TEXT.get(p.sub, "").format(k=p.k), k=p.k, z=ct.ZIP_TEXT.get(p.sub, ""))
+        return cs.canonical_step(p)
+    text = rng.choice(ALTERNATIVES[cs._key(p)])
+    return text.format(p=cs.PRED_TEXT.get(p.sub, "").format(k=p.k), k=p.k, z=cs.ZIP_TEXT.get(p.sub, ""))
 
 
 def teacher_reply(problem: str, teacher, rng: random.Random) -> str:
-    """One codesim strategy in a sampled style, with TeacherModel's rates (DESIGN 4.4): a correct plan 95% of the
-    time (else one step is a slip), the canonical wording 75% (else another wording, some of them not understood),
-    a vague step as often as a paraphrase, 0-6 filler words a step, code leaked into the last step 10% of the time,
-    a format error 5%."""
-    task = ct.read_codesim(problem)
+    """One codesim strategy in a sampled style, with TeacherModel's rates (docs/world.md §5-6): a correct plan 95% of
+    the time (else one step is a slip), the canonical wording 75% (else another wording, some of them not
+    understood), a vague step as often as a paraphrase, 0-6 filler words a step, code leaked into the last step 10%
+    of the time, a format error 5%."""
+    task = cs.read_codesim(problem)
     steps = list(task.steps)
     if rng.random() >= teacher.correct_plan:
         j = rng.randrange(len(steps))
@@ -223,12 +216,12 @@ def teacher_reply(problem: str, teacher, rng: random.Random) -> str:
     for j, p in enumerate(steps, 1):
         text = _teacher_step(p, teacher, rng)
         n = rng.randint(0, teacher.max_filler)           # filler words: up to 2 before the step, the rest after
-        before = rng.choice([b for b in range(min(2, n) + 1) if n - b in (0, *_SUFFIX)])
+        before = rng.choice([b for b in range(min(2, n) + 1) if n - b in (0, *_CODE_TAILS)])
         if before:
-            text = " ".join(rng.sample(_PREFIX, before)).capitalize() + " " + text[0].lower() + text[1:]
+            text = " ".join(rng.sample(FILLER_OPENERS, before)).capitalize() + " " + text[0].lower() + text[1:]
         if n - before:
-            text = text[:-1] + " " + rng.choice(_SUFFIX[n - before]) + "."
+            text = text[:-1] + " " + rng.choice(_CODE_TAILS[n - before]) + "."
         lines.append(f"{j}. {text}")
     if rng.random() < teacher.answer_note:
-        lines[-1] += f" In code: `return {ct.REDUCE_CODE.get(steps[-1].kind, 'sorted(result)')}`."
-    return tasks.strategy_envelope(lines, rng, teacher.format_error)
+        lines[-1] += f" In code: `return {cs.REDUCE_CODE.get(steps[-1].kind, 'sorted(result)')}`."
+    return strategy_envelope(lines, rng, teacher.format_error)

@@ -4,10 +4,12 @@
 #   LEVEL=2 bash train.sh            level 2 (2-6 operations, shuffled facts) with sizes for a CPU
 #   DEVICE=cuda bash train.sh        the guide on a GPU; level 2 with sizes for one modern GPU (LEVEL=1 to keep level 1)
 #   QUICK=1 bash train.sh            a smoke version of every stage (under a minute and a half)
-#   TASK=codesim bash train.sh       the code world (DESIGN 4.5): replies graded by running their code in the sandbox
+#   TASK=codesim bash train.sh       the code world (docs/world.md §6): replies graded by running their code
 # Overrides: CORE_URL CORE_MODEL CORE_API LARGE_CORE_MODEL TEACHER_URL TEACHER_MODEL TEACHER_API RUN DEVICE LEVEL PRESET
 #   TASK (mathsim, codesim; gsm8k, humaneval, kodcode need CORE_URL)
 #   SEED (default 0): the training seed of SFT and GRPO; the tasks, their splits and the teacher's draws stay the same
+#   NPROC: run each SFT and GRPO stage as NPROC torchrun processes (data parallel: gloo on CPU, NCCL on CUDA, one GPU
+#   each), one stage after another; unset, each stage is one process and the two guides train side by side
 # The paper's experiments: TASK=gsm8k|kodcode|humaneval GUIDE_INIT=<Hugging Face dir> CORE_URL=https://api.anthropic.com
 #   bash train.sh (GSM8K from DATA_DIR, default data/gsm8k; kodcode and humaneval train on DATA_DIR/kodcode.jsonl,
 #   default data/kodcode, and humaneval tests on HumanEval; a pretrained guide fine-tuned instead of one from scratch;
@@ -40,7 +42,7 @@ elif [ "$LEVEL" = "1" ]; then
 else
     echo "error: LEVEL must be 1 or 2, got '$LEVEL'" >&2; exit 2
 fi
-export PRESET=${PRESET:-$preset} RUN QUICK=0
+export PRESET=${PRESET:-$preset} RUN
 start=$(date +%s)
 
 if [ "$offline" = "0" ] && [ -z "${CORE_URL:-}" ]; then
@@ -103,9 +105,19 @@ $X data $DATA_FLAGS
 [ -n "${GUIDE_INIT:-}" ] || $X tokenizer           # a pretrained guide brings its own tokenizer
 $X baselines
 $X sample
-side_by_side "sft --data accepted $SFT_FLAGS" "sft --data raw $SFT_FLAGS" sft-raw.log
-side_by_side "grpo --init sft-accepted/best --reward structure $GRPO_FLAGS $GEN_FLAGS" \
-             "grpo --init sft-raw/best --reward outcome $GRPO_FLAGS $GEN_FLAGS" grpo-outcome.log
+if [ -n "${NPROC:-}" ]; then
+    case "$NPROC" in *[!0-9]*|0) echo "error: NPROC must be a positive integer, got '$NPROC'" >&2; exit 2 ;; esac
+    # the run directory goes by RUN (exported above): torchrun's parser would take --run for its --run-path
+    DP="$PY -m torch.distributed.run --standalone --nproc_per_node $NPROC exectune.py"
+    $DP sft --data accepted $SFT_FLAGS
+    $DP sft --data raw $SFT_FLAGS
+    $DP grpo --init sft-accepted/best --reward structure $GRPO_FLAGS $GEN_FLAGS
+    $DP grpo --init sft-raw/best --reward outcome $GRPO_FLAGS $GEN_FLAGS
+else
+    side_by_side "sft --data accepted $SFT_FLAGS" "sft --data raw $SFT_FLAGS" sft-raw.log
+    side_by_side "grpo --init sft-accepted/best --reward structure $GRPO_FLAGS $GEN_FLAGS" \
+                 "grpo --init sft-raw/best --reward outcome $GRPO_FLAGS $GEN_FLAGS" grpo-outcome.log
+fi
 $X eval --guide teacher --name "teacher strategies (reference)"
 $X eval --guide sft-raw/best --name "supervised GCoP" $GEN_FLAGS
 $X eval --guide grpo-outcome/best --name "advisor-style GCoP" $GEN_FLAGS

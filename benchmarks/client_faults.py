@@ -14,7 +14,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import tasks  # noqa: E402
+import mathsim  # noqa: E402
 from core_client import CoreClient  # noqa: E402
 
 
@@ -29,9 +29,9 @@ def main():
     try:
         url = re.search(r"listening on (\S+)", server.stdout.readline()).group(1)
         client = CoreClient(url + "/v1", "sim-core", progress=False)
-        problems = [t.problem for t in tasks.generate_tasks(args.n, seed=args.seed, split="test")]
+        problems = [t.problem for t in mathsim.generate_tasks(args.n, seed=args.seed, split="test")]
         start = time.time()
-        out = client.chat_many([tasks.core_messages(problem, None) for problem in problems])
+        out = client.chat_many([mathsim.core_messages(problem, None) for problem in problems])
         kinds = collections.Counter(type(r).__name__ for r in out)
         print(json.dumps(dict(n=args.n, fail_rate=args.fail_rate, seed=args.seed, entries=len(out),
                               completions=kinds["Completion"], core_errors=kinds["CoreError"],

@@ -28,8 +28,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import core_client  # noqa: E402
 import exectune  # noqa: E402
+import grpo  # noqa: E402
+import gsm8k  # noqa: E402
+import sample  # noqa: E402
+import sft  # noqa: E402
 import sim_core  # noqa: E402
-import tasks  # noqa: E402
+import strategy_format  # noqa: E402
 
 CORE, LARGE = "claude-3-5-haiku-20241022", "claude-3-5-sonnet-20241022"
 # what `TASK=gsm8k bash train.sh` runs: all of GSM8K (--n-train 7473 --n-test 1319; the data stage's n_val of train
@@ -42,9 +46,9 @@ SFT_RUNS, GRPO_RUNS, GUIDED_EVALS = 2, 2, 5
 
 def full_run_plan():
     """(stage, request kind, model, requests in the full run) for each kind of request the full run makes."""
-    base, sample = exectune.BaselineConfig(), exectune.SampleConfig()
-    sft, rl = exectune.SFTConfig(), exectune.GRPOStageConfig()
-    sft_evals = math.ceil(sft.steps / sft.eval_every)       # every eval_every steps, and at the last one
+    base, sampling = exectune.BaselineConfig(), sample.SampleConfig()
+    sup, rl = sft.SFTConfig(), grpo.GRPOConfig()
+    sft_evals = math.ceil(sup.steps / sup.eval_every)       # every eval_every steps, and at the last one
     rl_evals = 1 + math.ceil(rl.steps / rl.eval_every)       # the same, and the starting guide at step 0
     rl_val = min(rl.n_val_eval, N_VAL)
     rl_samples = rl.steps * rl.prompts_per_step * rl.group_size
@@ -52,8 +56,9 @@ def full_run_plan():
         ("baselines: core alone on test", f"alone {CORE}", CORE, N_TEST),
         ("baselines: large core alone on test", f"alone {LARGE}", LARGE, N_TEST),
         (f"baselines: core alone on train ({base.alone_runs} runs)", f"alone {CORE}", CORE, base.alone_runs * N_TRAIN),
-        (f"sample: teacher ({sample.k} per task)", "teacher", LARGE, sample.k * N_TRAIN),
-        (f"sample: core executes ({sample.m} per strategy)", f"strategy {CORE}", CORE, sample.m * sample.k * N_TRAIN),
+        (f"sample: teacher ({sampling.k} per task)", "teacher", LARGE, sampling.k * N_TRAIN),
+        (f"sample: core executes ({sampling.m} per strategy)", f"strategy {CORE}", CORE,
+         sampling.m * sampling.k * N_TRAIN),
         (f"sft: validation ({SFT_RUNS} runs x {sft_evals} x {N_VAL} val)", f"strategy {CORE}", CORE,
          SFT_RUNS * sft_evals * N_VAL),
         (f"grpo: core rewards ({GRPO_RUNS} runs x {rl.steps} steps x {rl.prompts_per_step} x {rl.group_size})",
@@ -77,10 +82,10 @@ def serve(by_question, log):
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             messages = body["messages"]
-            problem, strategy = tasks.parse_core_request(messages)
+            problem, strategy = strategy_format.parse_core_request(messages)
             solution = by_question[problem]
             lines = plain(solution).splitlines()[:-1]
-            if messages[0]["content"].startswith(tasks.GSM8K_TEACHER_SYSTEM):   # with or without the naming sentence
+            if messages[0]["content"].startswith(gsm8k.TEACHER_SYSTEM):   # with or without the naming sentence
                 kind = "teacher"
                 steps = [re.sub(r"\s*=\s*\$?[\d.,]+", "", line) for line in lines] or ["Read the problem."]
                 text = "<strategy>\n" + "\n".join(f"{i}. {s}" for i, s in enumerate(steps, 1)) + "\n</strategy>"
@@ -102,7 +107,7 @@ def main():
     p.add_argument("--n", type=int, default=40, help="problems per split in the measured run")
     args = p.parse_args()
     try:
-        splits = tasks.load_gsm8k(args.data_dir, n_val=args.n)
+        splits = gsm8k.load(args.data_dir, n_val=args.n)
     except ValueError as e:
         sys.exit(f"error: {e}")
     by_question = {t.problem: t.solution for s in splits.values() for t in s}

@@ -6,13 +6,13 @@
      `--keep` / `--select`, `--k` to use only the first k teacher draws of a task), or every teacher strategy
      (`--data raw`), or, flagged as an ORACLE upper bound that no recipe can use, canonical strategies (`--data
      canonical`, numbers) or handle-naming ones (`--data handles`).
-  3. Trains a fresh guide with the recipe's own SFT pieces (exectune.sft_batch_examples / sft_loss / lr_at,
+  3. Trains a fresh guide with the recipe's own SFT pieces (sft.sft_batch_examples / sft_loss / lr_at,
      AdamW or Muon on the hidden matrices) for --steps or --seconds on --threads threads, and at every eval prints
-     one JSON line: exact plans on val (tasks.plan_matches) overall and by number of operations, mean exact success
-     (sim_core.exact_success, the cheap core's chance with those strategies), the core alone's, and useful
+     one JSON line: exact plans on val (mathsim.plan_matches) overall and by number of operations, mean exact success
+     (sim_math.exact_success, the cheap core's chance with those strategies), the core alone's, and useful
      (non-padding) tokens/s. No core is called: the oracles score the greedy val strategies directly.
 
-Every flag defaults to the recipe's SFT setting (exectune.SFTConfig), so a lever is one flag away from the default.
+Every flag defaults to the recipe's SFT setting (sft.SFTConfig), so a lever is one flag away from the default.
 
 Example: python benchmarks/reading.py --run runs/default --eval-every 1000
 """
@@ -26,22 +26,26 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch
 
 import evaluate
-import exectune
 import families
 import model as guide_model
-import tasks
+import mathsim
+import run_dir
+import sample
+import sft
+import strategy_format
+import training
 
 
 def training_strategies(run, train_tasks, a):
     """[(task, strategy)] by the chosen data rule."""
     if a.data in ("canonical", "handles"):
-        return [(t, tasks.canonical_strategy(t, by_handle=a.data == "handles")) for t in train_tasks]
-    raw = [r for r in exectune.read_jsonl(run.file("raw.jsonl")) if a.k is None or r["draw"] < a.k]
+        return [(t, mathsim.canonical_strategy(t, by_handle=a.data == "handles")) for t in train_tasks]
+    raw = [r for r in run_dir.read_jsonl(run.file("raw.jsonl")) if a.k is None or r["draw"] < a.k]
     by_id = {t.id: t for t in train_tasks}
     if a.data == "raw":
         rows = raw
     else:
-        rows = exectune.select_accepted(raw, a.keep, a.select)
+        rows = sample.select_accepted(raw, a.keep, a.select)
     return [(by_id[r["task_id"]], r["strategy"]) for r in rows if r["task_id"] in by_id]
 
 
@@ -72,7 +76,7 @@ class Muon(torch.optim.Optimizer):
 def optimizers(net, a):
     """[(optimizer, base lr)]: AdamW on everything, or Muon on the blocks' matrices with AdamW on the rest."""
     if a.opt == "adamw":
-        return [(exectune.make_optimizer(net, a.lr, 0.1), a.lr)]
+        return [(training.make_optimizer(net, a.lr, 0.1), a.lr)]
     hidden = [p for n, p in net.named_parameters() if p.dim() >= 2 and n.startswith("blocks.")]
     rest = [p for n, p in net.named_parameters() if not (p.dim() >= 2 and n.startswith("blocks."))]
     adam = torch.optim.AdamW([dict(params=[p for p in rest if p.dim() >= 2], weight_decay=0.1),
@@ -82,10 +86,10 @@ def optimizers(net, a):
 
 
 def lr_scale(step, cfg, schedule):
-    """The recipe's warmup + cosine (exectune.lr_at), or warmup-stable-decay: flat, then linear to min_lr_ratio
+    """The recipe's warmup + cosine (sft.lr_at), or warmup-stable-decay: flat, then linear to min_lr_ratio
     over the last 20% of the steps."""
     if schedule == "cosine":
-        return exectune.lr_at(step, cfg, 1.0)
+        return sft.lr_at(step, cfg, 1.0)
     if step < cfg.warmup:
         return (step + 1) / cfg.warmup
     decay_from = int(0.8 * cfg.steps)
@@ -94,7 +98,7 @@ def lr_scale(step, cfg, schedule):
     return 1.0 - (1 - cfg.min_lr_ratio) * (step - decay_from) / max(1, cfg.steps - decay_from)
 
 
-SFT = exectune.SFTConfig()     # the recipe's SFT settings are the benchmark's defaults
+SFT = sft.SFTConfig()     # the recipe's SFT settings are the benchmark's defaults
 
 
 def main():
@@ -103,7 +107,7 @@ def main():
     ap.add_argument("--data", default="accepted", choices=["accepted", "raw", "canonical", "handles"],
                     help="canonical and handles are ORACLE targets: upper bounds, not a recipe")
     ap.add_argument("--keep", type=int, default=0, help="accepted strategies kept per task (0: all)")
-    ap.add_argument("--select", default="cheapest", choices=sorted(exectune.SELECT_RULES))
+    ap.add_argument("--select", default="cheapest", choices=sorted(sample.SELECT_RULES))
     ap.add_argument("--k", type=int, default=None, help="use only the first k teacher draws of each task")
     ap.add_argument("--n-train", type=int, default=None, help="use only the first n training tasks")
     ap.add_argument("--curriculum", action="store_true", help="train on 1-operation tasks first, adding one more "
@@ -132,15 +136,15 @@ def main():
         sys.exit(f"error: {a.run}/raw.jsonl not found: run exectune.py data, tokenizer, baselines and sample first")
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
-    run = exectune.Run(a.run)
-    tok = exectune.load_tokenizer(run)
-    train_tasks = exectune.load_tasks(run, "train")[:a.n_train]
-    val_tasks = exectune.load_tasks(run, "val")[:a.n_val]
+    run = run_dir.Run(a.run)
+    tok = run_dir.load_tokenizer(run)
+    train_tasks = run_dir.load_tasks(run, "train")[:a.n_train]
+    val_tasks = run_dir.load_tasks(run, "val")[:a.n_val]
     eos, pad = tok.encode_single_token("<|eos|>"), tok.encode_single_token("<|pad|>")
     pairs = training_strategies(run, train_tasks, a)
     examples = [(families.prompt_tokens(tok, t), tok.encode(s, disallowed_special=()) + [eos]) for t, s in pairs]
     n_ops = [len(t.ops) for t, _ in pairs]
-    cfg = exectune.SFTConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup=a.warmup, seed=a.seed)
+    cfg = sft.SFTConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup=a.warmup, seed=a.seed)
     net = guide_model.Guide(guide_model.GuideConfig(vocab_size=tok.n_vocab, n_layer=a.n_layer, n_embd=a.n_embd,
                                                     n_head=a.n_head, n_kv_head=a.n_kv_head, max_seq_len=1024))
     opts = optimizers(net, a)
@@ -160,9 +164,9 @@ def main():
         for opt, base in opts:
             for g in opt.param_groups:
                 g["lr"] = base * lr_scale(step, cfg, a.schedule)
-        inputs, targets, mask = exectune.sft_batch(exectune.sft_batch_examples(pool, cfg, step), pad)
+        inputs, targets, mask = sft.sft_batch(sft.sft_batch_examples(pool, cfg, step), pad)
         net.train()
-        loss = exectune.sft_loss(train_net, inputs, targets, mask, a.prompt_loss_weight)
+        loss = sft.sft_loss(train_net, inputs, targets, mask, a.prompt_loss_weight)
         for opt, _ in opts:
             opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -174,8 +178,8 @@ def main():
         if (step + 1) % a.eval_every == 0 or step + 1 == a.steps or over:
             elapsed = time.time() - t0
             texts, _ = evaluate.guide_strategies(net, tok, val_tasks, 160, 64)
-            strategies = [tasks.extract_strategy(s) or s for s in texts]
-            exact = [tasks.plan_matches(t, s) for t, s in zip(val_tasks, strategies)]
+            strategies = [strategy_format.extract_strategy(s) or s for s in texts]
+            exact = [mathsim.plan_matches(t, s) for t, s in zip(val_tasks, strategies)]
             by_ops = {}
             for t, e in zip(val_tasks, exact):
                 by_ops.setdefault(len(t.ops), []).append(e)

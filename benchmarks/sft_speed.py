@@ -3,7 +3,7 @@
 Each variant trains the default SFT guide from the same initial weights on a run's accepted strategies and reports
 tokens/s (padded tokens through forward + backward), useful tokens/s (padding excluded: what the training actually
 reads) and the mean loss of its last 50 steps, so "faster at equal loss" can be read off one JSON line per variant.
-Variants: random (the batches of the earlier recipe), grouped (exectune.sft_batch_examples), grouped+compile (the
+Variants: random (the batches of the earlier recipe), grouped (sft.sft_batch_examples), grouped+compile (the
 sft stage's default), grouped+bf16.
 
     python benchmarks/sft_speed.py --run runs/default [--steps 150] [--threads 1]
@@ -19,21 +19,23 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import exectune  # noqa: E402
 import model as guide_model  # noqa: E402
+import run_dir  # noqa: E402
+import sft  # noqa: E402
+import training  # noqa: E402
 
 
 def measure(run, variant, steps, threads, warmup=10):
     torch.set_num_threads(threads)
-    cfg = exectune.SFTConfig()
-    tok = exectune.load_tokenizer(run)
-    examples = exectune.sft_examples(run, tok, "accepted", exectune.load_tasks(run, "train"), cfg.max_seq_len)
+    cfg = sft.SFTConfig()
+    tok = run_dir.load_tokenizer(run)
+    examples = sft.sft_examples(run, tok, "accepted", run_dir.load_tasks(run, "train"), cfg.max_seq_len)
     pad = tok.encode_single_token("<|pad|>")
     torch.manual_seed(0)
     net = guide_model.Guide(guide_model.GuideConfig(vocab_size=tok.n_vocab, n_layer=cfg.n_layer, n_embd=cfg.n_embd,
                                                     n_head=cfg.n_head, n_kv_head=cfg.n_kv_head,
                                                     max_seq_len=cfg.max_seq_len))
-    optimizer = exectune.make_optimizer(net, cfg.lr, cfg.weight_decay)
+    optimizer = training.make_optimizer(net, cfg.lr, cfg.weight_decay)
 
     def step(inputs, targets, mask):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled="bf16" in variant):
@@ -54,8 +56,8 @@ def measure(run, variant, steps, threads, warmup=10):
         if variant == "random":
             batch = random.Random(i).sample(examples, cfg.batch_size)
         else:
-            batch = exectune.sft_batch_examples(examples, cfg, i)
-        inputs, targets, mask = exectune.sft_batch(batch, pad)
+            batch = sft.sft_batch_examples(examples, cfg, i)
+        inputs, targets, mask = sft.sft_batch(batch, pad)
         loss = step(inputs, targets, mask)
         if i >= warmup:
             tokens += inputs.numel()
@@ -76,7 +78,7 @@ def main():
     args = parser.parse_args()
     if args.steps < 50:
         parser.error("--steps must be >= 50 (the loss is averaged over the last 50)")
-    run = exectune.Run(args.run)
+    run = run_dir.Run(args.run)
     for variant in args.variants.split(","):
         print(json.dumps(dict(measure(run, variant, args.steps, args.threads))), flush=True)
 

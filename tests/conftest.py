@@ -16,6 +16,10 @@ sys.path.insert(0, ROOT)
 import sim_core  # noqa: E402  (from the root just put on the path)
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (benchmarks/gpu_check.sh runs them: pytest -m cuda)")
+
+
 # ---- a scripted fake server: request n gets script[min(n, len - 1)] ----
 def reply(text=None):
     """A well-formed reply in the shape of the path that was asked; by default its text echoes the last user

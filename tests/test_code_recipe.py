@@ -7,18 +7,18 @@ import re
 
 import pytest
 
-import code_tasks
+import code_bench
 import exectune
-import tasks
+import strategy_format
 from conftest import answering
 
-HUMANEVAL = {t.prompt: t for t in code_tasks.load_humaneval()}
+HUMANEVAL = {t.prompt: t for t in code_bench.load_humaneval()}
 
 
 def kodcode_file(path, n=24):
     """KodCode-shaped records, "add k" problems; half of them never name their function (the tests import it)."""
     os.makedirs(path)
-    with open(os.path.join(path, code_tasks.KODCODE_FILE), "w") as f:
+    with open(os.path.join(path, code_bench.KODCODE_FILE), "w") as f:
         for i in range(n):
             name = f"add_{i}"
             question = (f"Write a function {name}(xs) that adds {i} to every element of the list xs." if i % 2 else
@@ -36,8 +36,8 @@ def code_answer(body):
     function with a valid strategy; alone, right when k is even. Core on HumanEval: the canonical solution when
     the task number is even or a strategy is given, else an empty body."""
     messages = body["messages"]
-    problem, strategy = tasks.parse_core_request(messages)
-    if messages[0]["content"] == code_tasks.CODE_TEACHER_SYSTEM:
+    problem, strategy = strategy_format.parse_core_request(messages)
+    if messages[0]["content"] == code_bench.CODE_TEACHER_SYSTEM:
         return ["<strategy>\n1. Add the number to each element.\n2. Return the new list.\n</strategy>",
                 "<strategy>\n1. Use ```return [x + k for x in xs]```.\n</strategy>",
                 "Add k to everything."][body.get("seed", 0) % 3]
@@ -47,7 +47,7 @@ def code_answer(body):
         return "```python\n" + task.prompt + (task.solution if right else "    pass\n") + "```"
     k = int(re.search(r"(?:adds|with) (\d+)", problem).group(1))
     name = re.search(r"\b(add_\d+)\b", problem).group(1)
-    right = (strategy is not None and code_tasks.strategy_steps(strategy)[1] is None) or k % 2 == 0
+    right = (strategy is not None and strategy_format.free_text_steps(strategy)[1] is None) or k % 2 == 0
     return f"Here it is:\n```python\ndef {name}(xs):\n    return [x + {k if right else k + 1} for x in xs]\n```"
 
 

@@ -1,41 +1,30 @@
-"""HumanEval and KodCode loading and grading in the sandbox, pass@k, and code strategies' validity and leakage."""
+"""HumanEval and KodCode loading and grading in the sandbox, and code strategies' validity and leakage."""
 import json
-import math
 
 import pytest
 
-import code_tasks as ct
+import code_bench as cb
+import strategy_format
 
 
 def test_humaneval_canonical_solutions_pass_and_empty_bodies_fail():
-    tasks = ct.load_humaneval()
+    tasks = cb.load_humaneval()
     assert len(tasks) == 164 and len({t.id for t in tasks}) == 164
     # 15 s on the project's quiet 2-core machine (both gradings); no timing assert, the suite also runs on busy ones.
-    good = ct.grade(tasks, [t.solution for t in tasks], workers=2)
-    empty = ct.grade(tasks, ["    pass\n"] * len(tasks), workers=2)
+    good = cb.grade(tasks, [t.solution for t in tasks], workers=2)
+    empty = cb.grade(tasks, ["    pass\n"] * len(tasks), workers=2)
     assert [t.id for t, r in zip(tasks, good) if r.status != "passed"] == []
     assert [t.id for t, r in zip(tasks, empty) if r.status == "passed"] == []
 
 
 def test_humaneval_whole_function_completion_in_a_fence():
-    task = ct.load_humaneval()[0]
+    task = cb.load_humaneval()[0]
     reply = ("Here it is:\n```python\nfrom typing import List\n\n"
              f"def {task.entry_point}(numbers: List[float], threshold: float) -> bool:\n"
              "    return any(abs(a - b) < threshold for i, a in enumerate(numbers) for b in numbers[i + 1:])\n```\n")
-    assert ct.grade([task], [ct.extract_code(reply)])[0].status == "passed"
+    assert cb.grade([task], [cb.extract_code(reply)])[0].status == "passed"
     wrong = reply.replace("< threshold", "> threshold")
-    assert ct.grade([task], [ct.extract_code(wrong)])[0].status == "failed"
-
-
-def test_pass_at_k_matches_the_combinatorial_formula():
-    for n in range(1, 9):
-        for c in range(n + 1):
-            for k in range(1, n + 1):
-                exact = 1.0 - math.comb(n - c, k) / math.comb(n, k)
-                assert ct.pass_at_k(n, c, k) == pytest.approx(exact, abs=1e-12)
-    assert ct.pass_at_k(200, 0, 10) == 0.0 and ct.pass_at_k(10, 1, 1) == pytest.approx(0.1)
-    with pytest.raises(ValueError):
-        ct.pass_at_k(5, 6, 1)
+    assert cb.grade([task], [cb.extract_code(wrong)])[0].status == "failed"
 
 
 KOD_TEST = """from solution import clip_sum
@@ -73,15 +62,16 @@ def test_kodcode_field_variants_and_grading(tmp_path):
                 "solution": KOD_SOLUTION},
                "",
                {"task_id": "q2", "prompt": "Same.", "test_code": KOD_TEST, "entry_point": "clip_sum"},
-               {"question": "Same.", "test": KOD_TEST.replace("from solution import clip_sum", "from solution import *"),
+               {"question": "Same.",
+                "test": KOD_TEST.replace("from solution import clip_sum", "from solution import *"),
                 "test_info": [{"function_name": "clip_sum"}]},
                {"question": "Same.", "test": "import solution\ndef test_it():\n    assert solution.f() == 1\n",
                 "solution": "def f():\n    return 1\n"}]
-    tasks = ct.load_kodcode(_write(tmp_path / "k.jsonl", records))
+    tasks = cb.load_kodcode(_write(tmp_path / "k.jsonl", records))
     assert [(t.id, t.entry_point) for t in tasks] == [("q1", "clip_sum"), ("q2", "clip_sum"),
                                                       ("kodcode/4", "clip_sum"), ("kodcode/5", "f")]
     wrong = "def clip_sum(xs, hi):\n    return sum(max(x, hi) for x in xs)\n"
-    results = ct.grade(tasks[:3] * 2 + tasks[3:], [KOD_SOLUTION] * 3 + [wrong] * 3 + [tasks[3].solution], workers=2)
+    results = cb.grade(tasks[:3] * 2 + tasks[3:], [KOD_SOLUTION] * 3 + [wrong] * 3 + [tasks[3].solution], workers=2)
     assert [r.status for r in results] == ["passed"] * 3 + ["failed"] * 3 + ["passed"]
     assert results[0].stdout.strip() == "6 of 6 tests passed"
     assert "tests failed" in results[3].reason and "test_values" in results[3].reason
@@ -93,14 +83,15 @@ def test_kodcode_runs_without_pytest_and_classifies_sandbox_violations(tmp_path)
              "entry_point": "g"}
     hostile = {"question": "q", "test": "from solution import g\ndef test_g():\n    assert g() == 0\n",
                "entry_point": "g"}
-    tasks = ct.load_kodcode(_write(tmp_path / "k.jsonl", [probe, hostile]))
-    results = ct.grade(tasks, ["", "import os\ndef g():\n    os.kill(os.getppid(), 9)\n"])
+    tasks = cb.load_kodcode(_write(tmp_path / "k.jsonl", [probe, hostile]))
+    results = cb.grade(tasks, ["", "import os\ndef g():\n    os.kill(os.getppid(), 9)\n"])
     assert results[0].status == "passed", results[0]
     assert results[1].status == "crashed" and "os.kill" in results[1].reason
 
 
 @pytest.mark.parametrize("lines, message", [
-    (['{"question": "q", "test": "def test_a(): pass", "entry_point": "f"}', "{not json"], r"k\.jsonl:2: not valid JSON"),
+    (['{"question": "q", "test": "def test_a(): pass", "entry_point": "f"}', "{not json"],
+     r"k\.jsonl:2: not valid JSON"),
     (['[1, 2]'], r"k\.jsonl:1: a record must be a JSON object"),
     (['{"test": "def test_a(): pass", "entry_point": "f"}'], r"k\.jsonl:1: no question"),
     (['{"question": "q", "entry_point": "f"}'], r"k\.jsonl:1: no test code"),
@@ -109,17 +100,17 @@ def test_kodcode_runs_without_pytest_and_classifies_sandbox_violations(tmp_path)
     ([''], r"no records")])
 def test_kodcode_malformed_input_names_the_line(tmp_path, lines, message):
     with pytest.raises(ValueError, match=message):
-        ct.load_kodcode(_write(tmp_path / "k.jsonl", lines))
+        cb.load_kodcode(_write(tmp_path / "k.jsonl", lines))
 
 
 def test_kodcode_missing_file_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="not shipped"):
-        ct.load_kodcode(str(tmp_path / "absent.jsonl"))
+        cb.load_kodcode(str(tmp_path / "absent.jsonl"))
 
 
 def test_code_strategy_validity():
     ok = "<strategy>\n1. Keep the even numbers.\n2. Square each one\n   and add them up.\n</strategy>"
-    steps, error = ct.strategy_steps(ok)
+    steps, error = strategy_format.free_text_steps(ok)
     assert error is None and len(steps) == 2 and steps[1].endswith("add them up.")
     for text, reason in [("1. Sort.", "missing <strategy>"), ("<strategy>\n1. Sort.", "missing </strategy>"),
                          ("<strategy>\n</strategy>", "no numbered steps"),
@@ -129,7 +120,7 @@ def test_code_strategy_validity():
                          ("<strategy>\n1. " + "word " * 61 + "\n</strategy>", "61 words"),
                          ("<strategy>\n" + "".join(f"{i}. Sort.\n" for i in range(1, 14)) + "</strategy>",
                           "13 steps")]:
-        steps, error = ct.strategy_steps(text)
+        steps, error = strategy_format.free_text_steps(text)
         assert steps == [] and reason in error, (text, error)
 
 
@@ -142,4 +133,4 @@ def test_code_strategy_validity():
     ("1. Finally return sum(x * x for x in xs).", True),
     ("1. return xs[::-1]", True)])
 def test_code_leaks(text, leaks):
-    assert ct.code_leaks(f"<strategy>\n{text}\n</strategy>") is leaks
+    assert cb.code_leaks(f"<strategy>\n{text}\n</strategy>") is leaks

@@ -2,113 +2,119 @@
 import random
 
 import pytest
+import requests
 
-import code_tasks as ct
+import code_bench as cb
+import codesim as cs
+import core_client
+import families
+import grpo
 import sim_code as sc
-from sim_core import CHEAP, LARGE
+import sim_core
+from sim_math import CHEAP, LARGE, TEACHER
 
 
 def _as_read(task):
-    return ct.CodesimTask("", "", task.problem, task.name, task.two_lists, task.steps, task.distractors, task.tests)
+    return cs.CodesimTask("", "", task.problem, task.name, task.two_lists, task.steps, task.distractors, task.tests)
 
 
-@pytest.mark.parametrize("split", ct.CODESIM_SPLITS)
+@pytest.mark.parametrize("split", cs.CODESIM_SPLITS)
 def test_reader_inverts_the_generator(split):
-    for task in ct.generate_codesim(300, 7, split):
-        assert ct.read_codesim(task.problem) == _as_read(task), task.problem
+    for task in cs.generate_codesim(300, 7, split):
+        assert cs.read_codesim(task.problem) == _as_read(task), task.problem
 
 
 def test_generator_is_seeded_and_shaped():
-    a, b = ct.generate_codesim(20, 3, "train"), ct.generate_codesim(5, 3, "train")
-    assert a[:5] == b and a != ct.generate_codesim(20, 4, "train")
-    tasks = ct.generate_codesim(300, 0, "train")
+    a, b = cs.generate_codesim(20, 3, "train"), cs.generate_codesim(5, 3, "train")
+    assert a[:5] == b and a != cs.generate_codesim(20, 4, "train")
+    tasks = cs.generate_codesim(300, 0, "train")
     assert {len(t.steps) for t in tasks} == {2, 3, 4, 5, 6}
     assert {len(t.distractors) for t in tasks} == {0, 1, 2}
     assert {p.kind for t in tasks for p in t.steps} == {"keep", "drop", "map", "sort", "reverse", "take", "skip",
-                                                        "unique", "zip", *ct.REDUCERS}
+                                                        "unique", "zip", *cs.REDUCERS}
     for t in tasks:
-        assert all(p.kind not in ct.REDUCERS for p in t.steps[:-1])          # a reduction only at the end
+        assert all(p.kind not in cs.REDUCERS for p in t.steps[:-1])          # a reduction only at the end
         assert t.two_lists == any(p.kind == "zip" for p in t.steps)
         inputs = [args[0] for args, _ in t.tests]
         assert len(t.tests) >= 8 and [] in inputs
         assert any(any(x < 0 for x in xs) for xs in inputs) and any(len(set(xs)) < len(xs) for xs in inputs)
     with pytest.raises(ValueError, match="split"):
-        ct.generate_codesim(1, 0, "dev")
+        cs.generate_codesim(1, 0, "dev")
     with pytest.raises(ValueError, match="n must be"):
-        ct.generate_codesim(-1, 0, "train")
+        cs.generate_codesim(-1, 0, "train")
 
 
 def test_ood_holds_out_phrasings_that_other_splits_never_show():
     for split in ("train", "val", "test"):
-        assert not any(ct.uses_held_out(t.problem) for t in ct.generate_codesim(300, 1, split))
-    ood = ct.generate_codesim(300, 1, "ood")
-    assert sum(ct.uses_held_out(t.problem) for t in ood) / len(ood) > 0.9
+        assert not any(cs.uses_held_out(t.problem) for t in cs.generate_codesim(300, 1, split))
+    ood = cs.generate_codesim(300, 1, "ood")
+    assert sum(cs.uses_held_out(t.problem) for t in ood) / len(ood) > 0.9
 
 
 def test_reader_refuses_what_it_cannot_read():
-    task = ct.generate_codesim(1, 0, "train")[0]
+    task = cs.generate_codesim(1, 0, "train")[0]
     for text, message in [("", "empty"), ("Hello there. Return the resulting list.", "sentence 1"),
                           (task.problem.rsplit(".", 2)[0] + ". Return it all.", "last sentence"),
                           (task.problem.replace(". ", ". Juggle the list. ", 1), "sentence 2")]:
-        with pytest.raises(ct.UnreadableCode, match=message):
-            ct.read_codesim(text)
+        with pytest.raises(cs.UnreadableCode, match=message):
+            cs.read_codesim(text)
 
 
 def test_reference_passes_its_hidden_tests_in_the_sandbox_and_bugs_fail():
-    tasks = ct.generate_codesim(25, 2, "test")
+    tasks = cs.generate_codesim(25, 2, "test")
     rng = random.Random(0)
     mutants = []
     for t in tasks:
         j = rng.randrange(len(t.steps))
         bug = sc.slip(t.steps[j], rng)
         assert bug != t.steps[j]
-        mutants.append(ct.render_function(t.name, t.two_lists, [p for p in t.steps[:j] + (bug,) + t.steps[j + 1:]
+        mutants.append(cs.render_function(t.name, t.two_lists, [p for p in t.steps[:j] + (bug,) + t.steps[j + 1:]
                                                                   if p is not None]))
-    code_tasks = [t.code_task() for t in tasks]
-    results = ct.grade(code_tasks * 2, [t.solution for t in code_tasks] + mutants, workers=2)
+    as_code = [t.code_task() for t in tasks]
+    results = cb.grade(as_code * 2, [t.solution for t in as_code] + mutants, workers=2)
     assert [r.status for r in results[:25]] == ["passed"] * 25, [r.reason for r in results[:25]]
     caught = sum(r.status == "failed" for r in results[25:])
     assert caught >= 20, f"the hidden tests caught only {caught} of 25 single bugs"
 
 
 def test_canonical_strategy_parses_back_to_the_task():
-    for t in ct.generate_codesim(200, 5, "train"):
-        steps, error = ct.parse_code_strategy(ct.canonical_code_strategy(t))
+    for t in cs.generate_codesim(200, 5, "train"):
+        steps, error = cs.parse_code_strategy(cs.canonical_code_strategy(t))
         assert error is None and tuple(s.prim for s in steps) == t.steps
         assert all(s.filler_words == 0 and s.key in sc.COMPREHENSION for s in steps)
 
 
 @pytest.mark.parametrize("step, key, prim, filler", [
-    ("Keep the even numbers.", "Keep/Filter", ct.Prim("keep", "even"), 0),
-    ("Now carefully keep only the evens, please.", "Keep/Filter", ct.Prim("keep", "even"), 3),
-    ("Filter the elements above -2.", "Keep/Filter", ct.Prim("keep", "gt", -2), 0),
-    ("Remove the numbers divisible by 3.", "Drop/Remove", ct.Prim("drop", "div", 3), 0),
-    ("Map each element by adding 4.", "Map/Apply", ct.Prim("map", "add", 4), 0),
-    ("Double each element.", "Square/Double/Negate", ct.Prim("map", "double"), 0),
-    ("Sort from largest to smallest.", "Sort descending", ct.Prim("sort", "desc"), 3),   # vs "Sort descending."
-    ("Skip the first 2 elements.", "Take/Skip first k", ct.Prim("skip", "", 2), 0),
-    ("Drop duplicates.", "Unique", ct.Prim("unique"), 0),
-    ("Zip with ys by multiplying the two.", "Zip-with", ct.Prim("zip", "mul"), 0),
-    ("Take the maximum, or 0 if empty.", "Max/Min", ct.Prim("max"), 0),
+    ("Keep the even numbers.", "Keep/Filter", cs.Prim("keep", "even"), 0),
+    ("Now carefully keep only the evens, please.", "Keep/Filter", cs.Prim("keep", "even"), 3),
+    ("Filter the elements above -2.", "Keep/Filter", cs.Prim("keep", "gt", -2), 0),
+    ("Remove the numbers divisible by 3.", "Drop/Remove", cs.Prim("drop", "div", 3), 0),
+    ("Map each element by adding 4.", "Map/Apply", cs.Prim("map", "add", 4), 0),
+    ("Double each element.", "Square/Double/Negate", cs.Prim("map", "double"), 0),
+    ("Sort from largest to smallest.", "Sort descending", cs.Prim("sort", "desc"), 3),   # vs "Sort descending."
+    ("Skip the first 2 elements.", "Take/Skip first k", cs.Prim("skip", "", 2), 0),
+    ("Drop duplicates.", "Unique", cs.Prim("unique"), 0),
+    ("Zip with ys by multiplying the two.", "Zip-with", cs.Prim("zip", "mul"), 0),
+    ("Take the maximum, or 0 if empty.", "Max/Min", cs.Prim("max"), 0),
     ("Keep the good ones.", "Keep/Filter", None, None),          # unclear: no predicate
     ("Zip with ys.", "Zip-with", None, None),                    # unclear: no operation
     ("Frobnicate the list.", None, None, None)])                 # no verb of the lexicon
 def test_strategy_steps(step, key, prim, filler):
-    steps, error = ct.parse_code_strategy(f"<strategy>\n1. {step}\n</strategy>")
+    steps, error = cs.parse_code_strategy(f"<strategy>\n1. {step}\n</strategy>")
     assert error is None and (steps[0].key, steps[0].prim) == (key, prim)
     if filler is not None:
         assert steps[0].filler_words == filler
 
 
 def test_invalid_strategies_are_refused():
-    assert ct.parse_code_strategy("1. Sort ascending.")[1] == "missing <strategy> tag"
-    assert "more than 12" in ct.parse_code_strategy(
+    assert cs.parse_code_strategy("1. Sort ascending.")[1] == "missing <strategy> tag"
+    assert "more than 12" in cs.parse_code_strategy(
         "<strategy>\n" + "".join(f"{i}. Sort ascending.\n" for i in range(1, 14)) + "</strategy>")[1]
 
 
 def test_core_plans_follow_the_capability_model():
-    task = next(t for t in ct.generate_codesim(50, 0, "test") if t.distractors and len(t.steps) >= 3)
-    canonical = ct.canonical_code_strategy(task)
+    task = next(t for t in cs.generate_codesim(50, 0, "test") if t.distractors and len(t.steps) >= 3)
+    canonical = cs.canonical_code_strategy(task)
     alone = sc.code_plan(task.problem, None, CHEAP)
     assert alone.guided == () and alone.alone == task.steps
     assert sc.code_plan(task.problem, "no tags here", CHEAP) == alone
@@ -129,21 +135,21 @@ def test_core_plans_follow_the_capability_model():
 
 
 def test_write_code_is_seeded_real_python():
-    task = ct.generate_codesim(1, 9, "test")[0]
+    task = cs.generate_codesim(1, 9, "test")[0]
     a = sc.write_code(task.problem, None, CHEAP, random.Random(5))
     assert a == sc.write_code(task.problem, None, CHEAP, random.Random(5))
     namespace = {}
     exec(compile(a, "f.py", "exec"), namespace)
     assert callable(namespace[task.name])
     sources = {sc.write_code(task.problem, None, CHEAP, random.Random(s)) for s in range(200)}
-    assert ct.reference_source(task) in sources and len(sources) > 3     # mostly right, sometimes a bug
+    assert cs.reference_source(task) in sources and len(sources) > 3     # mostly right, sometimes a bug
 
 
 def test_sampled_code_passes_at_the_rate_the_model_says():
-    tasks = ct.generate_codesim(30, 11, "test")
+    tasks = cs.generate_codesim(30, 11, "test")
     for core in (CHEAP, LARGE):
         for strategy in (None, "canonical"):
-            items = [(t.problem, ct.canonical_code_strategy(t) if strategy else None) for t in tasks]
+            items = [(t.problem, cs.canonical_code_strategy(t) if strategy else None) for t in tasks]
             measured = sum(sc.success_rates(items, core, n=48, workers=2)) / len(items)
             model = sum(sc.p_bug_free(p, s, core) for p, s in items) / len(items)
             # Bug-free code always passes; a few bugs are invisible to the tests, so measured sits at or above.
@@ -151,51 +157,48 @@ def test_sampled_code_passes_at_the_rate_the_model_says():
 
 
 def test_batch_grading_agrees_with_one_program_per_function():
-    task = ct.generate_codesim(3, 4, "test")[2]
+    task = cs.generate_codesim(3, 4, "test")[2]
     sources = sorted({sc.write_code(task.problem, None, CHEAP, random.Random(s)) for s in range(60)})[:8]
-    one_by_one = [r.status == "passed" for r in ct.grade([task.code_task()] * len(sources), sources, workers=2)]
+    one_by_one = [r.status == "passed" for r in cb.grade([task.code_task()] * len(sources), sources, workers=2)]
     assert sum(one_by_one) not in (0, len(sources)), "pick a task whose samples both pass and fail"
-    assert sc.batch_verdicts(task, sources) == one_by_one
+    assert cs.codesim_verdicts([task] * len(sources), sources) == one_by_one
 
 
 
 
 def test_sim_core_serves_codesim_over_http():
-    import requests
-    from sim_core import start_server
-    server, base = start_server()
+    server, base = sim_core.start_server()
     try:
-        tasks = ct.generate_codesim(12, 6, "test")
+        tasks = cs.generate_codesim(12, 6, "test")
 
         def ask(model, messages, seed=0):
             return requests.post(base + "/v1/chat/completions", timeout=30, json={
                 "model": model, "messages": messages, "seed": seed})
 
-        replies = [ask("sim-core", ct.code_core_messages(t.problem, ct.canonical_code_strategy(t))) for t in tasks]
+        replies = [ask("sim-core", cb.code_core_messages(t.problem, cs.canonical_code_strategy(t))) for t in tasks]
         assert all(r.status_code == 200 for r in replies)
         texts = [r.json()["choices"][0]["message"]["content"] for r in replies]
-        results = ct.grade([t.code_task() for t in tasks], [ct.extract_code(x) for x in texts], workers=2)
+        results = cb.grade([t.code_task() for t in tasks], [cb.extract_code(x) for x in texts], workers=2)
         assert sum(r.status == "passed" for r in results) >= 4          # graded by running, and mostly right
-        alone = ask("sim-core", ct.code_core_messages(tasks[0].problem, None)).json()
+        alone = ask("sim-core", cb.code_core_messages(tasks[0].problem, None)).json()
         guided = replies[0].json()
         assert alone["usage"]["completion_tokens"] > guided["usage"]["completion_tokens"]   # alone explains more
-        strategies = [ask("sim-teacher", ct.code_teacher_messages(t.problem), seed=s).json()["choices"][0]["message"]
+        strategies = [ask("sim-teacher", cb.code_teacher_messages(t.problem), seed=s).json()["choices"][0]["message"]
                       ["content"] for s, t in enumerate(tasks)]
-        assert sum(ct.parse_code_strategy(s)[1] is None for s in strategies) >= 9
-        bad = ask("sim-core", ct.code_core_messages(tasks[0].problem.replace(". ", ". Juggle the list. ", 1), None))
+        assert sum(cs.parse_code_strategy(s)[1] is None for s in strategies) >= 9
+        bad = ask("sim-core", cb.code_core_messages(tasks[0].problem.replace(". ", ". Juggle the list. ", 1), None))
         assert bad.status_code == 400 and "sentence 2" in bad.json()["error"]["message"]
     finally:
         server.shutdown()
 
 
 def test_teacher_strategies_vary_as_designed():
-    from sim_core import TEACHER
-    tasks = ct.generate_codesim(200, 8, "train")
+    tasks = cs.generate_codesim(200, 8, "train")
     strategies = [sc.teacher_reply(t.problem, TEACHER, random.Random(i)) for i, t in enumerate(tasks)]
-    parsed = [ct.parse_code_strategy(s) for s in strategies]
+    parsed = [cs.parse_code_strategy(s) for s in strategies]
     valid = sum(err is None for _, err in parsed) / len(tasks)
-    leaks = sum(ct.code_leaks(s) for s in strategies) / len(tasks)
-    canonical = sum(s == ct.canonical_code_strategy(t) for s, t in zip(strategies, tasks)) / len(tasks)
+    leaks = sum(cb.code_leaks(s) for s in strategies) / len(tasks)
+    canonical = sum(s == cs.canonical_code_strategy(t) for s, t in zip(strategies, tasks)) / len(tasks)
     assert 0.92 <= valid <= 0.98 and 0.06 <= leaks <= 0.15 and canonical < 0.1
     rates = [sc.p_bug_free(t.problem, s, CHEAP) for s, t in zip(strategies, tasks)]
     alone = [sc.p_bug_free(t.problem, None, CHEAP) for t in tasks]
@@ -203,15 +206,11 @@ def test_teacher_strategies_vary_as_designed():
 
 
 def test_codesim_rewards_are_graded_by_running_the_core_code():
-    import core_client
-    import families
-    import grpo
-    from sim_core import start_server
-    server, base = start_server()
+    server, base = sim_core.start_server()
     try:
         client = core_client.CoreClient(base + "/v1", "sim-core", price_in=0.8, price_out=4.0)
-        task_list = ct.generate_codesim(6, 12, "train")
-        strategies = [ct.canonical_code_strategy(t) for t in task_list]
+        task_list = cs.generate_codesim(6, 12, "train")
+        strategies = [cs.canonical_code_strategy(t) for t in task_list]
         strategies[0] = "no tags"                                           # invalid: never sent to the core
         strategies[1] = strategies[1].replace("</strategy>", "```python\nx = 1\n```\n</strategy>")   # leaks code
         alone = {t.id: {"alone_majority_correct": False, "alone_dollars": 1e-4} for t in task_list}
@@ -219,7 +218,7 @@ def test_codesim_rewards_are_graded_by_running_the_core_code():
         assert (rewards[0].valid, rewards[0].validity, rewards[0].correct) == (False, -1.0, False)
         assert rewards[1].leaked and rewards[1].leakage == -0.5
         # correct is what the sandbox says about the code the core wrote, and nothing else
-        replies = [client.chat(ct.code_core_messages(t.problem, s), draw=i) for i, (t, s) in
+        replies = [client.chat(cb.code_core_messages(t.problem, s), draw=i) for i, (t, s) in
                    enumerate(zip(task_list, strategies)) if i > 0]
         verdicts = families.get("codesim").grade(task_list[1:], [r.text for r in replies])
         assert [r.correct for r in rewards[1:]] == verdicts and any(verdicts)
@@ -228,7 +227,6 @@ def test_codesim_rewards_are_graded_by_running_the_core_code():
 
 
 def test_selfcheck_reports_the_model_and_the_sampled_rate_for_codesim():
-    import sim_core
     out = sim_core.selfcheck(24, seed=3, family="codesim", samples=8)
     assert out["family"] == "codesim" and out["cheap_teacher"]["valid"] > 0.8
     for row in ("cheap_alone", "large_alone", "cheap_canonical", "cheap_teacher"):
@@ -242,16 +240,16 @@ def test_selfcheck_reports_the_model_and_the_sampled_rate_for_codesim():
 def test_the_model_reads_a_pipeline_as_the_core_writes_it():
     """A reduction is always written in the return line, so a strategy that names one before its last step means
     that function; the capability model and the sandbox agree on which such strategies work."""
-    tasks = [t for t in ct.generate_codesim(200, 2, "test") if t.steps[-1].kind in ct.REDUCERS][:20]
+    tasks = [t for t in cs.generate_codesim(200, 2, "test") if t.steps[-1].kind in cs.REDUCERS][:20]
     strategies = []
     for i, t in enumerate(tasks):
         extra = ["Sort ascending.", "Reverse the list.", "Sum the elements."][i % 3]
-        strategies.append(ct.canonical_code_strategy(t).replace("</strategy>",
+        strategies.append(cs.canonical_code_strategy(t).replace("</strategy>",
                                                                 f"{len(t.steps) + 1}. {extra}\n</strategy>"))
     p = [sc.p_bug_free(t.problem, s, LARGE) for t, s in zip(tasks, strategies)]
     codes = [sc.write_code(t.problem, s, LARGE, random.Random(1)) for t, s in zip(tasks, strategies)]
     # where the model says the plan is another function, the code, even written without a slip, fails
-    for verdict, prob in zip(ct.codesim_verdicts(tasks, codes), p):
+    for verdict, prob in zip(cs.codesim_verdicts(tasks, codes), p):
         if prob == 0.0:
             assert not verdict
     assert 0 < sum(x > 0 for x in p) < len(p)       # a harmless extra list step, and a harmful second reduction

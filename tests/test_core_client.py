@@ -10,8 +10,8 @@ import time
 import pytest
 
 import core_client
+import mathsim
 import sim_core
-import tasks
 from conftest import ROOT, Gate, cut, fail, hang, ok, raw
 from core_client import Completion, CoreClient, CoreError, model_price, retry_after_s
 
@@ -370,7 +370,7 @@ def sim():
 
 
 def solo_requests(n, seed=5):
-    return [tasks.core_messages(t.problem, None) for t in tasks.generate_tasks(n, seed=seed, split="val")]
+    return [mathsim.core_messages(t.problem, None) for t in mathsim.generate_tasks(n, seed=seed, split="val")]
 
 
 def test_both_shapes_round_trip_through_sim_core(sim):

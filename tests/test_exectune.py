@@ -8,10 +8,15 @@ import sys
 import pytest
 import torch
 
+import checkpoint
 import exectune
 import model as guide_model
+import mathsim
+import run_dir
+import sample
+import sft
 import sim_core
-import tasks
+import strategy_format
 from conftest import ROOT, fail, reply
 
 TINY_SFT = ["--steps", "8", "--batch-size", "4", "--eval-every", "4", "--n-layer", "1", "--n-embd", "32",
@@ -65,7 +70,7 @@ def test_data_tokenizer_baselines_sample(tiny_run):
     raw, accepted = read_jsonl(tiny_run / "raw.jsonl"), read_jsonl(tiny_run / "accepted.jsonl")
     assert len(raw) == 24 * 3                                  # every teacher strategy is kept in raw
     for r in raw:
-        assert r["accepted"] == exectune.is_accepted(r, 2)
+        assert r["accepted"] == sample.is_accepted(r, 2)
     # keep=1: at most one accepted strategy per task, and it is an accepted one of that task
     assert len({a["task_id"] for a in accepted}) == len(accepted)
     accepted_raw = {(r["task_id"], r["strategy"]) for r in raw if r["accepted"]}
@@ -79,51 +84,51 @@ def test_acceptance_rule():
     ok_run = dict(correct=True, dollars=1e-4, output_tokens=10)
     bad_run = dict(correct=False, dollars=1e-4, output_tokens=10)
     good = dict(valid=True, leaks=False, runs=[ok_run, ok_run])
-    assert exectune.is_accepted(good, 2)
-    assert not exectune.is_accepted(dict(good, valid=False), 2)
-    assert not exectune.is_accepted(dict(good, leaks=True), 2)
-    assert not exectune.is_accepted(dict(good, runs=[ok_run, bad_run]), 2)
-    assert not exectune.is_accepted(dict(good, runs=[ok_run]), 2)      # a failed core call is not a success
+    assert sample.is_accepted(good, 2)
+    assert not sample.is_accepted(dict(good, valid=False), 2)
+    assert not sample.is_accepted(dict(good, leaks=True), 2)
+    assert not sample.is_accepted(dict(good, runs=[ok_run, bad_run]), 2)
+    assert not sample.is_accepted(dict(good, runs=[ok_run]), 2)      # a failed core call is not a success
     raw = [dict(task_id="a", strategy="s1", accepted=True, dollars=3.0),
            dict(task_id="a", strategy="s2", accepted=True, dollars=1.0),
            dict(task_id="a", strategy="s3", accepted=False, dollars=0.5),
            dict(task_id="a", strategy="s2", accepted=True, dollars=1.0),   # a duplicate is kept once
            dict(task_id="b", strategy="s4", accepted=True, dollars=2.0)]
-    kept = exectune.select_accepted(raw, keep=2)
+    kept = sample.select_accepted(raw, keep=2)
     assert [(k["task_id"], k["strategy"]) for k in kept] == [("a", "s2"), ("a", "s1"), ("b", "s4")]
-    assert len(exectune.select_accepted(raw, keep=0)) == 3                 # 0: every distinct accepted one
+    assert len(sample.select_accepted(raw, keep=0)) == 3                 # 0: every distinct accepted one
     named = [dict(task_id="a", strategy="1. Add 3 to 4.", accepted=True, dollars=1.0),
              dict(task_id="a", strategy="1. Add the red apples to 4.", accepted=True, dollars=1.2),
              dict(task_id="a", strategy="1. Add the red apples to the green apples.", accepted=True, dollars=1.5)]
-    assert [k["strategy"] for k in exectune.select_accepted(named, 1)] == ["1. Add 3 to 4."]
-    assert ([k["strategy"] for k in exectune.select_accepted(named, 1, "handles")]
+    assert [k["strategy"] for k in sample.select_accepted(named, 1)] == ["1. Add 3 to 4."]
+    assert ([k["strategy"] for k in sample.select_accepted(named, 1, "handles")]
             == ["1. Add the red apples to the green apples."])
     with pytest.raises(ValueError, match="--select"):
-        exectune.SampleConfig(select="longest")
+        sample.SampleConfig(select="longest")
 
 
 def test_numbers_named_counts_operands_not_step_numbers():
-    assert tasks.numbers_named("<strategy>\n1. Multiply 3 by 6.\n2. Add 14 to the result of step 1.\n"
+    assert strategy_format.numbers_named("<strategy>\n1. Multiply 3 by 6.\n2. Add 14 to the result of step 1.\n"
                                "3. Add the apples to it.\n</strategy>") == 3
-    assert tasks.numbers_named("1. Add the red apples to the result of step 12.") == 0
+    assert strategy_format.numbers_named("1. Add the red apples to the result of step 12.") == 0
 
 
 def test_deferred_is_invalid_or_abandoned():
-    assert tasks.deferred(False, None) and tasks.deferred(False, "#### 3")
-    assert tasks.deferred(True, "Step 1: 2 + 3 = 5\nStep 2 " + tasks.UNCLEAR_NOTE + "\n#### 9")
-    assert not tasks.deferred(True, "Step 1: 2 + 3 = 5\n#### 5")
+    assert strategy_format.deferred(False, None) and strategy_format.deferred(False, "#### 3")
+    assert strategy_format.deferred(True, "Step 1: 2 + 3 = 5\nStep 2 " + strategy_format.UNCLEAR_NOTE + "\n#### 9")
+    assert not strategy_format.deferred(True, "Step 1: 2 + 3 = 5\n#### 5")
 
 
 def test_tokenizer_text_holds_no_canonical_strategy():
-    train = tasks.generate_tasks(30, 0, "train", 1)
+    train = mathsim.generate_tasks(30, 0, "train", 1)
     text = "\n".join(exectune.training_text(train))
-    assert not any(tasks.canonical_strategy(t) in text for t in train)
+    assert not any(mathsim.canonical_strategy(t) in text for t in train)
     assert "the result of step" in text and "Find the quotient of" in text
 
 
 def test_sft_loss_covers_strategy_tokens_only():
     examples = [([5, 6, 7], [8, 9, 2]), ([5, 6], [8, 2])]             # (prompt, strategy + EOS=2)
-    inputs, targets, mask = exectune.sft_batch(examples, pad_id=0)
+    inputs, targets, mask = sft.sft_batch(examples, pad_id=0)
     assert inputs.tolist() == [[5, 6, 7, 8, 9], [5, 6, 8, 0, 0]]
     assert targets.tolist() == [[6, 7, 8, 9, 2], [6, 8, 2, 0, 0]]
     assert mask.tolist() == [[False, False, True, True, True], [False, True, True, False, False]]
@@ -131,16 +136,16 @@ def test_sft_loss_covers_strategy_tokens_only():
     torch.manual_seed(0)
     net = guide_model.Guide(guide_model.GuideConfig(vocab_size=16, n_layer=1, n_embd=16, n_head=2, n_kv_head=1,
                                                     ffn_hidden=32, max_seq_len=16))
-    loss = exectune.sft_loss(net, inputs, targets, mask)
+    loss = sft.sft_loss(net, inputs, targets, mask)
     changed = targets.clone()
     changed[~mask] = 11
-    assert torch.equal(loss, exectune.sft_loss(net, inputs, changed, mask))
+    assert torch.equal(loss, sft.sft_loss(net, inputs, changed, mask))
     logits = net(inputs).log_softmax(-1)
     expected = -logits.gather(-1, targets[..., None])[..., 0][mask].mean()
     assert torch.allclose(loss, expected, atol=1e-6)
     # the language-modelling term: the mean over the problem's own tokens (padding and strategy excluded)
     prompt = torch.tensor([[True, True, False, False, False], [True, False, False, False, False]])
-    with_prompt = exectune.sft_loss(net, inputs, targets, mask, prompt_weight=0.5)
+    with_prompt = sft.sft_loss(net, inputs, targets, mask, prompt_weight=0.5)
     prompt_ce = -logits.gather(-1, targets[..., None])[..., 0][prompt].mean()
     assert torch.allclose(with_prompt, expected + 0.5 * prompt_ce, atol=1e-6)
 
@@ -151,21 +156,21 @@ def test_sft_resume_matches_uninterrupted(tiny_run, core_url, tmp_path, monkeypa
         shutil.copytree(tiny_run, tmp_path / name)
     assert cli(tmp_path / "a", core_url, "sft", "--data", "raw", *TINY_SFT) == 0
 
-    real_lr_at = exectune.lr_at
+    real_lr_at = sft.lr_at
 
     def crash_at_step_6(step, cfg, base_lr):
         if step == 6:
             raise KeyboardInterrupt
         return real_lr_at(step, cfg, base_lr)
 
-    monkeypatch.setattr(exectune, "lr_at", crash_at_step_6)
+    monkeypatch.setattr(sft, "lr_at", crash_at_step_6)
     with pytest.raises(KeyboardInterrupt):
         cli(tmp_path / "b", core_url, "sft", "--data", "raw", *TINY_SFT)
     assert sorted(os.listdir(tmp_path / "b" / "sft-raw")) == ["best", "step-000004"]   # one complete checkpoint
-    monkeypatch.setattr(exectune, "lr_at", real_lr_at)
+    monkeypatch.setattr(sft, "lr_at", real_lr_at)
     assert cli(tmp_path / "b", core_url, "sft", "--data", "raw", *TINY_SFT) == 0
-    a = guide_model.load_checkpoint(str(tmp_path / "a" / "sft-raw" / "step-000008")).state_dict()
-    b = guide_model.load_checkpoint(str(tmp_path / "b" / "sft-raw" / "step-000008")).state_dict()
+    a = checkpoint.load_checkpoint(str(tmp_path / "a" / "sft-raw" / "step-000008")).state_dict()
+    b = checkpoint.load_checkpoint(str(tmp_path / "b" / "sft-raw" / "step-000008")).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -293,9 +298,9 @@ def test_help_says_what_each_stage_does(capsys):
 
 
 def test_one_writer_per_output_of_a_run(tmp_path):
-    run = exectune.Run(str(tmp_path / "r"))
+    run = run_dir.Run(str(tmp_path / "r"))
     with run.writer("sample"):
-        with pytest.raises(exectune.UserError, match=r"sample is being written by pid \d+"):
+        with pytest.raises(run_dir.UserError, match=r"sample is being written by pid \d+"):
             with run.writer("sample"):
                 pass
         with run.writer("sft-accepted"):          # other outputs of the same run may be written at once
@@ -305,7 +310,7 @@ def test_one_writer_per_output_of_a_run(tmp_path):
 
 
 def test_a_second_process_on_the_same_stage_gets_one_line(tmp_path):
-    run = exectune.Run(str(tmp_path / "r"))
+    run = run_dir.Run(str(tmp_path / "r"))
     with run.writer("data"):
         out = subprocess.run([sys.executable, "exectune.py", "data", "--run", run.path], cwd=ROOT,
                              capture_output=True, text=True, timeout=60)

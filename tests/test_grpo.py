@@ -8,10 +8,13 @@ import torch
 
 import core_client
 import families
+import generate
 import grpo
 import model as guide_model
+import mathsim
 import sim_core
-import tasks
+import strategy_format
+import tokenizer
 
 LN2 = math.log(2.0)
 
@@ -139,14 +142,15 @@ def reply(answer, cached=False):
 @pytest.fixture(scope="module")
 def task():
     """A task whose answer is not a number of the problem, so stating it is a leak."""
-    return next(t for t in tasks.generate_tasks(20, 0, "train") if tasks.leaks(str(t.answer), t.problem, t.answer))
+    return next(t for t in mathsim.generate_tasks(20, 0, "train")
+                if strategy_format.leaks(str(t.answer), t.problem, t.answer))
 
 
 def test_each_reward_component_on_crafted_strategies(task):
-    good = tasks.canonical_strategy(task)
+    good = mathsim.canonical_strategy(task)
     leaky = good.replace("</strategy>", f"The answer is {task.answer}.\n</strategy>")
     invalid = good.replace("<strategy>", "")
-    assert tasks.leaks(leaky, task.problem, task.answer) and not tasks.parse_strategy(invalid).valid
+    assert strategy_format.leaks(leaky, task.problem, task.answer) and not strategy_format.parse_strategy(invalid).valid
     wrong = task.answer + 1
     core = FakeCore([reply(task.answer), reply(task.answer, cached=True), reply(wrong),
                      core_client.CoreError(503, "overloaded", "retry later")])
@@ -156,7 +160,7 @@ def test_each_reward_component_on_crafted_strategies(task):
 
     # The invalid strategy never reaches the core; the others go with seeds draw + their index.
     assert len(core.requests) == 4 and core.draws == [40, 42, 43, 44]
-    assert all(tasks.parse_core_request(m)[1] != invalid for m in core.requests)
+    assert all(strategy_format.parse_core_request(m)[1] != invalid for m in core.requests)
 
     cost = -0.1 * 2.8e-4 / 5.6e-4                     # -0.05: half the dollars of solving alone
     assert (r[0].execution, r[0].cost, r[0].total) == (1.0, pytest.approx(cost), pytest.approx(1 + cost))
@@ -172,11 +176,11 @@ def test_each_reward_component_on_crafted_strategies(task):
 
 
 def test_outcome_reward_sends_every_strategy_and_scores_only_correctness(task):
-    good = tasks.canonical_strategy(task)
+    good = mathsim.canonical_strategy(task)
     leaky = good.replace("</strategy>", f"The answer is {task.answer}.\n</strategy>")
     core = FakeCore([reply(task.answer), reply(task.answer), reply(task.answer + 1)])
     alone = {task.id: {"alone_majority_correct": True, "alone_dollars": 5.6e-4}}
-    r = grpo.compute_rewards([task] * 3, ["no tags here", leaky, good], core, alone, kind="outcome")
+    r = grpo.compute_rewards([task] * 3, ["no tags here", leaky, good], core, alone, reward="outcome")
     assert len(core.requests) == 3                     # the core ignores an invalid strategy and solves alone
     assert [x.total for x in r] == [1.0, 1.0, 0.0]
     assert not r[0].valid and r[1].leaked and r[2].harmed   # still reported, not scored
@@ -185,20 +189,20 @@ def test_outcome_reward_sends_every_strategy_and_scores_only_correctness(task):
 def test_reward_input_errors(task):
     with pytest.raises(ValueError, match="baselines"):
         grpo.compute_rewards([task], ["x"], FakeCore([]), alone_stats={})
-    with pytest.raises(ValueError, match="reward kind"):
-        grpo.compute_rewards([task], ["x"], FakeCore([]), kind="vibes")
+    with pytest.raises(ValueError, match="unknown reward"):
+        grpo.compute_rewards([task], ["x"], FakeCore([]), reward="vibes")
 
 
 def test_rewards_through_the_local_core():
-    task_list = tasks.generate_tasks(12, 1, "train")
-    strategies = [tasks.canonical_strategy(t) for t in task_list]
+    task_list = mathsim.generate_tasks(12, 1, "train")
+    strategies = [mathsim.canonical_strategy(t) for t in task_list]
     strategies[0] = "1. Add 2 to 3."                  # no tags: invalid
     server, url = sim_core.start_server()
     flaky, flaky_url = sim_core.start_server(fail_rate=1.0)
     try:
         client = core_client.CoreClient(url + "/v1", "sim-core")
-        alone_replies = client.chat_many([tasks.core_messages(t.problem, None) for t in task_list])
-        alone = {t.id: {"alone_majority_correct": tasks.extract_answer(a.text) == t.answer,
+        alone_replies = client.chat_many([mathsim.core_messages(t.problem, None) for t in task_list])
+        alone = {t.id: {"alone_majority_correct": strategy_format.extract_answer(a.text) == t.answer,
                         "alone_dollars": client.dollars(a)} for t, a in zip(task_list, alone_replies)}
         calls = client.stats()["calls"]
         r = grpo.compute_rewards(task_list, strategies, client, alone)
@@ -219,21 +223,21 @@ def test_rewards_through_the_local_core():
 
 
 def tokenizer_for(texts, vocab_size):
-    ranks = guide_model.train_tokenizer(texts, vocab_size)
-    return tiktoken.Encoding("test", pat_str=guide_model.PAT_STR, mergeable_ranks=ranks,
-                             special_tokens={s: len(ranks) + i for i, s in enumerate(guide_model.SPECIAL_TOKENS)})
+    ranks = tokenizer.train_tokenizer(texts, vocab_size)
+    return tiktoken.Encoding("test", pat_str=tokenizer.PAT_STR, mergeable_ranks=ranks,
+                             special_tokens={s: len(ranks) + i for i, s in enumerate(tokenizer.SPECIAL_TOKENS)})
 
 
 def test_a_step_whose_core_calls_all_fail_scores_nothing_and_leaves_the_guide_alone(task, one_thread):
-    tok = tokenizer_for([tasks.guide_prompt(task.problem)], 600)
+    tok = tokenizer_for([strategy_format.guide_prompt(task.problem)], 600)
     net = tiny_guide(vocab_size=tok.n_vocab)
     before = [p.detach().clone() for p in net.parameters()]
     failure = core_client.CoreError(None, "connection refused", "is the server running?")
     cfg = grpo.GRPOConfig(prompts_per_step=2, group_size=4, max_new_tokens=8)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-2, weight_decay=0.0)
     # An untrained guide writes no valid strategy, so the outcome reward (which sends everything) is used.
-    metrics = grpo.grpo_step(net, optimizer, tok, [task, task], FakeCore([failure] * 8), {}, cfg, kind="outcome",
-                             generator=torch.Generator().manual_seed(0), step=3)
+    metrics = grpo.grpo_step(net, optimizer, tok, [task, task], FakeCore([failure] * 8), {}, cfg, reward="outcome",
+                             seed=0, step=3)
     assert metrics["core_failures"] == 8 and metrics["reward"] is None and metrics["zero_std_groups"] == 1.0
     assert metrics["truncation_rate"] == 1.0 and metrics["completion_tokens"] == 8
     assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))   # all advantages 0: no update
@@ -247,11 +251,11 @@ def test_short_grpo_run_raises_the_reward_of_a_weak_guide(one_thread):
     (invalid), so it writes an invalid strategy about half the time. Ten structure-reward GRPO steps against the
     local core must raise its mean reward, measured on 128 fresh samples before and after."""
     torch.manual_seed(0)
-    task_list = sorted(tasks.generate_tasks(40, 3, "train"), key=lambda t: len(t.problem))[:4]
-    good = [tasks.canonical_strategy(t) for t in task_list]
+    task_list = sorted(mathsim.generate_tasks(40, 3, "train"), key=lambda t: len(t.problem))[:4]
+    good = [mathsim.canonical_strategy(t) for t in task_list]
     bad = [re.sub(r"(?m)^\d+\. ", "- ", s) for s in good]
-    assert not any(tasks.parse_strategy(b).valid for b in bad)
-    tok = tokenizer_for([tasks.guide_prompt(t.problem) + s for t, s in zip(task_list, good)], 1024)
+    assert not any(strategy_format.parse_strategy(b).valid for b in bad)
+    tok = tokenizer_for([strategy_format.guide_prompt(t.problem) + s for t, s in zip(task_list, good)], 1024)
     eos = tok.encode_single_token("<|eos|>")
     net = guide_model.Guide(guide_model.GuideConfig(vocab_size=tok.n_vocab, n_layer=1, n_head=4, n_kv_head=2,
                                                     n_embd=64, ffn_hidden=192, max_seq_len=256))
@@ -264,7 +268,7 @@ def test_short_grpo_run_raises_the_reward_of_a_weak_guide(one_thread):
     mask = torch.arange(width)[None, :] < torch.tensor([len(c) for _, c in pairs])[:, None]      # (8, width)
     optimizer = torch.optim.AdamW(net.parameters(), lr=4e-3, weight_decay=0.0)
     for _ in range(120):
-        logprobs = guide_model.completion_logprobs(net, [p for p, _ in pairs], completions)
+        logprobs = generate.completion_logprobs(net, [p for p, _ in pairs], completions)
         loss = -(logprobs * mask).sum() / mask.sum()
         optimizer.zero_grad()
         loss.backward()
@@ -274,20 +278,23 @@ def test_short_grpo_run_raises_the_reward_of_a_weak_guide(one_thread):
     try:
         client = core_client.CoreClient(url + "/v1", "sim-core", progress=False)
         runs = 5
-        alone_replies = client.chat_many([tasks.core_messages(t.problem, None) for t in task_list for _ in range(runs)],
+        alone_replies = client.chat_many([mathsim.core_messages(t.problem, None)
+                                          for t in task_list for _ in range(runs)],
                                          draws=[d for _ in task_list for d in range(runs)])
         alone = {}
         for i, t in enumerate(task_list):
             replies = alone_replies[i * runs:(i + 1) * runs]
-            alone[t.id] = {"alone_majority_correct": sum(tasks.extract_answer(r.text) == t.answer for r in replies) > 2,
+            correct = sum(strategy_format.extract_answer(r.text) == t.answer for r in replies)
+            alone[t.id] = {"alone_majority_correct": correct > 2,
                            "alone_dollars": sum(client.dollars(r) for r in replies) / runs}
 
         def mean_reward(n=32):
             net.eval()
             generator = torch.Generator().manual_seed(123)
-            texts = [text for t in task_list for text in guide_model.generate_group(
-                net, families.prompt_tokens(tok, t), n, 48, eos, generator=generator,
-                stop_strings=[tasks.STOP], tokenizer=tok).texts]
+            texts = [text for t in task_list for text in generate.generate_group(
+                net, families.prompt_tokens(tok, t), n,
+                generate.SamplingOptions(48, eos, stop_strings=[strategy_format.STOP]),
+                generator=generator, tokenizer=tok).texts]
             rewards = grpo.compute_rewards([t for t in task_list for _ in range(n)], texts, client, alone,
                                            draw=10**6)
             return sum(r.total for r in rewards) / len(rewards), sum(r.valid for r in rewards) / len(rewards)
@@ -295,9 +302,8 @@ def test_short_grpo_run_raises_the_reward_of_a_weak_guide(one_thread):
         before, valid_before = mean_reward()
         cfg = grpo.GRPOConfig(prompts_per_step=4, group_size=8, max_new_tokens=48, lr=3e-4, micro_batch_size=16)
         optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0)
-        generator = torch.Generator().manual_seed(0)
         for step in range(10):
-            metrics = grpo.grpo_step(net, optimizer, tok, task_list, client, alone, cfg, generator=generator, step=step)
+            metrics = grpo.grpo_step(net, optimizer, tok, task_list, client, alone, cfg, seed=0, step=step)
         after, valid_after = mean_reward()
     finally:
         server.shutdown()
@@ -305,7 +311,7 @@ def test_short_grpo_run_raises_the_reward_of_a_weak_guide(one_thread):
     assert 0.3 < valid_before < 0.7, "the warm start should write an invalid strategy about half the time"
     assert after > before + 0.25, (before, after)
     assert valid_after > valid_before
-    # The step's log line: every metric of DESIGN 6 is there.
+    # The step's log line: every metric grpo_step promises is there.
     for key in ("reward", "reward_validity", "reward_execution", "reward_leakage", "reward_harm", "reward_cost",
                 "validity_rate", "success_rate", "leak_rate", "harm_rate", "zero_std_groups", "completion_tokens",
                 "truncation_rate", "kl", "clip_frac", "core_dollars", "core_failures", "seconds_rollout",

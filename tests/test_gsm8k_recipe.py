@@ -6,7 +6,8 @@ import os
 import pytest
 
 import exectune
-import tasks
+import gsm8k
+import strategy_format
 from conftest import answering
 
 if os.environ.get("EXECTUNE_REQUIRE_DEV") == "1":   # see test_hf.py: .ci/run must run these, never skip them
@@ -32,13 +33,13 @@ def gsm8k_answer(body):
     """Teacher: a valid strategy, a leaking one, or one without tags, by draw. Core: right with a valid strategy;
     alone, right on problems whose first number is even. Answers come back in the forms gsm8k_extract_answer reads."""
     messages = body["messages"]
-    problem, strategy = tasks.parse_core_request(messages)
+    problem, strategy = strategy_format.parse_core_request(messages)
     a, b = (int(x) for x in problem.split()[2:7:4])
-    if messages[0]["content"].startswith(tasks.GSM8K_TEACHER_SYSTEM):
+    if messages[0]["content"].startswith(gsm8k.TEACHER_SYSTEM):
         return ["<strategy>\n1. Add the apples Tom has to the apples he buys.\n</strategy>",
                 f"<strategy>\n1. Add {a} and {b} to get {a + b}.\n</strategy>",
                 "Just add them."][body.get("seed", 0) % 3]
-    if strategy is not None and tasks.gsm8k_parse_strategy(strategy).valid:
+    if strategy is not None and gsm8k.parse_strategy(strategy).valid:
         return f"{a} + {b} = {a + b}\nThe answer is \\boxed{{{a + b:,}}}."
     return f"Tom has {a + b if a % 2 == 0 else a + b + 1} apples.\n#### {a + b if a % 2 == 0 else 0}"
 
@@ -84,7 +85,7 @@ def test_gsm8k_recipe_with_a_pretrained_guide(tmp_path, fake, capsys):
     assert cli("table") == 0
     out = capsys.readouterr().out
     assert "| ExecTune | " in out and json.loads(out.strip().splitlines()[-1])["accuracy"]["teacher"] == 1.0
-    guide_requests = [b for _, _, b in server.hits if b["messages"][0]["content"] == tasks.GSM8K_CORE_SYSTEM]
+    guide_requests = [b for _, _, b in server.hits if b["messages"][0]["content"] == gsm8k.CORE_SYSTEM]
     assert guide_requests and all("Problem: Tom has" in r["messages"][-1]["content"] for r in guide_requests)
     # eval --family on a fresh run: the untrained pretrained guide on GSM8K's test split (the data stage runs first)
     assert cli("eval", "--run", str(tmp_path / "r4"), "--family", "gsm8k", "--data-dir", data, "--n-val", "4",

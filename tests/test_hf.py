@@ -9,8 +9,10 @@ import sys
 import pytest
 import torch
 
+import generate
 import hf
 import model as M
+import tokenizer
 
 # Test-only dependencies (requirements-dev.txt). Without them these tests skip, except under .ci/run, which
 # installs them and sets EXECTUNE_REQUIRE_DEV=1 so that a missing one fails instead.
@@ -124,7 +126,7 @@ def test_logits_match_transformers(pair):
 def test_greedy_generation_matches_transformers(pair):
     _, _, theirs, ours, _ = pair
     prompts = random_prompts(ours.config.vocab_size, seed=1)
-    out = M.generate(ours, prompts, max_new_tokens=24, eos_id=-1, temperature=0.0)   # batched, left-padded
+    out = generate.generate(ours, prompts, generate.SamplingOptions(24, eos_id=-1, temperature=0.0))   # left-padded
     for p, row in zip(prompts, out.tokens.tolist()):
         ref = theirs.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
                               max_new_tokens=24, min_new_tokens=24, do_sample=False, eos_token_id=None,
@@ -229,9 +231,9 @@ def test_chat_tokens_llama3_match_transformers(chat, where, tmp_path):
 
 @torch.no_grad()
 def test_save_hf_from_scratch_guide(tmp_path):
-    ranks = M.train_tokenizer([random_text(random.Random(2), 40) for _ in range(300)], 400)
-    M.save_tokenizer(ranks, str(tmp_path / "tok.tiktoken"))
-    enc = M.load_tokenizer(str(tmp_path / "tok.tiktoken"))
+    ranks = tokenizer.train_tokenizer([random_text(random.Random(2), 40) for _ in range(300)], 400)
+    tokenizer.save_tokenizer(ranks, str(tmp_path / "tok.tiktoken"))
+    enc = tokenizer.load_tokenizer(str(tmp_path / "tok.tiktoken"))
     torch.manual_seed(0)
     ours = M.Guide(M.GuideConfig(vocab_size=enc.n_vocab, n_layer=2, n_embd=32, n_head=4, n_kv_head=2,
                                  max_seq_len=64)).eval()
@@ -271,11 +273,10 @@ def malformed(tmp_path, what):
 def test_malformed_directories_fail_with_one_line(tmp_path, what, message):
     d = malformed(tmp_path, what)
     with pytest.raises(hf.HFError, match=message) as e:
-        M.load_hf(d)
+        hf.load_hf(d)
     assert "\n" not in str(e.value)
     # what a user types (the check): one line on stderr, exit status 1
-    proc = subprocess.run([sys.executable, "-c", f"import model; g, tok = model.load_hf({d!r})"], cwd=ROOT,
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "hf.py", d], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
     assert str(e.value) in proc.stderr
@@ -319,7 +320,7 @@ def test_absurd_or_malformed_config_fields_fail_with_one_line_before_any_tensor(
     d = _copy(tiny_llama, tmp_path)
     _edit_config(d, **fields)
     with pytest.raises(hf.HFError, match=message) as e:
-        M.load_hf(str(d))
+        hf.load_hf(str(d))
     assert "\n" not in str(e.value)
 
 
@@ -327,7 +328,7 @@ def test_a_config_that_is_a_list_fails_with_one_line(tiny_llama, tmp_path):
     d = _copy(tiny_llama, tmp_path)
     (d / "config.json").write_text("[1, 2, 3]")
     with pytest.raises(hf.HFError, match=r"config\.json: must be a JSON object, got list"):
-        M.load_hf(str(d))
+        hf.load_hf(str(d))
 
 
 def test_integer_weights_are_refused_before_they_are_read(tmp_path):
@@ -339,7 +340,7 @@ def test_integer_weights_are_refused_before_they_are_read(tmp_path):
     save_file(weights, str(d / "model.safetensors"))
     with pytest.raises(hf.HFError, match=r"model\.safetensors: tensor model\.layers\.0\.mlp\.up_proj\.weight is I64, "
                                          r"not a floating-point type"):
-        M.load_hf(str(d))
+        hf.load_hf(str(d))
 
 
 @pytest.mark.parametrize("shard", ["../outside.safetensors", "/etc/passwd", "sub/../../x.safetensors", 7])
@@ -349,7 +350,7 @@ def test_shard_paths_stay_inside_the_model_directory(tiny_llama, tmp_path, shard
     os.remove(d / "model.safetensors")
     (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"model.embed_tokens.weight": shard}}))
     with pytest.raises(hf.HFError, match=r"index\.json: shard .* is not a file name inside the model directory"):
-        M.load_hf(str(d))
+        hf.load_hf(str(d))
 
 
 def test_an_index_without_a_weight_map_object_fails_with_one_line(tiny_llama, tmp_path):
@@ -357,4 +358,4 @@ def test_an_index_without_a_weight_map_object_fails_with_one_line(tiny_llama, tm
     os.remove(d / "model.safetensors")
     (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": ["a", "b"]}))
     with pytest.raises(hf.HFError, match=r"index\.json: no weight_map object"):
-        M.load_hf(str(d))
+        hf.load_hf(str(d))

@@ -1,4 +1,5 @@
-"""sim_core.py: the capability model against its exact probabilities, both API shapes, errors, failure injection."""
+"""sim_math.py and sim_core.py: the capability model against its exact probabilities, both API shapes, errors, failure
+injection."""
 import json
 import math
 import re
@@ -10,13 +11,18 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+import core_client
+import mathsim
 import sim_core
-import tasks
+import sim_math
+import strategy_format
 from conftest import ROOT, Gate
-from sim_core import CHEAP, LARGE, complete, exact_success, start_server
-from tasks import canonical_strategy, core_messages, extract_answer, parse_strategy, teacher_messages
+from mathsim import canonical_strategy, core_messages, teacher_messages
+from sim_core import complete, start_server
+from sim_math import CHEAP, LARGE, exact_success
+from strategy_format import extract_answer, parse_strategy
 
-POOL = tasks.generate_tasks(60, 21, "test")
+POOL = mathsim.generate_tasks(60, 21, "test")
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +36,7 @@ def write(task, verbs, name_q, prefix="", suffix=""):
     """A correct plan in task order with the given verb key per op and quantity naming."""
     lines = []
     for k, op in enumerate(task.ops, 1):
-        form = next(f for f in tasks.VERBS[op.op] if f.key == verbs[op.op])
+        form = next(f for f in strategy_format.VERBS[op.op] if f.key == verbs[op.op])
         x, y = (name_q(task.quantities[r[1]]) if r[0] == "q" else f"the result of step {r[1] + 1}"
                 for r in (op.a, op.b))
         lines.append(f"{k}. {prefix}{form.pattern.format(**(dict(a=y, b=x) if form.swap else dict(a=x, b=y)))}"
@@ -38,7 +44,7 @@ def write(task, verbs, name_q, prefix="", suffix=""):
     return "<strategy>\n" + "\n".join(lines) + "\n</strategy>"
 
 
-CANON = {op: tasks.CANONICAL[op].key for op in tasks.OPS}
+CANON = {op: strategy_format.CANONICAL[op].key for op in mathsim.OPS}
 WEAK = {"add": "Combine", "sub": "Deduct", "mul": "Scale", "div": "Find how many … fit in"}
 MIDDLE = {"add": "Sum", "sub": "Take away", "mul": "Times", "div": "Split … into"}
 
@@ -50,7 +56,7 @@ def paraphrase(q):
 
 def empirical(problem, strategy, model, draws=400):
     messages = core_messages(problem, strategy)
-    answer = tasks.read_problem(problem).answer
+    answer = mathsim.read_problem(problem).answer
     return sum(extract_answer(complete(model, messages, 1.0, seed)) == answer for seed in range(draws)) / draws
 
 
@@ -65,11 +71,12 @@ def first(predicate):
 # ---- capability model ----
 def test_parameters_are_those_of_the_design():
     assert (CHEAP.solo_accuracy, CHEAP.ignore_distractor, CHEAP.step_accuracy, CHEAP.filler_penalty,
-            CHEAP.long_penalty, CHEAP.price_in, CHEAP.price_out) == (0.86, 0.80, 0.985, 0.005, 0.02, 0.80, 4.0)
+            CHEAP.long_penalty, *core_client.model_price(CHEAP.name)) == (0.86, 0.80, 0.985, 0.005, 0.02, 0.80, 4.0)
     assert (LARGE.solo_accuracy, LARGE.ignore_distractor, LARGE.step_accuracy, LARGE.filler_penalty,
-            LARGE.long_penalty, LARGE.price_in, LARGE.price_out) == (0.95, 0.95, 0.995, 0.001, 0.005, 3.0, 15.0)
-    assert set(sim_core.COMPREHENSION) == {f.key for forms in tasks.VERBS.values() for f in forms}
-    assert all(LARGE.comprehension(v) >= 0.95 for v in sim_core.COMPREHENSION)
+            LARGE.long_penalty, *core_client.model_price(LARGE.name)) == (0.95, 0.95, 0.995, 0.001, 0.005, 3.0, 15.0)
+    assert core_client.model_price(sim_math.TEACHER.name) == (3.0, 15.0)
+    assert set(sim_math.COMPREHENSION) == {f.key for forms in strategy_format.VERBS.values() for f in forms}
+    assert all(LARGE.comprehension(v) >= 0.95 for v in sim_math.COMPREHENSION)
     assert CHEAP.comprehension("Combine") == 0.55 and CHEAP.comprehension("Triple") == LARGE.comprehension("x") == 0
 
 
@@ -119,7 +126,7 @@ LOOPHOLE = "<strategy>\n" + "\n".join(f"{k}. Add the result of step 9 to the res
 def test_a_strategy_of_unclear_steps_is_worth_no_more_than_no_strategy():
     # the loophole of the earlier rule: seven forward references succeeded 86% of the time on any problem
     for level in (1, 2):
-        for task in tasks.generate_tasks(500, 0, "test", level):
+        for task in mathsim.generate_tasks(500, 0, "test", level):
             for model in ("sim-core", "sim-core-large"):
                 assert exact_success(task.problem, LOOPHOLE, model) == pytest.approx(
                     exact_success(task.problem, None, model))
@@ -139,7 +146,7 @@ def test_abandoned_strategies_sample_as_exact_success_says():
 
 
 def make_plan_abandoned(task, strategy):
-    return sim_core.make_plan(task.problem, strategy, "sim-core").abandoned
+    return sim_math.make_plan(task.problem, strategy, "sim-core").abandoned
 
 
 def strategy_kinds():
@@ -224,8 +231,8 @@ def test_teacher_strategies_follow_the_sampled_style():
     assert all(e.startswith(("missing <strategy>", "missing </strategy>", "text before step 1")) for e in invalid)
     assert all(len(p.steps) == len(task.ops) for p in parsed if p.valid)
     verbs = [s.verb for p in parsed for s in p.steps]
-    assert 0.65 < sum(v in {f.key for f in tasks.CANONICAL.values()} for v in verbs) / len(verbs) < 0.85
-    assert 0.04 < sum(tasks.leaks(r, task.problem, task.answer) for r in replies) / 300 < 0.17
+    assert 0.65 < sum(v in {f.key for f in strategy_format.CANONICAL.values()} for v in verbs) / len(verbs) < 0.85
+    assert 0.04 < sum(strategy_format.leaks(r, task.problem, task.answer) for r in replies) / 300 < 0.17
     fillers = [s.filler_words for p in parsed for s in p.steps]
     assert min(fillers) == 0 and max(fillers) >= 6
     assert len(set(replies)) > 250
@@ -434,12 +441,12 @@ def naming_shares(messages_for, n=400):
 
 
 def test_teacher_names_quantities_as_asked():
-    plain = naming_shares(teacher_messages)                                   # DESIGN 4.4: 60 / 30 / 10
+    plain = naming_shares(teacher_messages)                                   # docs/world.md §5: 60 / 30 / 10
     assert abs(plain["number"] - 0.60) < 0.05 and abs(plain["handle"] - 0.30) < 0.05
     named = naming_shares(lambda p: teacher_messages(p, name_quantities=True))  # the instruction: 5 / 85 / 10
     assert abs(named["number"] - 0.05) < 0.03 and abs(named["handle"] - 0.85) < 0.05
     assert abs(named["other"] - 0.10) < 0.04
-    assert tasks.NAME_QUANTITIES in teacher_messages("x", name_quantities=True)[0]["content"]
+    assert strategy_format.NAME_QUANTITIES in teacher_messages("x", name_quantities=True)[0]["content"]
 
 
 def test_naming_instruction_changes_nothing_but_naming():
@@ -451,7 +458,7 @@ def test_naming_instruction_changes_nothing_but_naming():
         parsed = [parse_strategy(r) for r in replies]
         assert 0.01 <= sum(not p.valid for p in parsed) / 300 <= 0.11              # format errors 5%
         verbs = [s.verb for p in parsed if p.valid for s in p.steps]
-        assert 0.65 < sum(v in {f.key for f in tasks.CANONICAL.values()} for v in verbs) / len(verbs) < 0.85
+        assert 0.65 < sum(v in {f.key for f in strategy_format.CANONICAL.values()} for v in verbs) / len(verbs) < 0.85
 
 
 def test_hostile_requests_get_a_status_not_a_dropped_connection(url):

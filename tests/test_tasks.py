@@ -1,4 +1,4 @@
-"""tasks.py: generator and reader, strategy grammar, leaks, answer extraction, prompts, CLI."""
+"""mathsim.py and strategy_format.py: generator and reader, strategy grammar, leaks, answer extraction, prompts, CLI."""
 import dataclasses
 import json
 import os
@@ -8,14 +8,21 @@ import sys
 
 import pytest
 
-import tasks
-from tasks import (MathTask, UnreadableProblem, canonical_strategy, core_messages, extract_answer, extract_strategy,
-                   generate_tasks, guide_prompt, leaks, parse_core_request, parse_strategy, parse_teacher_request,
-                   read_problem, teacher_messages)
+import mathsim
+import strategy_format
+from mathsim import (MathTask, UnreadableProblem, canonical_strategy, core_messages, generate_tasks, read_problem,
+                     teacher_messages)
+from strategy_format import (extract_answer, extract_strategy, guide_prompt, leaks, parse_core_request, parse_strategy,
+                             parse_teacher_request)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MIXED = [t for split in tasks.SPLITS for t in generate_tasks(200, 3, split)]
-LEVEL1 = [t for split in tasks.SPLITS for t in generate_tasks(200, 3, split, level=1)]
+MIXED = [t for split in mathsim.SPLITS for t in generate_tasks(200, 3, split)]
+LEVEL1 = [t for split in mathsim.SPLITS for t in generate_tasks(200, 3, split, level=1)]
+
+
+def templates_used(problem):
+    """Names of the templates the sentences of a problem use (to check which split a text could come from)."""
+    return [t.name for t, _ in mathsim._match_sentences(problem)]
 
 
 def value_of(task, ref, results):
@@ -25,7 +32,7 @@ def value_of(task, ref, results):
 # ---- generator and reader ----
 def test_reader_inverts_the_generator_over_3200_tasks():
     for level in (1, 2):
-        for split in tasks.SPLITS:
+        for split in mathsim.SPLITS:
             for task in generate_tasks(400, 11, split, level):
                 assert read_problem(task.problem) == dataclasses.replace(task, id="", split=""), task.problem
 
@@ -38,7 +45,7 @@ def check_task(task):
     results = []
     for k, op in enumerate(task.ops):
         assert all(r[0] == "q" or r[1] < k for r in (op.a, op.b))
-        v = tasks.apply_op(op.op, value_of(task, op.a, results), value_of(task, op.b, results))
+        v = mathsim.apply_op(op.op, value_of(task, op.a, results), value_of(task, op.b, results))
         assert v.denominator == 1 and v >= 0          # exact division, no negative results
         results.append(int(v))
     assert task.answer == results[-1] and task.solution.endswith(f"\n#### {task.answer}")
@@ -51,11 +58,11 @@ def check_task(task):
 
 def in_computation_order(task):
     """Is every operation's sentence after the sentences of the quantities and results it reads?"""
-    sentences = [(t.part, m.groupdict()) for t, m in tasks._match_sentences(task.problem)]
+    sentences = [(t.part, m.groupdict()) for t, m in mathsim._match_sentences(task.problem)]
     leaf_at = [i for i, (part, _) in enumerate(sentences) if part == "leaf"]
-    op_at = [i for i, (part, _) in enumerate(sentences) if part in tasks.OPS]
+    op_at = [i for i, (part, _) in enumerate(sentences) if part in mathsim.OPS]
     # ops are numbered in computation order, which is not sentence order: match each op by its value's operands
-    defined = {g["X"]: i for i, (part, g) in enumerate(sentences) if part in tasks.OPS}
+    defined = {g["X"]: i for i, (part, g) in enumerate(sentences) if part in mathsim.OPS}
     handle_at = {q.handle: leaf_at[k] for k, q in enumerate(task.quantities)}
     for part, g in (sentences[i] for i in op_at):
         if any((handle_at.get(x) if x in handle_at else defined[x]) > defined[g["X"]] for x in (g["A"], g["B"])):
@@ -69,7 +76,7 @@ def test_level_1_is_short_and_stated_in_computation_order():
         assert 1 <= len(task.ops) <= 3 and 0 <= len(task.distractors) <= 1
         assert in_computation_order(task)
     assert {len(t.ops) for t in LEVEL1} == {1, 2, 3} and {len(t.distractors) for t in LEVEL1} == {0, 1}
-    assert {o.op for t in LEVEL1 for o in t.ops} == set(tasks.OPS)
+    assert {o.op for t in LEVEL1 for o in t.ops} == set(mathsim.OPS)
     # distractors anywhere: first, last and in between
     positions = {t.distractors[0] for t in LEVEL1 if t.distractors}
     assert 0 in positions and len(positions) >= 3
@@ -82,7 +89,7 @@ def test_tasks_follow_the_design():
     for task in MIXED:
         check_task(task)
     assert {len(t.ops) for t in MIXED} == {2, 3, 4, 5, 6} and {len(t.distractors) for t in MIXED} == {0, 1, 2}
-    assert {o.op for t in MIXED for o in t.ops} == set(tasks.OPS)
+    assert {o.op for t in MIXED for o in t.ops} == set(mathsim.OPS)
     assert sum(not in_computation_order(t) for t in MIXED) > len(MIXED) / 2     # level 2 shuffles the facts
     two_results = [t for t in MIXED if any(o.a[0] == o.b[0] == "s" for o in t.ops)]
     assert 0.3 < len(two_results) / len(MIXED) < 0.9   # DAGs, not only chains
@@ -103,19 +110,19 @@ def test_generation_is_a_pure_function_of_n_seed_split():
 
 
 def test_only_the_ood_split_holds_out_templates_and_vocabulary():
-    held = {t.name for t in tasks.TEMPLATES if t.ood_only}
-    held_words = set(tasks.OOD_NAMES) | {w for scene in tasks.OOD_SCENES for w in scene}
+    held = {t.name for t in mathsim.TEMPLATES if t.ood_only}
+    held_words = set(mathsim.OOD_NAMES) | {w for scene in mathsim.OOD_SCENES for w in scene}
     for task in (t for t in MIXED + LEVEL1 if t.split != "ood"):
-        assert not held & set(tasks.templates_used(task.problem))
+        assert not held & set(templates_used(task.problem))
         assert not held_words & set(re.findall(r"[A-Za-z]+", task.problem))
     for pool in (MIXED, LEVEL1):
         ood = [t for t in pool if t.split == "ood"]
-        assert sum(bool(held & set(tasks.templates_used(t.problem))) for t in ood) > 0.8 * len(ood)
-        assert held <= {name for t in ood for name in tasks.templates_used(t.problem)}
+        assert sum(bool(held & set(templates_used(t.problem))) for t in ood) > 0.8 * len(ood)
+        assert held <= {name for t in ood for name in templates_used(t.problem)}
     # train and test come from one distribution: every template the test split uses, training uses too
     for pool in (MIXED, LEVEL1):
-        train = {name for t in pool if t.split == "train" for name in tasks.templates_used(t.problem)}
-        assert {name for t in pool if t.split == "test" for name in tasks.templates_used(t.problem)} <= train
+        train = {name for t in pool if t.split == "train" for name in templates_used(t.problem)}
+        assert {name for t in pool if t.split == "test" for name in templates_used(t.problem)} <= train
 
 
 def test_json_round_trip_and_bad_records():
@@ -156,21 +163,21 @@ def test_canonical_strategies_parse_to_the_solution():
         parsed = parse_strategy(canonical_strategy(task))
         assert parsed.valid, parsed.error
         assert [s.op for s in parsed.steps] == [o.op for o in task.ops]
-        assert all(s.filler_words == 0 and s.verb == tasks.CANONICAL[s.op].key for s in parsed.steps)
+        assert all(s.filler_words == 0 and s.verb == strategy_format.CANONICAL[s.op].key for s in parsed.steps)
         assert not leaks(canonical_strategy(task), task.problem, task.answer)
     text = canonical_strategy(MIXED[0])
     assert text.startswith("<strategy>\n1. ") and text.endswith(".\n</strategy>")
 
 
 def test_every_verb_form_parses_with_its_operand_order():
-    for op, forms in tasks.VERBS.items():
+    for op, forms in strategy_format.VERBS.items():
         for form in forms:
             text = f"<strategy>\n1. {form.pattern.format(a='12', b='the result of step 3')}.\n</strategy>"
             (step,) = parse_strategy(text).steps
             assert (step.op, step.verb, step.operands, step.filler_words) == \
                    (op, form.key, ("12", "the result of step 3"), 0), form
             assert step.args == (("the result of step 3", "12") if form.swap else ("12", "the result of step 3"))
-    assert {f.key for forms in tasks.VERBS.values() for f in forms} == {
+    assert {f.key for forms in strategy_format.VERBS.values() for f in forms} == {
         "Add", "Sum", "Increase … by", "Total", "Put together", "Combine", "Subtract", "Take away",
         "Find the difference between", "Remove", "Reduce … by", "Deduct", "Multiply", "Find the product of", "Times",
         "Repeat … for each", "Scale", "Divide", "Find the quotient of", "Split … into", "Share … among",
@@ -253,22 +260,22 @@ def test_prompts_invert():
 
 # ---- command line ----
 def run_cli(*args):
-    return subprocess.run([sys.executable, "tasks.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "mathsim.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
 def test_cli_prints_tasks_as_json_lines():
-    out = run_cli("mathsim", "--n", "3", "--seed", "4", "--split", "test")
+    out = run_cli("--n", "3", "--seed", "4", "--split", "test")
     assert out.returncode == 0, out.stderr
     assert [MathTask.from_json(json.loads(line)) for line in out.stdout.splitlines()] == generate_tasks(3, 4, "test")
-    bad = run_cli("mathsim", "--split", "dev")
+    bad = run_cli("--split", "dev")
     assert bad.returncode == 2 and "invalid choice: 'dev'" in bad.stderr and bad.stdout == ""
-    assert run_cli("mathsim", "--n", "-1").returncode == 2
+    assert run_cli("--n", "-1").returncode == 2
 
 
 @pytest.mark.parametrize("change", [dict(ops=[["pow", ["q", 0], ["q", 1]]]), dict(ops=[["add", ["q", 0], ["q", 99]]]),
                                     dict(ops=[["add", ["s", 0], ["q", 0]]]), dict(problem=12345),
                                     dict(distractors=[7]), dict(ops=[])])
 def test_a_malformed_task_record_is_refused(change):
-    record = tasks.generate_tasks(1, 0, "train", 1)[0].to_json()
+    record = mathsim.generate_tasks(1, 0, "train", 1)[0].to_json()
     with pytest.raises(ValueError, match="not a mathsim task record"):
-        tasks.MathTask.from_json(dict(record, **change))
+        mathsim.MathTask.from_json(dict(record, **change))

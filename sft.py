@@ -1,0 +1,250 @@
+"""Supervised fine-tuning of the guide on teacher strategies: ExecTune's initialisation (accepted strategies) and the
+supervised-GCoP baseline (raw strategies).
+
+1. Examples are (problem prompt, strategy + EOS) token pairs. Batches are drawn as a function of (seed, step), in
+   groups of similar lengths (a third less padding), so a resumed run sees exactly the batches it would have seen.
+2. The loss is the mean cross-entropy over strategy tokens (EOS included, padding out), plus prompt_loss_weight
+   (0.5) times the mean cross-entropy over the problem text before them. Departure from plain SFT: that language-
+   modelling term on unlabeled problem text teaches a small guide trained from scratch to find and copy the
+   problem's phrases, which a plan that names quantities needs; it costs nothing, since the forward pass computes
+   those logits anyway. A pretrained guide (`--init hf:<dir>`) trains on strategies alone (train.sh sets 0).
+3. AdamW, linear warmup then cosine decay, gradient clipping, torch.compile of the training forward and backward.
+4. Every eval_every steps the core's accuracy on val with the guide's greedy strategies picks the checkpoint kept
+   (training.validate_and_save); the val loss on canonical strategies and the exact-plan share are oracle curves.
+"""
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, asdict
+from typing import ClassVar
+
+import torch
+from tqdm import tqdm
+
+import config
+import evaluate
+import execute
+import families
+import model as guide_model
+import run_dir
+import training
+from config import at_least
+
+
+@dataclass
+class SFTConfig:
+    stage: ClassVar[str] = "sft"
+    steps: int = 6000
+    batch_size: int = 16
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 500
+    prompt_loss_weight: float = 0.5   # weight of the language-modelling loss on the problem text: predicting the
+                                      # problem's own phrases teaches the guide to find and copy them, which is
+                                      # what a plan needs (README, the reading levers: 2x fewer steps to a plan)
+    compile: bool = True              # torch.compile the training forward/backward (1.2x on a 2-core CPU)
+    seed: int = 0
+    n_layer: int = 4
+    n_embd: int = 128
+    n_head: int = 4
+    n_kv_head: int = 2
+    max_seq_len: int = 1024
+
+    def __post_init__(self):
+        at_least(self, 1, "steps", "batch_size", "eval_every", "n_layer", "n_embd", "n_head", "n_kv_head",
+                 "max_seq_len")
+        at_least(self, 0, "warmup", "weight_decay", "grad_clip", "prompt_loss_weight", "seed")
+        if not (self.lr > 0 and 0 <= self.min_lr_ratio <= 1):
+            raise ValueError(f"need --lr > 0 and 0 <= --min-lr-ratio <= 1, got {self.lr} and {self.min_lr_ratio}")
+        try:                                    # the guide's own shape rules
+            guide_model.GuideConfig(n_layer=self.n_layer, n_embd=self.n_embd, n_head=self.n_head,
+                                    n_kv_head=self.n_kv_head, max_seq_len=self.max_seq_len)
+        except ValueError as e:
+            raise ValueError(f"--n-embd / --n-head / --n-kv-head: {e}") from None
+
+
+def sft_examples(run, tok, data, split_tasks, max_len):
+    """(prompt tokens, strategy tokens + EOS) pairs; strategies come from accepted.jsonl or raw.jsonl."""
+    path = run.file(f"{data}.jsonl")
+    rows = run_dir.read_jsonl(path, required=("task_id", "strategy"))
+    by_id = {t.id: t for t in split_tasks}
+    eos = tok.encode_single_token("<|eos|>")
+    examples, dropped = [], 0
+    for r in rows:
+        t = by_id.get(r["task_id"])
+        if t is None:
+            continue
+        prompt = families.prompt_tokens(tok, t)
+        completion = tok.encode(r["strategy"], disallowed_special=()) + [eos]
+        if len(prompt) + len(completion) > max_len:
+            dropped += 1
+            continue
+        examples.append((prompt, completion))
+    if dropped:
+        print(f"sft: {dropped} examples longer than {max_len} tokens dropped", file=sys.stderr)
+    return examples
+
+
+def sft_batch(examples, pad_id):
+    """Pad (prompt + completion) pairs into inputs / targets; the loss mask covers completion tokens only."""
+    T = max(len(p) + len(c) for p, c in examples) - 1
+    inputs = torch.full((len(examples), T), pad_id, dtype=torch.long)      # (B, T)
+    targets = torch.full((len(examples), T), pad_id, dtype=torch.long)     # (B, T)
+    loss_mask = torch.zeros((len(examples), T), dtype=torch.bool)          # (B, T)
+    for i, (p, c) in enumerate(examples):
+        seq = torch.tensor(p + c)
+        n = len(seq) - 1
+        inputs[i, :n], targets[i, :n] = seq[:-1], seq[1:]
+        loss_mask[i, len(p) - 1:n] = True        # targets from the first strategy token through EOS
+    return inputs, targets, loss_mask
+
+
+def sft_batch_examples(examples, cfg, step, group=8):
+    """The examples of SFT step `step`: a function of (seed, step), so a resumed run sees exactly the batches it would
+    have seen. Every `group` steps draw group * batch_size examples at random and cut them, sorted by length, into
+    `group` batches: a batch of similar lengths wastes little compute on padding (about a third less here)."""
+    group = max(1, min(group, len(examples) // cfg.batch_size))
+    rng = random.Random(cfg.seed * 1_000_003 + step // group)
+    pool = sorted(rng.sample(examples, min(group * cfg.batch_size, len(examples))), key=lambda e: len(e[0]) + len(e[1]))
+    batches = [pool[i * cfg.batch_size:(i + 1) * cfg.batch_size] for i in range(group)]
+    rng.shuffle(batches)
+    return batches[step % group]
+
+
+def sft_loss(model, inputs, targets, loss_mask, prompt_weight=0.0, counts=None):
+    """Mean cross-entropy over strategy tokens (padding carries no loss), plus prompt_weight times the mean
+    cross-entropy over the problem text before them: language modelling on unlabeled problem text, which the
+    forward pass computes anyway. counts: (strategy tokens, problem-text tokens) to divide by, when this batch is
+    one process's share of a larger one (token_counts of the whole step's batch); default: this batch's own."""
+    with guide_model.autocast(inputs.device):
+        logits = model(inputs)                                              # (B, T, V)
+    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
+                                         reduction="none").view_as(targets)  # (B, T)
+    prompt_mask = loss_mask.cumsum(1) == 0                                  # (B, T) positions before the strategy
+    n_strategy, n_prompt = counts or (loss_mask.sum(), prompt_mask.sum())
+    loss = (ce * loss_mask).sum() / n_strategy
+    if prompt_weight:
+        loss = loss + prompt_weight * (ce * prompt_mask).sum() / n_prompt
+    return loss
+
+
+def token_counts(examples):
+    """(strategy tokens, problem-text tokens) that sft_loss averages over for these (prompt, completion) pairs:
+    every completion token is a target, and every prompt position but the last predicts a problem token."""
+    return sum(len(c) for _, c in examples), sum(len(p) - 1 for p, _ in examples)
+
+
+@torch.no_grad()
+def sft_val_loss(model, examples, pad_id, batch_size):
+    device = model.tok_emb.weight.device
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        inputs, targets, loss_mask = (x.to(device) for x in sft_batch(examples[i:i + batch_size], pad_id))
+        n = loss_mask.sum().item()
+        total += sft_loss(model, inputs, targets, loss_mask).item() * n
+        count += n
+    model.train()
+    return total / max(1, count)
+
+
+def lr_at(step, cfg, base_lr):
+    """Linear warmup, then cosine decay to min_lr_ratio * base_lr."""
+    if step < cfg.warmup:
+        return base_lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return base_lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def stage_sft(args, run):
+    cfg = config.stage_config(SFTConfig, args)
+    data = args.data
+    tok = run_dir.load_guide_tokenizer(run, args.init)
+    if args.init:                               # a pretrained guide: its context must hold the longest example
+        max_len = run_dir.guide_config(run, args.init).max_seq_len
+        if cfg.max_seq_len > max_len:
+            raise run_dir.UserError(f"sft: --max-seq-len {cfg.max_seq_len} is longer than the guide's context "
+                                    f"({max_len})")
+    run.check_config(f"sft-{data}", dict(asdict(cfg), init=args.init) if args.init else cfg)
+    out_dir = run.file(f"sft-{data}")
+    client = execute.client_for(args, "core", run)   # the best checkpoint: the core's accuracy on val
+    pad = tok.encode_single_token("<|pad|>")
+    train_tasks, val_tasks = run_dir.load_tasks(run, "train"), run_dir.load_tasks(run, "val")
+    canonical = train_tasks and families.family_of(train_tasks[0]).canonical_strategy
+    if canonical:
+        train = sft_examples(run, tok, data, train_tasks, cfg.max_seq_len)
+        # validation: the same kind of strategies would need teacher calls on val; canonical strategies of val
+        # tasks measure what matters (can the guide write a clear plan for an unseen problem) at no cost.
+        eos = tok.encode_single_token("<|eos|>")
+        val = [(p, c) for p, c in ((families.prompt_tokens(tok, t),
+                                     tok.encode(canonical(t), disallowed_special=()) + [eos])
+                                    for t in val_tasks) if len(p) + len(c) <= cfg.max_seq_len]
+    else:
+        # a real benchmark has no canonical strategies: the teacher strategies of every 20th training task are
+        # held out instead
+        train = sft_examples(run, tok, data, [t for i, t in enumerate(train_tasks) if i % 20], cfg.max_seq_len)
+        val = sft_examples(run, tok, data, train_tasks[::20], cfg.max_seq_len)
+    if not train:
+        raise run_dir.UserError(f"{run.file(data + '.jsonl')} holds no usable strategies")
+    rank, world = training.rank_and_world()
+    if cfg.batch_size % world:
+        raise run_dir.UserError(f"sft: --batch-size {cfg.batch_size} does not split over {world} processes")
+
+    training.seed_everything(cfg.seed)          # the fresh guide's weights, and every RNG state a checkpoint saves
+
+    def fresh():
+        state = dict(step=0, best_step=None, best_accuracy=None, config=asdict(cfg))
+        if args.init:                           # a pretrained guide (hf:<dir>)
+            return run_dir.load_guide(run, args.init, args.device)[0], dict(state, init=args.init)
+        net = guide_model.Guide(guide_model.GuideConfig(
+            vocab_size=tok.n_vocab, n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_head=cfg.n_head,
+            n_kv_head=cfg.n_kv_head, max_seq_len=cfg.max_seq_len)).to(args.device)
+        return net, state
+    resumed = training.resume_or_start(f"sft {data}", out_dir, cfg.steps, args.device, fresh)
+    if resumed is None:
+        return
+    net, optimizer_state, state = resumed
+    net.grad_checkpointing = args.grad_checkpointing
+    optimizer = training.make_optimizer(net, cfg.lr, cfg.weight_decay, optimizer_state)
+    start_step = state["step"]
+    # the compiled module shares net's parameters: checkpoints, validation and generation use net itself
+    train_net = training.data_parallel(net)
+    train_net = torch.compile(train_net, dynamic=True) if cfg.compile else train_net
+    n_params = sum(p.numel() for p in net.parameters())
+    if rank == 0:
+        print(f"sft: {len(train)} {data} examples, {len(val)} val, guide {n_params / 1e6:.2f}M params"
+              + (f", {world} processes" if world > 1 else ""))
+    net.train()
+    t0, tokens = time.time(), 0
+    bar = tqdm(range(start_step, cfg.steps), desc=f"sft {data}", initial=start_step, total=cfg.steps,
+               disable=rank != 0)
+    for step in bar:
+        for g in optimizer.param_groups:
+            g["lr"] = lr_at(step, cfg, cfg.lr)
+        batch = sft_batch_examples(train, cfg, step)        # the step's whole batch; this process takes its share
+        inputs, targets, loss_mask = (x.to(args.device) for x in sft_batch(batch[rank::world], pad))
+        loss = sft_loss(train_net, inputs, targets, loss_mask, cfg.prompt_loss_weight, token_counts(batch))
+        optimizer.zero_grad(set_to_none=True)
+        (loss * world).backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip).item()
+        optimizer.step()
+        tokens += inputs.numel()
+        loss_value = training.sum_over_processes(loss.item(), args.device)    # the whole batch's loss
+        bar.set_postfix(loss=f"{loss_value:.3f}")
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            tokens_per_s = training.sum_over_processes(tokens, args.device) / (time.time() - t0)
+            if rank != 0:                        # one process validates, saves and logs for the run
+                continue
+            val_loss = sft_val_loss(net, val, pad, 64)
+            accuracy, plan_exact, exact_success = training.validate_and_save(
+                run, f"sft-{data}", out_dir, net, optimizer, tok, state, step + 1, client, val_tasks, 160,
+                loss=round(loss_value, 4), val_loss=round(val_loss, 4), lr=optimizer.param_groups[0]["lr"],
+                grad_norm=round(grad_norm, 3), tokens_per_s=round(tokens_per_s), **training.peak_memory(args.device))
+            net.train()
+            bar.write(f"sft {data} step {step + 1}: train loss {loss_value:.3f}, val loss {val_loss:.3f}, "
+                      f"val accuracy {accuracy:.3f} (best {state['best_accuracy']:.3f}), exact plans "
+                      f"{evaluate.fmt(plan_exact, '{:.1%}')}, mean exact success {evaluate.fmt(exact_success)}")
