@@ -207,8 +207,8 @@ def job(task: CodeTask, completion: str) -> dict:
             "test": f"{TEST_RUNNER}\n{task.test}\n\n_run_tests(dict(globals()))\n"}
 
 
-def grade(tasks: list, completions: list, timeout_s: float = 30.0, workers: int | None = None,
-          desc: str | None = None) -> list:
+def run_tests(tasks: list, completions: list, timeout_s: float = 30.0, workers: int | None = None,
+              desc: str | None = None) -> list:
     """sandbox.Result for each (task, completion) pair; `passed` is the grade."""
     if len(tasks) != len(completions):
         raise ValueError(f"{len(tasks)} tasks but {len(completions)} completions")

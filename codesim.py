@@ -11,7 +11,7 @@
    envelope and limits of strategy_format.free_text_steps; `canonical_code_strategy` writes the clearest one.
 4. Grading: the tests are data, so a function is only called with the test arguments in the sandbox
    (sandbox.call_many) and its values are compared here (`codesim_verdicts`), with expected values that never enter
-   the sandbox. `CodesimTask.code_task` is the same task as a CodeTask with pytest-style tests (code_bench.grade).
+   the sandbox. `CodesimTask.code_task` is the same task as a CodeTask with pytest-style tests (code_bench.run_tests).
 """
 import dataclasses
 import random

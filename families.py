@@ -67,7 +67,7 @@ def _code_benchmark(name):
         return strategy_format.ParsedStrategy(steps=steps, error=error)
 
     def grade(task_list, texts):
-        results = code_bench.grade(task_list, [code_bench.extract_code(t) for t in texts], desc="grade")
+        results = code_bench.run_tests(task_list, [code_bench.extract_code(t) for t in texts], desc="grade")
         return [r.status == "passed" for r in results]
 
     def load(data_dir, n_val, n_test, seed):

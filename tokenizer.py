@@ -9,10 +9,11 @@ import base64
 import heapq
 import os
 import re
-import tempfile
 from collections import Counter, defaultdict
 
 import tiktoken
+
+from checkpoint import atomic_write
 
 # GPT-2 style pre-tokenization: contractions, letters with an optional leading space, up to three digits, other
 # symbols, whitespace. Written in the syntax Python's `re` and tiktoken's regex engine both read; its branches cover
@@ -90,21 +91,9 @@ def train_tokenizer(texts, vocab_size):
 
 
 def save_tokenizer(ranks, path):
-    """tiktoken's rank-file format: one `base64(token) rank` line per token, written atomically: to a temporary file
-    beside path, flushed to disk, then renamed over path (checkpoint.atomic_write's method, spelled out here so that
-    this module imports nothing from the project)."""
+    """tiktoken's rank-file format: one `base64(token) rank` line per token, written atomically."""
     by_rank = sorted(ranks.items(), key=lambda item: item[1])
-    lines = "".join(f"{base64.b64encode(token).decode('ascii')} {rank}\n" for token, rank in by_rank)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=f".tmp-{os.path.basename(path)}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(lines.encode())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, "".join(f"{base64.b64encode(token).decode('ascii')} {rank}\n" for token, rank in by_rank))
 
 
 def load_tokenizer(path):

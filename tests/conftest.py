@@ -13,7 +13,8 @@ import pytest
 # Tests import the project's top-level modules (model, tasks, ...) from the repository root.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import sim_core  # noqa: E402  (from the root just put on the path)
+import exectune  # noqa: E402  (from the root just put on the path)
+import sim_core  # noqa: E402
 
 
 def pytest_configure(config):
@@ -158,3 +159,27 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# ---- a tiny run of the recipe against the simulated core, shared by the tests of the stages ----
+def cli(run_dir, url, *argv):
+    """Run one stage of exectune.py in-process; returns its exit code."""
+    return exectune.main([argv[0], "--run", str(run_dir), "--core-url", url, "--concurrency", "8", *argv[1:]])
+
+
+@pytest.fixture(scope="module")
+def core_url():
+    server, url = sim_core.start_server()
+    yield url + "/v1"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, core_url):
+    """data -> tokenizer -> baselines -> sample on a few tasks."""
+    run = tmp_path_factory.mktemp("run")
+    assert cli(run, core_url, "data", "--n-train", "24", "--n-val", "8", "--n-test", "12", "--n-ood", "6") == 0
+    assert cli(run, core_url, "tokenizer") == 0
+    assert cli(run, core_url, "baselines", "--alone-runs", "3") == 0
+    assert cli(run, core_url, "sample", "--k", "3", "--m", "2", "--keep", "1", "--chunk", "10") == 0
+    return run

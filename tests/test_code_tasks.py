@@ -11,8 +11,8 @@ def test_humaneval_canonical_solutions_pass_and_empty_bodies_fail():
     tasks = cb.load_humaneval()
     assert len(tasks) == 164 and len({t.id for t in tasks}) == 164
     # 15 s on the project's quiet 2-core machine (both gradings); no timing assert, the suite also runs on busy ones.
-    good = cb.grade(tasks, [t.solution for t in tasks], workers=2)
-    empty = cb.grade(tasks, ["    pass\n"] * len(tasks), workers=2)
+    good = cb.run_tests(tasks, [t.solution for t in tasks], workers=2)
+    empty = cb.run_tests(tasks, ["    pass\n"] * len(tasks), workers=2)
     assert [t.id for t, r in zip(tasks, good) if r.status != "passed"] == []
     assert [t.id for t, r in zip(tasks, empty) if r.status == "passed"] == []
 
@@ -22,9 +22,9 @@ def test_humaneval_whole_function_completion_in_a_fence():
     reply = ("Here it is:\n```python\nfrom typing import List\n\n"
              f"def {task.entry_point}(numbers: List[float], threshold: float) -> bool:\n"
              "    return any(abs(a - b) < threshold for i, a in enumerate(numbers) for b in numbers[i + 1:])\n```\n")
-    assert cb.grade([task], [cb.extract_code(reply)])[0].status == "passed"
+    assert cb.run_tests([task], [cb.extract_code(reply)])[0].status == "passed"
     wrong = reply.replace("< threshold", "> threshold")
-    assert cb.grade([task], [cb.extract_code(wrong)])[0].status == "failed"
+    assert cb.run_tests([task], [cb.extract_code(wrong)])[0].status == "failed"
 
 
 KOD_TEST = """from solution import clip_sum
@@ -71,7 +71,7 @@ def test_kodcode_field_variants_and_grading(tmp_path):
     assert [(t.id, t.entry_point) for t in tasks] == [("q1", "clip_sum"), ("q2", "clip_sum"),
                                                       ("kodcode/4", "clip_sum"), ("kodcode/5", "f")]
     wrong = "def clip_sum(xs, hi):\n    return sum(max(x, hi) for x in xs)\n"
-    results = cb.grade(tasks[:3] * 2 + tasks[3:], [KOD_SOLUTION] * 3 + [wrong] * 3 + [tasks[3].solution], workers=2)
+    results = cb.run_tests(tasks[:3] * 2 + tasks[3:], [KOD_SOLUTION] * 3 + [wrong] * 3 + [tasks[3].solution], workers=2)
     assert [r.status for r in results] == ["passed"] * 3 + ["failed"] * 3 + ["passed"]
     assert results[0].stdout.strip() == "6 of 6 tests passed"
     assert "tests failed" in results[3].reason and "test_values" in results[3].reason
@@ -84,7 +84,7 @@ def test_kodcode_runs_without_pytest_and_classifies_sandbox_violations(tmp_path)
     hostile = {"question": "q", "test": "from solution import g\ndef test_g():\n    assert g() == 0\n",
                "entry_point": "g"}
     tasks = cb.load_kodcode(_write(tmp_path / "k.jsonl", [probe, hostile]))
-    results = cb.grade(tasks, ["", "import os\ndef g():\n    os.kill(os.getppid(), 9)\n"])
+    results = cb.run_tests(tasks, ["", "import os\ndef g():\n    os.kill(os.getppid(), 9)\n"])
     assert results[0].status == "passed", results[0]
     assert results[1].status == "crashed" and "os.kill" in results[1].reason
 

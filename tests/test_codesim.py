@@ -71,7 +71,7 @@ def test_reference_passes_its_hidden_tests_in_the_sandbox_and_bugs_fail():
         mutants.append(cs.render_function(t.name, t.two_lists, [p for p in t.steps[:j] + (bug,) + t.steps[j + 1:]
                                                                   if p is not None]))
     as_code = [t.code_task() for t in tasks]
-    results = cb.grade(as_code * 2, [t.solution for t in as_code] + mutants, workers=2)
+    results = cb.run_tests(as_code * 2, [t.solution for t in as_code] + mutants, workers=2)
     assert [r.status for r in results[:25]] == ["passed"] * 25, [r.reason for r in results[:25]]
     caught = sum(r.status == "failed" for r in results[25:])
     assert caught >= 20, f"the hidden tests caught only {caught} of 25 single bugs"
@@ -159,7 +159,7 @@ def test_sampled_code_passes_at_the_rate_the_model_says():
 def test_batch_grading_agrees_with_one_program_per_function():
     task = cs.generate_codesim(3, 4, "test")[2]
     sources = sorted({sc.write_code(task.problem, None, CHEAP, random.Random(s)) for s in range(60)})[:8]
-    one_by_one = [r.status == "passed" for r in cb.grade([task.code_task()] * len(sources), sources, workers=2)]
+    one_by_one = [r.status == "passed" for r in cb.run_tests([task.code_task()] * len(sources), sources, workers=2)]
     assert sum(one_by_one) not in (0, len(sources)), "pick a task whose samples both pass and fail"
     assert cs.codesim_verdicts([task] * len(sources), sources) == one_by_one
 
@@ -178,7 +178,7 @@ def test_sim_core_serves_codesim_over_http():
         replies = [ask("sim-core", cb.code_core_messages(t.problem, cs.canonical_code_strategy(t))) for t in tasks]
         assert all(r.status_code == 200 for r in replies)
         texts = [r.json()["choices"][0]["message"]["content"] for r in replies]
-        results = cb.grade([t.code_task() for t in tasks], [cb.extract_code(x) for x in texts], workers=2)
+        results = cb.run_tests([t.code_task() for t in tasks], [cb.extract_code(x) for x in texts], workers=2)
         assert sum(r.status == "passed" for r in results) >= 4          # graded by running, and mostly right
         alone = ask("sim-core", cb.code_core_messages(tasks[0].problem, None)).json()
         guided = replies[0].json()

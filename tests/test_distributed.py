@@ -11,26 +11,8 @@ import pytest
 import torch
 
 import checkpoint
-import sim_core
-from conftest import ROOT
-from test_exectune import TINY_SFT, cli, read_jsonl
-
-
-@pytest.fixture(scope="module")
-def core_url():
-    server, url = sim_core.start_server()
-    yield url + "/v1"
-    server.shutdown()
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, core_url):
-    run = tmp_path_factory.mktemp("run")
-    assert cli(run, core_url, "data", "--n-train", "24", "--n-val", "8", "--n-test", "12", "--n-ood", "6") == 0
-    assert cli(run, core_url, "tokenizer") == 0
-    assert cli(run, core_url, "baselines", "--alone-runs", "3") == 0
-    assert cli(run, core_url, "sample", "--k", "3", "--m", "2", "--keep", "1", "--chunk", "10") == 0
-    return run
+from conftest import ROOT, cli
+from test_exectune import TINY_SFT, read_jsonl
 
 
 def torchrun_command(url, nproc, *argv):

@@ -15,35 +15,11 @@ import mathsim
 import run_dir
 import sample
 import sft
-import sim_core
 import strategy_format
-from conftest import ROOT, fail, reply
+from conftest import ROOT, cli, fail, reply
 
 TINY_SFT = ["--steps", "8", "--batch-size", "4", "--eval-every", "4", "--n-layer", "1", "--n-embd", "32",
             "--n-head", "2", "--n-kv-head", "1", "--no-compile"]
-
-
-@pytest.fixture(scope="module")
-def core_url():
-    server, url = sim_core.start_server()
-    yield url + "/v1"
-    server.shutdown()
-
-
-def cli(run_dir, url, *argv):
-    """Run one stage in-process; returns its exit code."""
-    return exectune.main([argv[0], "--run", str(run_dir), "--core-url", url, "--concurrency", "8", *argv[1:]])
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, core_url):
-    """data -> tokenizer -> baselines -> sample on a few tasks, shared by the tests below."""
-    run = tmp_path_factory.mktemp("run")
-    assert cli(run, core_url, "data", "--n-train", "24", "--n-val", "8", "--n-test", "12", "--n-ood", "6") == 0
-    assert cli(run, core_url, "tokenizer") == 0
-    assert cli(run, core_url, "baselines", "--alone-runs", "3") == 0
-    assert cli(run, core_url, "sample", "--k", "3", "--m", "2", "--keep", "1", "--chunk", "10") == 0
-    return run
 
 
 def read_jsonl(path):

@@ -40,7 +40,7 @@ HUMANEVAL_FORGERIES = {
 
 @pytest.mark.parametrize("forgery", HUMANEVAL_FORGERIES)
 def test_humaneval_forgeries_fail(humaneval, forgery):
-    results = cb.grade([humaneval] * 3, [HUMANEVAL_FORGERIES[forgery], humaneval.solution, "    return False\n"],
+    results = cb.run_tests([humaneval] * 3, [HUMANEVAL_FORGERIES[forgery], humaneval.solution, "    return False\n"],
                        workers=1)
     assert _passed(results) == [False, True, False], [(r.status, r.reason) for r in results]
     if forgery == "__eq__ always true":
@@ -71,7 +71,7 @@ def _kodcode(tmp_path, records):
 @pytest.mark.parametrize("forgery", KODCODE_FORGERIES)
 def test_kodcode_forgeries_fail(tmp_path, forgery):
     task = _kodcode(tmp_path, [KOD])[0]
-    results = cb.grade([task] * 3, [KODCODE_FORGERIES[forgery], KOD_RIGHT, KOD_WRONG], workers=1)
+    results = cb.run_tests([task] * 3, [KODCODE_FORGERIES[forgery], KOD_RIGHT, KOD_WRONG], workers=1)
     assert _passed(results) == [False, True, False], [(r.status, r.reason) for r in results]
 
 
@@ -118,7 +118,7 @@ def test_the_boundary_keeps_what_honest_tests_need(tmp_path):
                 "        raise TooBig(n)\n    return (n, {'k': [1.5, None]}, {3}, b'x')\n\n"
                 "def sort_in_place(xs):\n    xs.sort()\n")
     task = _kodcode(tmp_path, [{"question": "q", "test": test, "entry_point": "parse"}])[0]
-    results = cb.grade([task, task], [solution, solution.replace("xs.sort()", "xs.reverse()")], workers=2)
+    results = cb.run_tests([task, task], [solution, solution.replace("xs.sort()", "xs.reverse()")], workers=2)
     assert (results[0].status, results[0].stdout.strip()) == ("passed", "5 of 5 tests passed"), results[0]
     assert results[1].status == "failed" and "test_in_place" in results[1].reason
 
@@ -127,7 +127,7 @@ def test_a_test_that_needs_the_solutions_own_objects_fails_with_a_reason(tmp_pat
     test = "from solution import make\n\ndef test_it():\n    assert make().value == 1\n"
     solution = "class Box:\n    value = 1\n\ndef make():\n    return Box()\n"
     task = _kodcode(tmp_path, [{"question": "q", "test": test, "entry_point": "make"}])[0]
-    result = cb.grade([task], [solution])[0]
+    result = cb.run_tests([task], [solution])[0]
     assert result.status == "failed" and "not plain data" in result.reason, result
 
 
@@ -136,7 +136,7 @@ def test_no_process_of_a_graded_batch_outlives_it(tmp_path):
     escape = (UNGUARD + "_pid = _posix.fork()\nif _pid == 0:\n    _posix.setsid()\n"
               f"    _posix.execv('/bin/sleep', ['sleep', '{marker}'])\n")
     task = _kodcode(tmp_path, [KOD])[0]
-    results = cb.grade([task, task], [KOD_RIGHT + escape, KOD_RIGHT], workers=1)
+    results = cb.run_tests([task, task], [KOD_RIGHT + escape, KOD_RIGHT], workers=1)
     assert _passed(results) == [True, True]
     assert cs.codesim_verdicts([_codesim_task()], [escape]) == [False]
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -166,7 +166,7 @@ def test_under_bubblewrap_no_other_process_of_the_sandbox_can_be_written_or_read
               "        except OSError:\n            pass\n"
               "def clip_sum(xs, hi):\n    return len(_opened)\n")
     task = _kodcode(tmp_path, [KOD])[0]
-    results = cb.grade([task, task], [attack, KOD_RIGHT], workers=1)
+    results = cb.run_tests([task, task], [attack, KOD_RIGHT], workers=1)
     assert _passed(results) == [False, True], [(r.status, r.reason) for r in results]
     # clip_sum returns how many it opened: test_b (expects 0) passes, test_a (expects 5) fails
     assert "1 of 2 tests failed; first: test_a" in results[0].reason, results[0].reason
@@ -179,8 +179,8 @@ def test_under_bubblewrap_a_program_killing_every_process_it_sees_fails_alone(tm
     killer = (UNGUARD + "for _pid in range(1, 64):\n    if _pid != _posix.getpid():\n        try:\n"
               "            _posix.kill(_pid, 9)\n        except OSError:\n            pass\n" + KOD_WRONG)
     task = _kodcode(tmp_path, [KOD])[0]
-    results = cb.grade([task] * 4, [KOD_RIGHT, killer, KOD_RIGHT, KOD_WRONG], workers=1)
+    results = cb.run_tests([task] * 4, [KOD_RIGHT, killer, KOD_RIGHT, KOD_WRONG], workers=1)
     assert _passed(results) == [True, False, True, False], [(r.status, r.reason) for r in results]
     humaneval = cb.load_humaneval()[0]
-    results = cb.grade([humaneval] * 2, ["    return True\n" + killer.replace(KOD_WRONG, ""), humaneval.solution])
+    results = cb.run_tests([humaneval] * 2, ["    return True\n" + killer.replace(KOD_WRONG, ""), humaneval.solution])
     assert _passed(results) == [False, True], [(r.status, r.reason) for r in results]
