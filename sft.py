@@ -47,6 +47,8 @@ class SFTConfig:
                                       # problem's own phrases teaches the guide to find and copy them, which is
                                       # what a plan needs (README, the reading levers: 2x fewer steps to a plan)
     compile: bool = True              # torch.compile the training forward/backward (1.2x on a 2-core CPU)
+    curriculum: bool = False          # the strategies of fewest steps first (curriculum_pool; README, the reading
+                                      # levers: it lifts a slow seed, and is off until the default run is re-run)
     seed: int = 0
     n_layer: int = 4
     n_embd: int = 128
@@ -68,12 +70,13 @@ class SFTConfig:
 
 
 def sft_examples(run, tok, data, split_tasks, max_len):
-    """(prompt tokens, strategy tokens + EOS) pairs; strategies come from accepted.jsonl or raw.jsonl."""
+    """(prompt tokens, strategy tokens + EOS) pairs, strategies from accepted.jsonl or raw.jsonl, and beside them
+    the number of steps of each strategy (the curriculum's measure of difficulty; 0 for an invalid one)."""
     path = run.file(f"{data}.jsonl")
     rows = run_dir.read_jsonl(path, required=("task_id", "strategy"))
     by_id = {t.id: t for t in split_tasks}
     eos = tok.encode_single_token("<|eos|>")
-    examples, dropped = [], 0
+    examples, n_steps, dropped = [], [], 0
     for r in rows:
         t = by_id.get(r["task_id"])
         if t is None:
@@ -84,9 +87,24 @@ def sft_examples(run, tok, data, split_tasks, max_len):
             dropped += 1
             continue
         examples.append((prompt, completion))
+        n_steps.append(len(families.family_of(t).parse_strategy(r["strategy"]).steps))
     if dropped:
         print(f"sft: {dropped} examples longer than {max_len} tokens dropped", file=sys.stderr)
-    return examples
+    return examples, n_steps
+
+
+def curriculum_pool(examples, n_steps, step, total_steps):
+    """The examples SFT step `step` draws from under the curriculum: in the first third of the steps those whose
+    strategy has at most the 1/3-quantile's number of steps, in the second third at most the 2/3-quantile's, then
+    all. At level 1 that is 1-step plans, then plans of at most 2 steps, then all. The measure is the teacher
+    strategy's own step count, which the guide's data holds (for accepted level-1 strategies it equals the task's
+    number of operations in every case)."""
+    third = min(2, 3 * step // total_steps)
+    if third == 2:
+        return examples
+    ordered = sorted(n_steps)
+    most = ordered[max(0, -(-(third + 1) * len(ordered) // 3) - 1)]
+    return [e for e, n in zip(examples, n_steps) if n <= most]
 
 
 def sft_batch(examples, pad_id):
@@ -176,7 +194,7 @@ def stage_sft(args, run):
     train_tasks, val_tasks = run_dir.load_tasks(run, "train"), run_dir.load_tasks(run, "val")
     canonical = train_tasks and families.family_of(train_tasks[0]).canonical_strategy
     if canonical:
-        train = sft_examples(run, tok, data, train_tasks, cfg.max_seq_len)
+        train, n_steps = sft_examples(run, tok, data, train_tasks, cfg.max_seq_len)
         # validation: the same kind of strategies would need teacher calls on val; canonical strategies of val
         # tasks measure what matters (can the guide write a clear plan for an unseen problem) at no cost.
         eos = tok.encode_single_token("<|eos|>")
@@ -186,8 +204,9 @@ def stage_sft(args, run):
     else:
         # a real benchmark has no canonical strategies: the teacher strategies of every 20th training task are
         # held out instead
-        train = sft_examples(run, tok, data, [t for i, t in enumerate(train_tasks) if i % 20], cfg.max_seq_len)
-        val = sft_examples(run, tok, data, train_tasks[::20], cfg.max_seq_len)
+        train, n_steps = sft_examples(run, tok, data, [t for i, t in enumerate(train_tasks) if i % 20],
+                                      cfg.max_seq_len)
+        val = sft_examples(run, tok, data, train_tasks[::20], cfg.max_seq_len)[0]
     if not train:
         raise run_dir.UserError(f"{run.file(data + '.jsonl')} holds no usable strategies")
     rank, world = training.rank_and_world()
@@ -219,13 +238,18 @@ def stage_sft(args, run):
         print(f"sft: {len(train)} {data} examples, {len(val)} val, guide {n_params / 1e6:.2f}M params"
               + (f", {world} processes" if world > 1 else ""))
     net.train()
-    t0, tokens = time.time(), 0
+    t0, tokens, pools = time.time(), 0, {}
     bar = tqdm(range(start_step, cfg.steps), desc=f"sft {data}", initial=start_step, total=cfg.steps,
                disable=rank != 0)
     for step in bar:
         for g in optimizer.param_groups:
             g["lr"] = lr_at(step, cfg, cfg.lr)
-        batch = sft_batch_examples(train, cfg, step)        # the step's whole batch; this process takes its share
+        pool, third = train, min(2, 3 * step // cfg.steps)
+        if cfg.curriculum:
+            if third not in pools:
+                pools[third] = curriculum_pool(train, n_steps, step, cfg.steps)
+            pool = pools[third]
+        batch = sft_batch_examples(pool, cfg, step)         # the step's whole batch; this process takes its share
         inputs, targets, loss_mask = (x.to(args.device) for x in sft_batch(batch[rank::world], pad))
         loss = sft_loss(train_net, inputs, targets, loss_mask, cfg.prompt_loss_weight, token_counts(batch))
         optimizer.zero_grad(set_to_none=True)

@@ -110,8 +110,8 @@ def main():
     ap.add_argument("--select", default="cheapest", choices=sorted(sample.SELECT_RULES))
     ap.add_argument("--k", type=int, default=None, help="use only the first k teacher draws of each task")
     ap.add_argument("--n-train", type=int, default=None, help="use only the first n training tasks")
-    ap.add_argument("--curriculum", action="store_true", help="train on 1-operation tasks first, adding one more "
-                                                              "operation every steps/3")
+    ap.add_argument("--curriculum", action="store_true", help="the strategies of fewest steps first "
+                                                              "(sft.curriculum_pool)")
     ap.add_argument("--steps", type=int, default=SFT.steps)
     ap.add_argument("--seconds", type=float, default=None, help="stop at the first eval past this wall time")
     ap.add_argument("--eval-every", type=int, default=1000)
@@ -143,7 +143,7 @@ def main():
     eos, pad = tok.encode_single_token("<|eos|>"), tok.encode_single_token("<|pad|>")
     pairs = training_strategies(run, train_tasks, a)
     examples = [(families.prompt_tokens(tok, t), tok.encode(s, disallowed_special=()) + [eos]) for t, s in pairs]
-    n_ops = [len(t.ops) for t, _ in pairs]
+    n_steps = [len(families.family_of(t).parse_strategy(s).steps) for t, s in pairs]
     cfg = sft.SFTConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup=a.warmup, seed=a.seed)
     net = guide_model.Guide(guide_model.GuideConfig(vocab_size=tok.n_vocab, n_layer=a.n_layer, n_embd=a.n_embd,
                                                     n_head=a.n_head, n_kv_head=a.n_kv_head, max_seq_len=1024))
@@ -156,11 +156,11 @@ def main():
     pools = {}
     t0, useful = time.time(), 0
     for step in range(a.steps):
-        if a.curriculum:             # the examples of at most 1 + step // (steps / 3) operations
-            most = 1 + (3 * step) // a.steps
-            pool = pools.setdefault(most, [e for e, n in zip(examples, n_ops) if n <= most])
-        else:
-            pool = examples
+        pool, third = examples, min(2, 3 * step // a.steps)
+        if a.curriculum:             # the recipe's curriculum (sft --curriculum)
+            if third not in pools:
+                pools[third] = sft.curriculum_pool(examples, n_steps, step, a.steps)
+            pool = pools[third]
         for opt, base in opts:
             for g in opt.param_groups:
                 g["lr"] = base * lr_scale(step, cfg, a.schedule)

@@ -29,7 +29,7 @@ def measure(run, variant, steps, threads, warmup=10):
     torch.set_num_threads(threads)
     cfg = sft.SFTConfig()
     tok = run_dir.load_tokenizer(run)
-    examples = sft.sft_examples(run, tok, "accepted", run_dir.load_tasks(run, "train"), cfg.max_seq_len)
+    examples = sft.sft_examples(run, tok, "accepted", run_dir.load_tasks(run, "train"), cfg.max_seq_len)[0]
     pad = tok.encode_single_token("<|pad|>")
     torch.manual_seed(0)
     net = guide_model.Guide(guide_model.GuideConfig(vocab_size=tok.n_vocab, n_layer=cfg.n_layer, n_embd=cfg.n_embd,

@@ -2,6 +2,7 @@
 mask, resume, the user errors, and `QUICK=1 bash train.sh` end to end."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -100,6 +101,25 @@ def test_tokenizer_text_holds_no_canonical_strategy():
     text = "\n".join(exectune.training_text(train))
     assert not any(mathsim.canonical_strategy(t) in text for t in train)
     assert "the result of step" in text and "Find the quotient of" in text
+
+
+def test_the_curriculum_moves_from_short_plans_to_all_of_them():
+    examples = [f"e{i}" for i in range(9)]
+    n_steps = [1, 3, 2, 1, 2, 3, 1, 2, 3]
+    pools = [sft.curriculum_pool(examples, n_steps, step, 90) for step in (0, 29, 30, 59, 60, 89)]
+    assert pools[0] == pools[1] == ["e0", "e3", "e6"]                      # a third of the steps: 1-step plans
+    assert pools[2] == pools[3] == ["e0", "e2", "e3", "e4", "e6", "e7"]    # then at most 2 steps
+    assert pools[4] == pools[5] == examples                                 # then all
+    # quantiles, not step counts: at level 2 (2-6 steps) the first third is not empty
+    assert sft.curriculum_pool(examples, [n + 3 for n in n_steps], 0, 90) == ["e0", "e3", "e6"]
+
+
+def test_sft_with_the_curriculum(tiny_run, core_url, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    assert cli(run, core_url, "sft", "--data", "raw", "--curriculum", *TINY_SFT) == 0
+    assert json.load(open(run / "config.json"))["sft-raw"]["curriculum"] is True
+    assert (run / "sft-raw" / "step-000008").exists()
 
 
 def test_sft_loss_covers_strategy_tokens_only():
