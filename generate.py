@@ -6,7 +6,9 @@
    padded key slots are masked out and each row's RoPE positions start at 0, so every row computes what it would
    alone. It returns the sampled tokens, their log-probs (log_softmax(logits / temperature), taken before
    top-k / top-p, as the GRPO loss recomputes them with completion_logprobs) and the completion mask (EOS included).
-   generate_group prefills one prompt once and copies its cache to G rows (one GRPO group).
+   generate_groups samples G rows of each of N prompts (GRPO's groups): each distinct prompt is prefilled once and
+   its cache copied to its G rows, then all N * G rows decode as one batch; group j may draw from its own
+   generator, so its samples do not depend on which other groups share the batch.
 3. reference_generate: the textbook loop (each row alone, full forward every step, no cache, no padding); the tests
    check that generate gives the same tokens, and `python generate.py --bench` measures how much faster generate is.
 On CUDA, generation runs under bf16 autocast and can compile its decode step (static shapes); the CPU path uses
@@ -79,9 +81,18 @@ def _sample(logits, sampling, generator):
     # Inverse-CDF sampling: one uniform number per row (torch.multinomial draws one per vocabulary entry, several
     # times slower here). u < cdf[:, -1] whatever the rounding, and right=True lands on a token of positive mass.
     cdf = F.softmax(logits, dim=-1).double().cumsum(dim=-1)                              # (B, V)
-    u = torch.rand((cdf.shape[0], 1), generator=generator, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
+    u = _uniforms(cdf.shape[0], generator, cdf.dtype, cdf.device) * cdf[:, -1:]          # (B, 1)
     tok = torch.searchsorted(cdf, u, right=True).squeeze(-1)
     return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
+
+
+def _uniforms(B, generator, dtype, device):
+    """(B, 1) uniform numbers: from one generator, or from a list of generators that own equal consecutive blocks
+    of rows (one per GRPO group)."""
+    if not isinstance(generator, (list, tuple)):
+        return torch.rand((B, 1), generator=generator, dtype=dtype, device=device)
+    rows = B // len(generator)
+    return torch.cat([torch.rand((rows, 1), generator=g, dtype=dtype, device=device) for g in generator])
 
 
 def _check_request(model, prompts, sampling, tokenizer):
@@ -188,14 +199,18 @@ def generate(model, prompts, sampling: SamplingOptions, *, generator=None, token
 
 
 @torch.no_grad()
-def generate_group(model, prompt, group_size, sampling: SamplingOptions, *, generator=None, tokenizer=None,
-                   compile_step=False) -> Rollout:
-    """group_size samples of one prompt: the prompt is prefilled once and its cache copied to every row."""
-    _check_request(model, [prompt], sampling, tokenizer)
-    cache, logits, left_pad = _prefill(model, [prompt], sampling.max_new_tokens, compile_step)
-    next_logits = _cached_step(model, cache.repeat(group_size), left_pad.expand(group_size), len(prompt),
-                               compile_step)
-    return _decode_loop(logits.expand(group_size, -1), next_logits, sampling, generator, tokenizer)
+def generate_groups(model, prompts, group_size, sampling: SamplingOptions, *, generator=None, tokenizer=None,
+                    compile_step=False) -> Rollout:
+    """group_size samples of each prompt, as rows prompt 0 x G, prompt 1 x G, ...: the prompts are prefilled once
+    each and their caches copied to their rows. generator: one for all rows, or a list of one per prompt (group j
+    draws from generator[j] alone, as it would decoded by itself)."""
+    _check_request(model, prompts, sampling, tokenizer)
+    if isinstance(generator, (list, tuple)) and len(generator) != len(prompts):
+        raise ValueError(f"generate_groups: {len(generator)} generators for {len(prompts)} prompts")
+    cache, logits, left_pad = _prefill(model, prompts, sampling.max_new_tokens, compile_step)
+    next_logits = _cached_step(model, cache.repeat(group_size), left_pad.repeat_interleave(group_size),
+                               max(len(p) for p in prompts), compile_step)
+    return _decode_loop(logits.repeat_interleave(group_size, dim=0), next_logits, sampling, generator, tokenizer)
 
 
 @torch.no_grad()

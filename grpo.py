@@ -1,8 +1,8 @@
 """Structure-aware GRPO for the guide: the reward (docs/world.md §8) and the update.
 
 One training step (grpo_step):
-1. Rollouts: G strategies per prompt, sampled from one prefill of the prompt (generate.generate_group), with the
-   log-probs of the sampled tokens at the sampling temperature ("old" log-probs).
+1. Rollouts: G strategies per prompt, the step's prompts prefilled once each and decoded as one batch
+   (generate.generate_groups), with the log-probs of the sampled tokens at the sampling temperature ("old" log-probs).
 2. Rewards: every strategy goes to the live core once, the whole step in one batch (compute_rewards).
    The reward is the weighted sum of validity, execution, leakage, harm and cost; each part is also kept apart.
    A core call that fails for good gives no reward (NaN), never 0, and is counted.
@@ -208,12 +208,6 @@ class GRPOConfig:
             raise ValueError(f"need --lr > 0 and --temperature > 0, got {self.lr} and {self.temperature}")
 
 
-def _pad(rows, value):
-    """Right-pad a list of (b_i, T_i) tensors to one (sum b_i, max T_i) tensor."""
-    width = max(r.shape[1] for r in rows)
-    return torch.cat([torch.nn.functional.pad(r, (0, width - r.shape[1]), value=value) for r in rows])
-
-
 def _mean(values):
     return sum(values) / len(values) if values else None
 
@@ -270,22 +264,16 @@ def grpo_step(model, optimizer, tokenizer, tasks_batch, client, alone_stats, cfg
     sampling = generate.SamplingOptions(cfg.max_new_tokens, eos_id, temperature=cfg.temperature,
                                         stop_strings=[strategy_format.STOP])
 
-    # 1. Rollouts: G samples per task from one prefill.
+    # 1. Rollouts: G samples per task from one prefill, every task of the step in one batch.
     t0 = time.perf_counter()
     guide.eval()
     device = guide.tok_emb.weight.device
-    prompts, rollouts = [], []
-    with torch.no_grad():
-        for j, task in enumerate(tasks_batch, start=first):
-            prompt = families.prompt_tokens(tokenizer, task)
-            generator = torch.Generator(device).manual_seed((seed * 100_003 + step) * 10_007 + j)
-            rollouts.append(generate.generate_group(guide, prompt, G, sampling, generator=generator,
-                                                    tokenizer=tokenizer))
-            prompts += [prompt] * G
-    tokens = _pad([r.tokens for r in rollouts], 0)              # (B, T), B = len(tasks_batch) * G
-    old_logprobs = _pad([r.logprobs for r in rollouts], 0.0)    # (B, T)
-    mask = _pad([r.mask for r in rollouts], False)              # (B, T)
-    texts = [t for r in rollouts for t in r.texts]
+    task_prompts = [families.prompt_tokens(tokenizer, task) for task in tasks_batch]
+    generators = [torch.Generator(device).manual_seed((seed * 100_003 + step) * 10_007 + j)
+                  for j in range(first, first + len(tasks_batch))]
+    rollout = generate.generate_groups(guide, task_prompts, G, sampling, generator=generators, tokenizer=tokenizer)
+    prompts = [prompt for prompt in task_prompts for _ in range(G)]
+    tokens, old_logprobs, mask, texts = rollout.tokens, rollout.logprobs, rollout.mask, rollout.texts   # (B, T)
     lengths = mask.sum(dim=1)                                   # (B,)
     # Truncated: ran to max_new_tokens without reaching EOS or the stop string.
     ended = [strategy_format.STOP in text or (n > 0 and int(row[n - 1]) == eos_id)

@@ -152,9 +152,8 @@ class KVCache:
         return self.k[0].shape[2]
 
     def repeat(self, n):
-        """A cache of n rows, each a copy of this one-row cache (a GRPO group shares its prompt's prefill)."""
-        return KVCache([k.expand(n, -1, -1, -1).clone() for k in self.k],
-                       [v.expand(n, -1, -1, -1).clone() for v in self.v])
+        """A cache of n copies of each row, in place of that row (a GRPO group shares its prompt's prefill)."""
+        return KVCache([k.repeat_interleave(n, dim=0) for k in self.k], [v.repeat_interleave(n, dim=0) for v in self.v])
 
 
 class Guide(nn.Module):

@@ -3,10 +3,14 @@
   1. One guide of the default configuration (256-d, 4 layers, 4 heads, 2 KV heads, vocab 2,048) is written as a
      Hugging Face directory (hf.save_hf) and read back by transformers' LlamaForCausalLM: both decoders run the
      same weights.
-  2. Both sample --new-tokens tokens after --batch prompts of --prompt-tokens random tokens, at temperature 1 with no
-     top-k / top-p (transformers' default top_k=50 is switched off) and no EOS, so every row decodes every token.
+  2. Both sample --new-tokens tokens for --batch rows after prompts of --prompt-tokens random tokens, at temperature
+     1 with no top-k / top-p (transformers' default top_k=50 is switched off) and no EOS, so every row decodes every
+     token. Two shapes: GRPO's rollouts, --group-size samples of each of batch / group-size prompts (ours:
+     generate.generate_groups, which prefills each prompt once; transformers: generate with num_return_sequences,
+     which copies the prompt before its prefill), and --batch distinct prompts (generate.generate; generate).
   3. They alternate for --rounds rounds after a warm-up each; the best time of each is kept (the least disturbed by
-     whatever else runs on the machine), and the script prints one JSON line with tokens/s and the ratio.
+     whatever else runs on the machine), and the script prints one JSON line with tokens/s and the ratio of each
+     shape ("ratio": GRPO's rollouts).
   4. On a GPU it also prints the memory bandwidth our decode achieves, counting what each decode step must read at
      least (the weights as stored, and the KV cache written so far), against the device's peak from its memory clock
      and bus width.
@@ -48,6 +52,7 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--prompt-tokens", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--group-size", type=int, default=8, help="samples per prompt in GRPO's shape (grpo's default)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--compile", action="store_true", help="compile the project's decode step (generate's "
                                                            "compile_step) and transformers' forward")
@@ -71,38 +76,49 @@ def main():
         theirs = theirs.to(torch.bfloat16)
     if a.compile:
         theirs.forward = torch.compile(theirs.forward)
+    if a.group_size < 1 or a.batch % a.group_size:
+        sys.exit(f"error: --batch {a.batch} must be a multiple of --group-size {a.group_size}")
     prompts = torch.randint(3, cfg.vocab_size, (a.batch, a.prompt_tokens))
     sampling = generate.SamplingOptions(max_new_tokens=a.new_tokens, eos_id=-1, temperature=1.0)
+    generator = lambda: torch.Generator(device).manual_seed(0)
 
-    def run_ours():
-        generate.generate(ours, prompts.tolist(), sampling, generator=torch.Generator(device).manual_seed(0),
-                          compile_step=a.compile)
-
-    def run_theirs():
+    def run_theirs(rows, copies):
         with torch.no_grad():
-            out = theirs.generate(prompts.to(device), attention_mask=torch.ones_like(prompts).to(device),
+            out = theirs.generate(rows.to(device), attention_mask=torch.ones_like(rows).to(device),
                                   do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=a.new_tokens,
-                                  min_new_tokens=a.new_tokens, eos_token_id=None, pad_token_id=0)
-        assert out.shape[1] == a.prompt_tokens + a.new_tokens
+                                  min_new_tokens=a.new_tokens, eos_token_id=None, pad_token_id=0,
+                                  num_return_sequences=copies)
+        assert out.shape == (a.batch, a.prompt_tokens + a.new_tokens)
 
-    for fn in (run_ours, run_theirs):     # warm-up: allocations, and compilation with --compile
+    group_prompts = prompts[:a.batch // a.group_size]
+    shapes = {   # name: (ours, theirs)
+        "grouped": (lambda: generate.generate_groups(ours, group_prompts.tolist(), a.group_size, sampling,
+                                                     generator=generator(), compile_step=a.compile),
+                    lambda: run_theirs(group_prompts, a.group_size)),
+        "distinct": (lambda: generate.generate(ours, prompts.tolist(), sampling, generator=generator(),
+                                               compile_step=a.compile),
+                     lambda: run_theirs(prompts, 1)),
+    }
+    fns = {f"{shape}_{who}": fn for shape, pair in shapes.items() for who, fn in zip(("ours", "transformers"), pair)}
+    for fn in fns.values():               # warm-up: allocations, and compilation with --compile
         timed(fn, device)
-    best = {"ours": float("inf"), "transformers": float("inf")}
+    best = dict.fromkeys(fns, float("inf"))
     for _ in range(a.rounds):
-        best["ours"] = min(best["ours"], timed(run_ours, device))
-        best["transformers"] = min(best["transformers"], timed(run_theirs, device))
+        for name, fn in fns.items():
+            best[name] = min(best[name], timed(fn, device))
     tokens = a.batch * a.new_tokens
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
-    summary = {"device": name, "compile": a.compile, "batch": a.batch, "prompt_tokens": a.prompt_tokens,
-               "new_tokens": a.new_tokens, "rounds": a.rounds, "transformers": transformers.__version__,
-               "ours_tokens_per_s": round(tokens / best["ours"], 1),
-               "transformers_tokens_per_s": round(tokens / best["transformers"], 1),
-               "ratio": round(best["transformers"] / best["ours"], 2)}
+    summary = {"device": name, "compile": a.compile, "batch": a.batch, "group_size": a.group_size,
+               "prompt_tokens": a.prompt_tokens, "new_tokens": a.new_tokens, "rounds": a.rounds,
+               "transformers": transformers.__version__}
+    summary.update({f"{k}_tokens_per_s": round(tokens / t, 1) for k, t in best.items()})
+    summary["ratio"] = round(best["grouped_transformers"] / best["grouped_ours"], 2)
+    summary["ratio_distinct_prompts"] = round(best["distinct_transformers"] / best["distinct_ours"], 2)
     if device.type == "cuda":
         weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
         cache_len = a.prompt_tokens + a.new_tokens / 2          # slots read by the average decode step
         kv_bytes = 2 * cfg.n_layer * a.batch * cfg.n_kv_head * cache_len * cfg.head_dim * 2        # bf16 keys, values
-        summary["achieved_gb_per_s"] = round((weight_bytes + kv_bytes) * a.new_tokens / best["ours"] / 1e9, 1)
+        summary["achieved_gb_per_s"] = round((weight_bytes + kv_bytes) * a.new_tokens / best["distinct_ours"] / 1e9, 1)
         props = torch.cuda.get_device_properties(device)
         clock_khz, bus_bits = getattr(props, "memory_clock_rate", None), getattr(props, "memory_bus_width", None)
         summary["device_peak_gb_per_s"] = (round(2 * clock_khz * 1e3 * bus_bits / 8 / 1e9, 1)

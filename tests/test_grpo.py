@@ -291,10 +291,10 @@ def test_short_grpo_run_raises_the_reward_of_a_weak_guide(one_thread):
         def mean_reward(n=32):
             net.eval()
             generator = torch.Generator().manual_seed(123)
-            texts = [text for t in task_list for text in generate.generate_group(
-                net, families.prompt_tokens(tok, t), n,
+            texts = generate.generate_groups(
+                net, [families.prompt_tokens(tok, t) for t in task_list], n,
                 generate.SamplingOptions(48, eos, stop_strings=[strategy_format.STOP]),
-                generator=generator, tokenizer=tok).texts]
+                generator=generator, tokenizer=tok).texts
             rewards = grpo.compute_rewards([t for t in task_list for _ in range(n)], texts, client, alone,
                                            draw=10**6)
             return sum(r.total for r in rewards) / len(rewards), sum(r.valid for r in rewards) / len(rewards)

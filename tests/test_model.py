@@ -14,7 +14,7 @@ import torch
 
 import model as M
 from checkpoint import CheckpointError, load_checkpoint, resume_training, save_checkpoint, save_training
-from generate import SamplingOptions, completion_logprobs, generate, generate_group, reference_generate
+from generate import SamplingOptions, completion_logprobs, generate, generate_groups, reference_generate
 from tokenizer import SPECIAL_TOKENS, load_tokenizer, save_tokenizer, train_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: a second thread only adds waiting
@@ -137,22 +137,38 @@ def test_seeded_sampling_is_reproducible():
 
 def test_group_prefill_equals_separate_prefills():
     model, prompt = tiny_model(), mixed_prompts()[2]
-    run = lambda fn, p: fn(model, p, 5, SamplingOptions(14, eos_id=-1, temperature=1.0),
-                            generator=torch.Generator().manual_seed(4))
-    group = run(generate_group, prompt)
-    separate = generate(model, [prompt] * 5, SamplingOptions(14, eos_id=-1, temperature=1.0),
-                        generator=torch.Generator().manual_seed(4))
+    sampling = SamplingOptions(14, eos_id=-1, temperature=1.0)
+    group = generate_groups(model, [prompt], 5, sampling, generator=torch.Generator().manual_seed(4))
+    separate = generate(model, [prompt] * 5, sampling, generator=torch.Generator().manual_seed(4))
     assert torch.equal(group.tokens, separate.tokens) and torch.equal(group.mask, separate.mask)
     assert torch.allclose(group.logprobs, separate.logprobs, rtol=0, atol=1e-10)
     assert len(set(map(tuple, group.tokens.tolist()))) > 1          # the G rows are sampled independently
 
 
+def test_groups_in_one_batch_sample_what_each_group_samples_alone():
+    # GRPO decodes a step's groups together, each from its own generator: a group's samples must not depend on
+    # the other groups in the batch (prompts of different lengths: left padding and a longer loop around it).
+    model, prompts = tiny_model(torch.float64), mixed_prompts()
+    sampling = SamplingOptions(16, eos_id=5, temperature=1.0)
+    generators = lambda: [torch.Generator().manual_seed(100 + j) for j in range(len(prompts))]
+    together = generate_groups(model, prompts, 4, sampling, generator=generators())
+    assert not together.mask.all()                                   # some rows end early, at EOS
+    for j, (prompt, g) in enumerate(zip(prompts, generators())):
+        alone = generate_groups(model, [prompt], 4, sampling, generator=[g])
+        rows, T = slice(4 * j, 4 * j + 4), alone.tokens.shape[1]
+        assert torch.equal(together.tokens[rows, :T], alone.tokens)
+        assert torch.equal(together.mask[rows, :T], alone.mask) and not together.mask[rows, T:].any()
+        assert torch.allclose(together.logprobs[rows, :T], alone.logprobs, rtol=0, atol=1e-9)
+    with pytest.raises(ValueError, match="2 generators for 4 prompts"):
+        generate_groups(model, prompts, 4, sampling, generator=generators()[:2])
+
+
 def test_decoding_stops_early_once_every_row_has_ended():
     model, prompt = tiny_model(), mixed_prompts()[1]
-    free = generate_group(model, prompt, 3, SamplingOptions(20, eos_id=-1, temperature=0))
+    free = generate_groups(model, [prompt], 3, SamplingOptions(20, eos_id=-1, temperature=0))
     eos = free.tokens[0, 2].item()
     n = free.tokens[0].tolist().index(eos) + 1
-    out = generate_group(model, prompt, 3, SamplingOptions(20, eos_id=eos, temperature=0))
+    out = generate_groups(model, [prompt], 3, SamplingOptions(20, eos_id=eos, temperature=0))
     assert out.tokens.shape == (3, n) and out.mask.all()
 
 
