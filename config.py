@@ -33,7 +33,7 @@ PRESETS["quick"] = {
 }
 # level2 and codesim keep the sampling, SFT and GRPO settings their README results were measured with
 _EARLIER_SAMPLE = dict(k=4, keep=1, name_quantities=False)
-_EARLIER_SFT = dict(prompt_loss_weight=0.0)
+_EARLIER_SFT = dict(prompt_loss_weight=0.0, lr=3e-3)
 _EARLIER_GRPO = dict(lr=2e-4, steps=40, eval_every=10)
 PRESETS["level2"] = {        # LEVEL=2 on a CPU in under an hour: longer problems, so fewer tasks and SFT steps
     "data": dict(level=2, n_train=4000),
