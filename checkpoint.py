@@ -131,10 +131,11 @@ def save_training(out_dir, model, optimizer, state, save_model=save_checkpoint):
     _settle(out_dir, state)
 
 
-def resume_training(out_dir, device="cpu", load_model=load_checkpoint):
+def resume_training(out_dir, device="cpu", load_model=load_checkpoint, settle=True):
     """(model, optimizer state dict, state) of the newest complete checkpoint in out_dir (its model read by
     load_model(dir, device), the reader that matches save_training's save_model), with the RNG states it saved
-    restored; None when there is none. A save that was killed leaves only temporaries behind: they are removed."""
+    restored; None when there is none. A save that was killed leaves only temporaries behind: they are removed
+    (settle=False leaves the directory as it is: the processes of a data-parallel run but one only read it)."""
     found = sorted((int(m.group(1)), m.group(0)) for m in map(_STEP_DIR.fullmatch, _entries(out_dir)) if m)
     if not found:
         return None
@@ -144,7 +145,8 @@ def resume_training(out_dir, device="cpu", load_model=load_checkpoint):
     model = load_model(path, device)
     optimizer_state = torch.load(os.path.join(path, "optimizer.pt"), map_location=device)
     _set_rng_states(torch.load(os.path.join(path, "rng.pt")))   # last: building the model above draws from the RNG
-    _settle(out_dir, state)                       # a kill may have come between the rename and the clean-up
+    if settle:
+        _settle(out_dir, state)                   # a kill may have come between the rename and the clean-up
     return model, optimizer_state, state
 
 

@@ -354,6 +354,9 @@ def main(argv=None):
             if args.stage != "table" and rank == 0:     # the one stage that only reads; under torchrun, the run's
                 held.enter_context(run.writer(writer_of(args)))   # first process holds the lock for all of them
             STAGES[args.stage][0](args, run)
+            if torch.distributed.is_initialized():
+                torch.distributed.barrier()   # the others wait for rank 0's last save: tearing down the group
+                                              # while a peer still works can abort the process
     except (UserError, CoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -106,7 +106,8 @@ def resume_or_start(what, out_dir, steps, device, fresh):
     out_dir (checkpoint.resume_training), else fresh() with no optimizer state; None when that checkpoint already
     reached `steps`, so the stage is done."""
     try:
-        resumed = checkpoint.resume_training(out_dir, device, load_model=run_dir.read_guide)
+        resumed = checkpoint.resume_training(out_dir, device, load_model=run_dir.read_guide,
+                                             settle=rank_and_world()[0] == 0)   # one writer under torchrun
     except (checkpoint.CheckpointError, hf.HFError) as e:
         raise run_dir.UserError(str(e))
     if resumed is None:
