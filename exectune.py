@@ -355,8 +355,7 @@ def main(argv=None):
                 held.enter_context(run.writer(writer_of(args)))   # first process holds the lock for all of them
             STAGES[args.stage][0](args, run)
             if torch.distributed.is_initialized():
-                torch.distributed.barrier()   # the others wait for rank 0's last save: tearing down the group
-                                              # while a peer still works can abort the process
+                torch.distributed.barrier()   # the others wait for rank 0's last save before the group goes
     except (UserError, CoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
