@@ -130,12 +130,15 @@ def main():
     ap.add_argument("--n-kv-head", type=int, default=SFT.n_kv_head)
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init-seed", type=int, default=None, help="seed of the initial weights alone (default: "
+                    "--seed; --seed then orders the batches): tells an unlucky initialisation from an unlucky order")
+    ap.add_argument("--lm-only-steps", type=int, default=0, help="a pretraining phase: the first N steps train on "
+                    "the problem text alone (the language-modelling loss, no strategy tokens)")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     if not os.path.exists(os.path.join(a.run, "raw.jsonl")) and a.data in ("accepted", "raw"):
         sys.exit(f"error: {a.run}/raw.jsonl not found: run exectune.py data, tokenizer, baselines and sample first")
     torch.set_num_threads(a.threads)
-    torch.manual_seed(a.seed)
     run = run_dir.Run(a.run)
     tok = run_dir.load_tokenizer(run)
     train_tasks = run_dir.load_tasks(run, "train")[:a.n_train]
@@ -145,6 +148,7 @@ def main():
     examples = [(families.prompt_tokens(tok, t), tok.encode(s, disallowed_special=()) + [eos]) for t, s in pairs]
     n_steps = [len(families.family_of(t).parse_strategy(s).steps) for t, s in pairs]
     cfg = sft.SFTConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup=a.warmup, seed=a.seed)
+    torch.manual_seed(a.seed if a.init_seed is None else a.init_seed)
     net = guide_model.Guide(guide_model.GuideConfig(vocab_size=tok.n_vocab, n_layer=a.n_layer, n_embd=a.n_embd,
                                                     n_head=a.n_head, n_kv_head=a.n_kv_head, max_seq_len=1024))
     opts = optimizers(net, a)
@@ -166,7 +170,10 @@ def main():
                 g["lr"] = base * lr_scale(step, cfg, a.schedule)
         inputs, targets, mask = sft.sft_batch(sft.sft_batch_examples(pool, cfg, step), pad)
         net.train()
-        loss = sft.sft_loss(train_net, inputs, targets, mask, a.prompt_loss_weight)
+        if step < a.lm_only_steps:   # the problem text alone: every position before the strategy is a target
+            loss = sft.sft_loss(train_net, inputs, targets, mask.cumsum(1) == 0)
+        else:
+            loss = sft.sft_loss(train_net, inputs, targets, mask, a.prompt_loss_weight)
         for opt, _ in opts:
             opt.zero_grad(set_to_none=True)
         loss.backward()
