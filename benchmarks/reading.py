@@ -11,6 +11,8 @@
      one JSON line: exact plans on val (mathsim.plan_matches) overall and by number of operations, mean exact success
      (sim_math.exact_success, the cheap core's chance with those strategies), the core alone's, and useful
      (non-padding) tokens/s. No core is called: the oracles score the greedy val strategies directly.
+  4. The initial weights are drawn from --seed like the recipe's, or from --init-seed (the batch order stays --seed's:
+     which of the two makes a seed slow), and may be reshaped: --init-scale, --zero-proj.
 
 Every flag defaults to the recipe's SFT setting (sft.SFTConfig), so a lever is one flag away from the default.
 
