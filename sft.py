@@ -133,6 +133,12 @@ def sft_batch_examples(examples, cfg, step, group=8):
     return batches[step % group]
 
 
+def prompt_mask(loss_mask):
+    """(B, T) the positions before the strategy: those whose targets are problem text (sft_batch's loss_mask marks
+    the strategy's)."""
+    return loss_mask.cumsum(1) == 0
+
+
 def sft_loss(model, inputs, targets, loss_mask, prompt_weight=0.0, counts=None):
     """Mean cross-entropy over strategy tokens (padding carries no loss), plus prompt_weight times the mean
     cross-entropy over the problem text before them: language modelling on unlabeled problem text, which the
@@ -142,11 +148,11 @@ def sft_loss(model, inputs, targets, loss_mask, prompt_weight=0.0, counts=None):
         logits = model(inputs)                                              # (B, T, V)
     ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
                                          reduction="none").view_as(targets)  # (B, T)
-    prompt_mask = loss_mask.cumsum(1) == 0                                  # (B, T) positions before the strategy
-    n_strategy, n_prompt = counts or (loss_mask.sum(), prompt_mask.sum())
+    on_prompt = prompt_mask(loss_mask)                                      # (B, T)
+    n_strategy, n_prompt = counts or (loss_mask.sum(), on_prompt.sum())
     loss = (ce * loss_mask).sum() / n_strategy
     if prompt_weight:
-        loss = loss + prompt_weight * (ce * prompt_mask).sum() / n_prompt
+        loss = loss + prompt_weight * (ce * on_prompt).sum() / n_prompt
     return loss
 
 

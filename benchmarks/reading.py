@@ -181,7 +181,7 @@ def main():
         inputs, targets, mask = sft.sft_batch(sft.sft_batch_examples(pool, cfg, step), pad)
         net.train()
         if step < a.lm_only_steps:   # the problem text alone: every position before the strategy is a target
-            loss = sft.sft_loss(train_net, inputs, targets, mask.cumsum(1) == 0)
+            loss = sft.sft_loss(train_net, inputs, targets, sft.prompt_mask(mask))
         else:
             loss = sft.sft_loss(train_net, inputs, targets, mask, a.prompt_loss_weight)
         for opt, _ in opts:
