@@ -134,8 +134,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--init-seed", type=int, default=None, help="seed of the initial weights alone (default: "
                     "--seed; --seed then orders the batches): tells an unlucky initialisation from an unlucky order")
-    ap.add_argument("--init-scale", type=float, default=1.0, help="multiply every initial weight matrix by this "
-                    "(the same random draw, scaled)")
+    ap.add_argument("--init-scale", type=float, default=SFT.init_scale, help="multiply every initial weight "
+                    "matrix by this (the same random draw, scaled; 1.0 is the model's own init)")
     ap.add_argument("--zero-proj", action="store_true", help="start the projections into the residual stream "
                     "(attn.proj, mlp.down) at zero, the rest of the draw unchanged")
     ap.add_argument("--lm-only-steps", type=int, default=0, help="a pretraining phase: the first N steps train on "
@@ -157,10 +157,12 @@ def main():
     torch.manual_seed(a.seed if a.init_seed is None else a.init_seed)
     net = guide_model.Guide(guide_model.GuideConfig(vocab_size=tok.n_vocab, n_layer=a.n_layer, n_embd=a.n_embd,
                                                     n_head=a.n_head, n_kv_head=a.n_kv_head, max_seq_len=1024))
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if p.dim() == 2:
-                p.mul_(0.0 if a.zero_proj and name.endswith(("attn.proj.weight", "mlp.down.weight")) else a.init_scale)
+    sft.scale_initial_weights(net, a.init_scale)
+    if a.zero_proj:
+        with torch.no_grad():
+            for name, p in net.named_parameters():
+                if name.endswith(("attn.proj.weight", "mlp.down.weight")):
+                    p.zero_()
     opts = optimizers(net, a)
     train_net = torch.compile(net, dynamic=True) if a.compile else net
     alone = sum(families.family_of(t).exact_success(t, None) for t in val_tasks) / len(val_tasks)

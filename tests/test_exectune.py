@@ -146,6 +146,22 @@ def test_sft_loss_covers_strategy_tokens_only():
     assert torch.allclose(with_prompt, expected + 0.5 * prompt_ce, atol=1e-6)
 
 
+def test_a_fresh_guide_starts_from_its_seeds_draw_scaled():
+    cfg = guide_model.GuideConfig(vocab_size=16, n_layer=2, n_embd=16, n_head=2, n_kv_head=1, ffn_hidden=32,
+                                  max_seq_len=16)
+    torch.manual_seed(0)
+    drawn = guide_model.Guide(cfg)
+    torch.manual_seed(0)
+    scaled = guide_model.Guide(cfg)
+    sft.scale_initial_weights(scaled, 0.5)
+    for (name, p), q in zip(drawn.named_parameters(), scaled.parameters()):
+        assert torch.equal(q, p * 0.5 if p.dim() == 2 else p), name     # the tied embedding halved once, not twice
+    assert scaled.lm_head.weight is scaled.tok_emb.weight
+    assert sft.SFTConfig().init_scale == 0.5
+    with pytest.raises(ValueError, match="--init-scale"):
+        sft.SFTConfig(init_scale=0)
+
+
 def test_sft_resume_matches_uninterrupted(tiny_run, core_url, tmp_path, monkeypatch):
     import shutil
     for name in ("a", "b"):
