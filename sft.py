@@ -8,7 +8,9 @@ supervised-GCoP baseline (raw strategies).
    modelling term on unlabeled problem text teaches a small guide trained from scratch to find and copy the
    problem's phrases, which a plan that names quantities needs; it costs nothing, since the forward pass computes
    those logits anyway. A pretrained guide (`--init hf:<dir>`) trains on strategies alone (train.sh sets 0).
-3. AdamW, linear warmup then cosine decay, gradient clipping, torch.compile of the training forward and backward.
+3. AdamW, linear warmup then cosine decay, gradient clipping, torch.compile of the training forward and backward. A
+   fresh guide starts from its seed's draw of weights at half scale (init_scale): at the model's own scale some
+   seeds learned to read multi-step problems thousands of steps late.
 4. Every eval_every steps the core's accuracy on val with the guide's greedy strategies picks the checkpoint kept
    (training.validate_and_save); the val loss on canonical strategies and the exact-plan share are oracle curves.
 """
