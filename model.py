@@ -156,6 +156,10 @@ class KVCache:
         return KVCache([k.repeat_interleave(n, dim=0) for k in self.k], [v.repeat_interleave(n, dim=0) for v in self.v])
 
 
+# the two projections that add into the residual stream: initialised smaller than the other matrices
+RESIDUAL_PROJECTIONS = ("attn.proj.weight", "mlp.down.weight")
+
+
 class Guide(nn.Module):
     def __init__(self, cfg: GuideConfig):
         super().__init__()
@@ -175,7 +179,7 @@ class Guide(nn.Module):
         residual_std = 0.02 / (2 * cfg.n_layer) ** 0.5
         for name, p in self.named_parameters():
             if p.dim() == 2:
-                residual = name.endswith(("attn.proj.weight", "mlp.down.weight"))
+                residual = name.endswith(RESIDUAL_PROJECTIONS)
                 nn.init.normal_(p, mean=0.0, std=residual_std if residual else 0.02)
             elif name.endswith(".bias"):
                 nn.init.zeros_(p)

@@ -161,7 +161,7 @@ def main():
     if a.zero_proj:
         with torch.no_grad():
             for name, p in net.named_parameters():
-                if name.endswith(("attn.proj.weight", "mlp.down.weight")):
+                if name.endswith(guide_model.RESIDUAL_PROJECTIONS):
                     p.zero_()
     opts = optimizers(net, a)
     train_net = torch.compile(net, dynamic=True) if a.compile else net
