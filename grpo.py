@@ -9,6 +9,9 @@ One training step (grpo_step):
 3. Advantages per group of G: A = (r - mean) / (std + 1e-4), mean and *population* std (divide by n) over the
    group's non-NaN rewards. A NaN reward gets A = 0 and is left out of the mean and std. A group whose non-NaN
    rewards are all equal (or that has fewer than two) gets A = 0 everywhere: it has nothing to teach.
+   `--no-scale-by-std` drops the division (A = r - mean, as in Dr. GRPO, Liu et al. 2025): dividing by the std
+   blows a group whose samples differ only in the small cost term (all correct, say) up to the size of a
+   right-against-wrong group.
 4. Per completion token: -min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A), ratio = exp(new - old), eps = 0.2,
    plus beta * k3 KL to a frozen reference, kl = exp(ref - new) - (ref - new) - 1; beta = 0 by default.
 5. The loss is the sum over every completion token of the step (EOS in; prompt and padding out) divided by the
@@ -136,7 +139,7 @@ def compute_rewards(task_list, strategies, client, alone_stats=None, weights=Non
 # ----------------------------------------------------------------------------------------------- update
 
 
-def group_advantages(rewards):
+def group_advantages(rewards, scale_by_std=True):
     """(N, G) rewards, NaN where the core failed -> (N, G) advantages (see the module docstring, step 3)."""
     ok = ~torch.isnan(rewards)                                              # (N, G)
     n = ok.sum(dim=1, keepdim=True).clamp(min=1)                           # (N, 1)
@@ -146,7 +149,7 @@ def group_advantages(rewards):
     hi = torch.where(ok, rewards, -math.inf).amax(dim=1, keepdim=True)
     lo = torch.where(ok, rewards, math.inf).amin(dim=1, keepdim=True)
     informative = ok & (hi > lo)     # exact test, so equal rewards give exactly 0 whatever the rounding of the mean
-    return torch.where(informative, dev / (std + 1e-4), 0.0)
+    return torch.where(informative, dev / (std + 1e-4) if scale_by_std else dev, 0.0)
 
 
 def grpo_loss(new_logprobs, old_logprobs, advantages, mask, n_tokens, ref_logprobs=None, clip_eps=0.2, kl_beta=0.0):
@@ -192,6 +195,7 @@ class GRPOConfig:
     clip_eps: float = 0.2
     kl_beta: float = 0.0
     update_passes: int = 1
+    scale_by_std: bool = True      # A = (r - mean) / std; False: A = r - mean (module docstring, step 3)
     micro_batch_size: int = 16
     grad_clip: float = 1.0
     steps: int = 100
@@ -289,7 +293,7 @@ def grpo_step(model, optimizer, tokenizer, tasks_batch, client, alone_stats, cfg
 
     # 3. Advantages, 4-5. update passes over micro-batches, one optimizer step per pass.
     totals = torch.tensor([r.total for r in rewards], dtype=torch.float32, device=tokens.device).view(-1, G)  # (N, G)
-    advantages = group_advantages(totals).flatten()                                       # (B,)
+    advantages = group_advantages(totals, cfg.scale_by_std).flatten()                        # (B,)
     guide.train()
     loss_stats, grad_norm = [], 0.0
     for _ in range(cfg.update_passes):

@@ -80,6 +80,18 @@ def test_nan_rewards_are_left_out_of_group_statistics():
     assert not torch.allclose(grpo.group_advantages(rewards[:1].nan_to_num(0.0))[0, [0, 2, 3]], adv[0, [0, 2, 3]])
 
 
+def test_unscaled_advantages_keep_the_rewards_scale():
+    # A group that differs only in a small cost term stays small without the std division; with it, it is as loud
+    # as a right-against-wrong group.
+    rewards = torch.tensor([[0.92, 0.91, 0.92, 0.91], [1.0, 0.0, 1.0, 0.0], [0.5, math.nan, 0.5, 0.5]])
+    unscaled = grpo.group_advantages(rewards, scale_by_std=False)
+    assert torch.allclose(unscaled[0], torch.tensor([0.005, -0.005, 0.005, -0.005]), atol=1e-6)
+    assert torch.allclose(unscaled[1], torch.tensor([0.5, -0.5, 0.5, -0.5]))
+    assert (unscaled[2] == 0).all()
+    scaled = grpo.group_advantages(rewards)
+    assert torch.allclose(scaled[0].abs(), scaled[1].abs(), atol=0.03)
+
+
 def test_constant_shift_per_task_cancels():
     rewards = torch.tensor([[0.0, 1.0, 1.0, -0.5], [1.0, 1.0, 0.0, 0.0]])
     shifted = rewards + torch.tensor([[0.7], [-3.0]])
