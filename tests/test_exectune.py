@@ -216,6 +216,35 @@ def test_sft_grpo_eval(tiny_run, core_url, capsys):
     assert any(line.startswith("| tiny |") for line in lines)
 
 
+def test_headroom_benchmark(tiny_run, core_url, capsys, monkeypatch):
+    """benchmarks/headroom.py: near-greedy samples are greedy's plans, and a gate is scored from the eval files."""
+    if not (tiny_run / "sft-accepted" / "best").exists():
+        assert cli(tiny_run, core_url, "sft", "--data", "accepted", *TINY_SFT) == 0
+    assert cli(tiny_run, core_url, "eval", "--guide", "sft-accepted/best", "--name", "headroom guide",
+               "--max-new-tokens", "24") == 0
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    import headroom
+    monkeypatch.setattr(sys, "argv", ["headroom.py", "--run", str(tiny_run), "--guide", "sft-accepted/best",
+                                      "--temperature", "0.001", "--samples", "2", "--max-new-tokens", "24",
+                                      "--systems", "core-alone", "headroom-guide"])
+    capsys.readouterr()
+    headroom.main()
+    out = capsys.readouterr().out
+    greedy_right = int(out.split("greedy writes the plan for ")[1].split(" of ")[0])
+    # at temperature 0.001 every sample is greedy's strategy: the same share, and none right where greedy is wrong
+    assert f"{greedy_right / 8:.1%} of samples are the plan" in out
+    assert f"of the {8 - greedy_right} tasks greedy gets wrong, 0 have a right sample" in out
+    tasks = {t.id: t for t in run_dir.load_tasks(run_dir.Run(str(tiny_run)), "test")}
+    alone = {r["id"]: r["correct"] for r in read_jsonl(tiny_run / "eval" / "core-alone.jsonl") if r["split"] == "test"}
+    rows = [r for r in read_jsonl(tiny_run / "eval" / "headroom-guide.jsonl") if r["split"] == "test"]
+    gated = sum(r["correct"] if mathsim.plan_matches(tasks[r["id"]], strategy_format.extract_strategy(r["strategy"])
+                                                     or r["strategy"]) else alone[r["id"]] for r in rows)
+    accuracy = sum(r["correct"] for r in rows) / len(rows)
+    assert f"headroom-guide: test accuracy {accuracy:.3f}, with a perfect gate {gated / len(rows):.3f}" in out
+    alone_accuracy = sum(alone.values()) / len(alone)      # the core alone has no plan: the gate defers everywhere
+    assert f"core-alone: test accuracy {alone_accuracy:.3f}, with a perfect gate {alone_accuracy:.3f}" in out
+
+
 def test_user_errors(tiny_run, core_url, tmp_path, capsys):
     # another configuration in the same run directory
     assert cli(tiny_run, core_url, "data", "--n-train", "25") == 1
