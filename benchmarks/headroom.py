@@ -92,13 +92,13 @@ def main():
         p.error("--samples must be >= 1 and every --temperature > 0")
     if not os.path.isdir(args.run):
         p.error(f"--run {args.run}: no such directory")
-    torch.set_grad_enabled(False)
     run = run_dir.Run(args.run)
     try:
-        if args.guide:
-            rollout_headroom(run, args.guide, args.temperature, args.samples, args.max_new_tokens)
-        if args.systems:
-            gate_headroom(run, args.systems)
+        with torch.no_grad():
+            if args.guide:
+                rollout_headroom(run, args.guide, args.temperature, args.samples, args.max_new_tokens)
+            if args.systems:
+                gate_headroom(run, args.systems)
     except run_dir.UserError as e:
         sys.exit(f"error: {e}")
 

@@ -229,6 +229,7 @@ def test_headroom_benchmark(tiny_run, core_url, capsys, monkeypatch):
                                       "--systems", "core-alone", "headroom-guide"])
     capsys.readouterr()
     headroom.main()
+    assert torch.is_grad_enabled()                         # the benchmark leaves no global state behind
     out = capsys.readouterr().out
     greedy_right = int(out.split("greedy writes the plan for ")[1].split(" of ")[0])
     # at temperature 0.001 every sample is greedy's strategy: the same share, and none right where greedy is wrong
