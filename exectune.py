@@ -282,7 +282,7 @@ def build_parser():
         if name == "grpo":
             s.add_argument("--init", required=True, help="checkpoint to start from, e.g. sft-accepted/best, or "
                                                          "hf:<dir> for a Hugging Face directory")
-            s.add_argument("--reward", choices=["structure", "outcome"], default="structure")
+            s.add_argument("--reward", choices=grpo.REWARDS, default="structure")
         if name in ("sft", "grpo"):
             s.add_argument("--grad-checkpointing", action="store_true",
                            help="recompute activations in the backward pass (less memory, more compute)")

@@ -24,7 +24,8 @@ group-normalized advantage; only terms that differ between a task's samples, suc
 The stage (stage_grpo, `exectune.py grpo`) starts from an SFT checkpoint, walks the training tasks in a fixed seeded
 order, and keeps the checkpoint with which the core is most accurate on val (training.validate_and_save), the
 starting one included, so RL that does not help leaves the guide as it was. `--reward outcome` trains the
-advisor-style baseline with the same loop.
+advisor-style baseline with the same loop; `--reward structure-defer` (a lever, not the recipe) prices an invalid
+strategy as the deferral it is at inference instead of as an error.
 """
 import contextlib
 import math
@@ -77,6 +78,9 @@ class Reward:
     failed: bool = False
 
 
+REWARDS = ("structure", "outcome", "structure-defer")
+
+
 def compute_rewards(task_list, strategies, client, alone_stats=None, weights=None, reward="structure", draw=0):
     """Score strategies[i] for task_list[i] with the core behind `client`; returns one Reward each.
 
@@ -86,16 +90,19 @@ def compute_rewards(task_list, strategies, client, alone_stats=None, weights=Non
       unknown (a core with no known price) or the alone cost is 0.
     reward="outcome": the advisor-style baseline, `weights.execution` when the core's answer is correct, else 0.
       Every strategy goes to the core; the core ignores an invalid one and solves alone.
+    reward="structure-defer": the structure reward with an invalid strategy priced as the deferral it is at inference
+      (the core ignores it and solves alone): it goes to the core and scores execution, harm and cost like any
+      strategy, with no validity penalty. A lever (README, GRPO levers), not the recipe's reward.
     Sample i is drawn with seed `draw + i`, so distinct samples of one request are independent draws; the core
     samples with the client's parameters (the evaluation's).
     """
     weights = weights or RewardWeights()
-    if reward not in ("structure", "outcome"):
-        raise ValueError(f"unknown reward {reward!r}: use 'structure' or 'outcome'")
+    if reward not in REWARDS:
+        raise ValueError(f"unknown reward {reward!r}: use one of {', '.join(REWARDS)}")
     if len(task_list) != len(strategies):
         raise ValueError(f"{len(task_list)} tasks but {len(strategies)} strategies")
     alone_stats = alone_stats or {}
-    if reward == "structure":
+    if reward != "outcome":
         missing = [t.id for t in task_list if t.id not in alone_stats]
         if missing:
             raise ValueError(f"no core-alone stats for task {missing[0]!r} (and {len(missing) - 1} more); "
@@ -103,7 +110,7 @@ def compute_rewards(task_list, strategies, client, alone_stats=None, weights=Non
 
     family = [families.family_of(t) for t in task_list]
     valid = [f.parse_strategy(s).valid for f, s in zip(family, strategies)]
-    to_run = [i for i in range(len(strategies)) if valid[i] or reward == "outcome"]
+    to_run = [i for i in range(len(strategies)) if valid[i] or reward != "structure"]
     replies, verdicts = execute.execute(client, [task_list[i] for i in to_run], [strategies[i] for i in to_run],
                                         "reward", draws=[draw + i for i in to_run], strict=False)
     reply_of = dict(zip(to_run, replies))
@@ -125,7 +132,7 @@ def compute_rewards(task_list, strategies, client, alone_stats=None, weights=Non
             r.harmed = bool(alone.get("alone_majority_correct")) and not r.correct
             r.core_dollars = client.dollars(reply)  # a cache hit is priced too: the reward prices the strategy
             r.execution = weights.execution * r.correct
-            if reward == "structure":
+            if reward != "outcome":
                 r.leakage = weights.leakage * r.leaked
                 r.harm = weights.harm * r.harmed
                 alone_dollars = alone.get("alone_dollars")

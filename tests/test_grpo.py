@@ -198,6 +198,19 @@ def test_outcome_reward_sends_every_strategy_and_scores_only_correctness(task):
     assert not r[0].valid and r[1].leaked and r[2].harmed   # still reported, not scored
 
 
+def test_structure_defer_prices_an_invalid_strategy_as_the_core_alone(task):
+    good = mathsim.canonical_strategy(task)
+    core = FakeCore([reply(task.answer), reply(task.answer + 1), reply(task.answer)])
+    alone = {task.id: {"alone_majority_correct": True, "alone_dollars": 5.6e-4}}
+    r = grpo.compute_rewards([task] * 3, ["no tags here", "no tags either", good], core, alone,
+                             reward="structure-defer")
+    assert len(core.requests) == 3                     # the invalid ones go to the core, which solves alone
+    cost = -0.1 * 2.8e-4 / 5.6e-4
+    assert (r[0].validity, r[0].execution, r[0].total) == (0.0, 1.0, pytest.approx(1 + cost)) and r[0].deferred
+    assert (r[1].harm, r[1].total) == (-0.5, pytest.approx(-0.5 + cost)) and r[1].harmed   # alone failed: harm
+    assert r[2].total == pytest.approx(1 + cost) and not r[2].deferred
+
+
 def test_reward_input_errors(task):
     with pytest.raises(ValueError, match="baselines"):
         grpo.compute_rewards([task], ["x"], FakeCore([]), alone_stats={})
