@@ -102,7 +102,9 @@ def compute_rewards(task_list, strategies, client, alone_stats=None, weights=Non
     if len(task_list) != len(strategies):
         raise ValueError(f"{len(task_list)} tasks but {len(strategies)} strategies")
     alone_stats = alone_stats or {}
-    if reward != "outcome":
+    structured = reward != "outcome"        # leakage, harm and cost count (the structure rewards)
+    runs_invalid = reward != "structure"    # an invalid strategy goes to the core, which solves alone
+    if structured:
         missing = [t.id for t in task_list if t.id not in alone_stats]
         if missing:
             raise ValueError(f"no core-alone stats for task {missing[0]!r} (and {len(missing) - 1} more); "
@@ -110,7 +112,7 @@ def compute_rewards(task_list, strategies, client, alone_stats=None, weights=Non
 
     family = [families.family_of(t) for t in task_list]
     valid = [f.parse_strategy(s).valid for f, s in zip(family, strategies)]
-    to_run = [i for i in range(len(strategies)) if valid[i] or reward != "structure"]
+    to_run = [i for i in range(len(strategies)) if valid[i] or runs_invalid]
     replies, verdicts = execute.execute(client, [task_list[i] for i in to_run], [strategies[i] for i in to_run],
                                         "reward", draws=[draw + i for i in to_run], strict=False)
     reply_of = dict(zip(to_run, replies))
@@ -132,7 +134,7 @@ def compute_rewards(task_list, strategies, client, alone_stats=None, weights=Non
             r.harmed = bool(alone.get("alone_majority_correct")) and not r.correct
             r.core_dollars = client.dollars(reply)  # a cache hit is priced too: the reward prices the strategy
             r.execution = weights.execution * r.correct
-            if reward != "outcome":
+            if structured:
                 r.leakage = weights.leakage * r.leaked
                 r.harm = weights.harm * r.harmed
                 alone_dollars = alone.get("alone_dollars")
