@@ -72,9 +72,16 @@ def plan_scores(val_tasks, texts):
         return None, None
     strategies = [strategy_format.extract_strategy(s) or s for s in texts]
     n = len(val_tasks)
-    plan_exact = sum(f.plan_matches(t, s) for f, t, s in zip(oracles, val_tasks, strategies)) / n
+    plan_exact = sum(is_plan(t, s) for t, s in zip(val_tasks, texts)) / n
     success = sum(f.exact_success(t, s) for f, t, s in zip(oracles, val_tasks, strategies)) / n
     return plan_exact, success
+
+
+def is_plan(task, text):
+    """Is a guide's text (its <strategy> envelope, or the bare strategy) the task's plan? The family's oracle, for
+    curves and analysis only; None for a family without one (a real benchmark)."""
+    oracle = families.family_of(task).plan_matches
+    return None if oracle is None else oracle(task, strategy_format.extract_strategy(text) or text)
 
 
 def task_rows(task_list, strategies, replies, correct, client, guide_tokens, teacher_dollars):

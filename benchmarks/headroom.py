@@ -27,10 +27,10 @@ import strategy_format
 
 
 def is_plan(task, text):
-    oracle = families.family_of(task).plan_matches
-    if oracle is None:
+    verdict = evaluate.is_plan(task, text)
+    if verdict is None:
         raise run_dir.UserError(f"task {task.id}: its family has no plan oracle (mathsim has one)")
-    return oracle(task, strategy_format.extract_strategy(text) or text)
+    return verdict
 
 
 def rollout_headroom(run, guide, temperatures, samples, max_new_tokens, batch=16):

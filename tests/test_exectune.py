@@ -364,3 +364,37 @@ def test_an_unusable_run_directory_is_one_line(tmp_path):
     assert exectune.main(["data", "--run", ""]) == 1
     (tmp_path / "file").write_text("x")
     assert exectune.main(["data", "--run", str(tmp_path / "file" / "r")]) == 1
+
+
+def test_renaming_numbers_keeps_the_sentences_and_reaccepts(monkeypatch):
+    """benchmarks/reading.py --renamings: new numbers in the same sentences, the answer recomputed from the text,
+    a strategy's numbers renamed with them, and only renamed strategies that pass acceptance again are kept."""
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    import random
+    import re
+    import reading
+    tasks = mathsim.generate_tasks(40, 5, "train", level=1)
+    rng = random.Random(0)
+    for t in tasks:
+        new = reading.renamed_task(t, rng, "r0")
+        assert new is not None and new.id == t.id + "~r0"
+        assert re.sub(r"\d+", "#", new.problem) == re.sub(r"\d+", "#", t.problem)       # the same sentences
+        assert new.ops == t.ops and [q.handle for q in new.quantities] == [q.handle for q in t.quantities]
+        assert [q.value for q in new.quantities] != [q.value for q in t.quantities]
+        assert mathsim.read_problem(new.problem).answer == new.answer
+        values = [q.value for q in t.quantities]
+        if len(set(values)) == len(values):     # every number one quantity's: a number-naming strategy renames
+            assert reading.renamed_strategy(mathsim.canonical_strategy(t), t, new) == mathsim.canonical_strategy(new)
+        if len(t.ops) > 1:                       # an intermediate result named as a number cannot be renamed
+            inner = mathsim.apply_op(t.ops[0].op, *(t.quantities[r[1]].value for r in (t.ops[0].a, t.ops[0].b)))
+            if int(inner) not in values:
+                assert reading.renamed_strategy(f"<strategy>\n1. Add {int(inner)} and 2.\n</strategy>", t, new) is None
+    # re-acceptance: a right plan passes on its renamed problem; a wrong operation is dropped there
+    one_op = [t for t in tasks if len(t.ops) == 1 and t.ops[0].op in ("mul", "div")]
+    assert len(one_op) >= 5
+    wrong = [(t, mathsim.canonical_strategy(t, by_handle=True).replace(
+        "Multiply" if t.ops[0].op == "mul" else "Divide", "Add").replace(" by ", " and ")) for t in one_op]
+    right = [(t, mathsim.canonical_strategy(t, by_handle=True)) for t in one_op]
+    kept, tried = reading.renamed_pairs(right + wrong, 1, 2, seed=0)
+    assert tried == len(right) + len(wrong) and len(kept) >= len(right) * 0.8
+    assert all(mathsim.plan_matches(t, s) for t, s in kept) and all("~r0" in t.id for t, _ in kept)
