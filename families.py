@@ -43,6 +43,9 @@ class Family:
     canonical_strategy: object = None
     plan_matches: object = None
     exact_success: object = None
+    # (task, rng, new id) -> (the problem with new numbers, strategy -> strategy renamed alike or None) or None: the
+    # augmentation of acceptance sampling (sample --renamings); None where a family has none
+    renamed: object = None
 
 
 def _answer_grader(extract_answer):
@@ -104,7 +107,7 @@ FAMILIES = {f.name: f for f in [
            grade=_answer_grader(strategy_format.extract_answer),
            tokenizer_text=lambda task: (strategy_format.guide_prompt(task.problem), strategy_format.grammar_text()),
            generate=mathsim.generate_tasks, canonical_strategy=mathsim.canonical_strategy,
-           plan_matches=mathsim.plan_matches, exact_success=_math_exact_success),
+           plan_matches=mathsim.plan_matches, exact_success=_math_exact_success, renamed=mathsim.renamed),
     Family("gsm8k", task_from_json=gsm8k.GSM8KTask.from_json, guide_prompt=gsm8k.guide_prompt,
            guide_messages=gsm8k.guide_messages, core_messages=gsm8k.core_messages,
            teacher_messages=gsm8k.teacher_messages, parse_strategy=gsm8k.parse_strategy,

@@ -14,7 +14,9 @@
    question `work_out`, intro `keeps_track`; the names and scenes of OOD_NAMES and OOD_SCENES).
 4. Oracles, for validation curves and analysis only: `canonical_strategy` writes a task's clearest strategy in the
    verb grammar of strategy_format.py, `plan_matches` says whether a strategy is the task's plan.
-5. The core's and the teacher's mathsim prompts (the guide's is strategy_format.guide_prompt, shared by the
+5. `renamed`: a problem with new numbers in the same sentences, and its strategies carried over (the augmentation
+   of acceptance sampling, `sample --renamings`).
+6. The core's and the teacher's mathsim prompts (the guide's is strategy_format.guide_prompt, shared by the
    families). `python mathsim.py --n 3` prints seeded tasks as JSON lines.
 """
 import argparse
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import ClassVar
 
-from strategy_format import CANONICAL, NAME_QUANTITIES, NUMBER, chat_messages, parse_strategy
+from strategy_format import CANONICAL, NAME_QUANTITIES, NUMBER, chat_messages, parse_strategy, rename_numbers
 
 OPS = ("add", "sub", "mul", "div")
 SYMBOLS = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
@@ -488,6 +490,65 @@ def plan_matches(task: MathTask, strategy: str) -> bool:
         x, y = (Fraction(task.quantities[r[1]].value) if r[0] == "q" else solution[r[1]][1] for r in (op.a, op.b))
         solution.append((op.op, apply_op(op.op, x, y)))
     return values[-1] == task.answer and Counter(zip((s.op for s in parsed.steps), values)) == Counter(solution)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Augmentation: the same problem with other numbers.
+def renamed(task: MathTask, rng: random.Random, new_id: str, tries: int = 50):
+    """(the problem with new numbers in the same sentences, strategy -> that strategy with the problem's numbers
+    renamed alike or None), or None when no draw in `tries` works. The relations and the new answer come from the
+    text alone (read_problem): what a dataset's worked solution gives. New numbers are drawn top-down from a new
+    answer with the generator's rules (_fill), so every division stays exact and every value within its range; a
+    distractor gets a fresh small number."""
+    read = read_problem(task.problem)
+    values = []
+
+    def fill(ref, v):
+        if ref[0] == "q":
+            values[ref[1]] = v
+            return 2 <= v <= LEAF_CAP["rate" if " per " in read.quantities[ref[1]].handle else "items"]
+        op = read.ops[ref[1]]
+        if not 2 <= v <= CAP["items"]:
+            return False
+        for _ in range(4):
+            if op.op == "add":
+                if v < 4:
+                    return False
+                x = rng.randint(2, v - 2)
+                y = v - x
+            elif op.op == "sub":
+                y = rng.randint(2, max(2, min(v, 40)))
+                x = v + y
+            elif op.op == "mul":
+                divisors = [d for d in range(2, v // 2 + 1) if v % d == 0]
+                if not divisors:
+                    return False
+                x = rng.choice(divisors)
+                y = v // x
+            else:
+                y = rng.randint(2, 12)
+                x = v * y
+            if fill(op.a, x) and fill(op.b, y):
+                return True
+        return False
+
+    old = [q.value for q in read.quantities]
+    for _ in range(tries):
+        values = [rng.randint(2, 60) for _ in old]
+        if not fill(("s", len(read.ops) - 1), rng.randint(2, max(6, min(2 * read.answer, 300)))) or values == old:
+            continue
+        numbers = iter(values)                 # the k-th number of the text is the k-th quantity (read_problem)
+        try:
+            new = read_problem(re.sub(r"\d+", lambda m: str(next(numbers)), task.problem))
+        except UnreadableProblem:
+            continue
+        if [q.value for q in new.quantities] != values:
+            continue
+        # a number two quantities share cannot be told apart in a strategy: it is left out of the renaming
+        rename = {str(v): n for v, n in zip(old, values) if old.count(v) == 1}
+        return (MathTask(new_id, task.split, new.problem, new.answer, new.solution, new.quantities, new.ops,
+                         new.distractors), lambda strategy: rename_numbers(strategy, rename))
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -130,11 +130,25 @@ def read_jsonl(path, required=()):
     return rows
 
 
+RENAMED_TASKS = "renamed_tasks.jsonl"   # training problems with new numbers (sample --renamings), beside data/
+
+
 def load_tasks(run, split):
     path = run.file("data", f"{split}.jsonl")
     rows = read_jsonl(path, required=("id",))      # the family's from_json checks the rest
     if not rows:
         raise UserError(f"{path} holds no tasks")
+    return _tasks(path, rows)
+
+
+def load_renamed_tasks(run):
+    """The copies of training problems with new numbers that accepted strategies were carried over to (sample
+    --renamings); none when the run has no such file."""
+    path = run.file(RENAMED_TASKS)
+    return _tasks(path, read_jsonl(path, required=("id",))) if os.path.exists(path) else []
+
+
+def _tasks(path, rows):
     try:
         return [families.get(r.get("family", "mathsim")).task_from_json(r) for r in rows]
     except (KeyError, TypeError, ValueError) as e:

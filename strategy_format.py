@@ -259,11 +259,28 @@ def deferred(valid: bool, reply_text: str | None) -> bool:
     return not valid or (reply_text is not None and UNCLEAR_NOTE in reply_text)
 
 
+_STEP_NUMBER = re.compile(r"(?m)^(\s*\d+[.)])?(.*)$")     # a line: its step number, then its body
+_OPERAND_NUMBER = re.compile(r"(?<!step )(?<![\w.])\d[\d,]*(?:\.\d+)?", re.I)   # not "step k", not in a word
+
+
 def numbers_named(strategy: str) -> int:
     """How many operands of a strategy are numbers (step numbers and "step k" references aside): each one the guide
     had to look up in the problem rather than copy its phrase."""
-    body = re.sub(r"(?m)^\s*\d+[.)]", "", strategy)
-    return len(re.findall(r"(?<!step )(?<![\w.])\d[\d,]*(?:\.\d+)?", body, flags=re.I))
+    return sum(len(_OPERAND_NUMBER.findall(m.group(2))) for m in _STEP_NUMBER.finditer(strategy))
+
+
+def rename_numbers(strategy: str, rename: dict) -> str | None:
+    """The strategy with every number it names (as numbers_named counts them) replaced by rename[number]; None when
+    one is not in rename (so the strategy cannot be carried over to the renamed problem)."""
+    missing = []
+
+    def swap(m):
+        new = rename.get(m.group(0).replace(",", ""))
+        missing.extend([m.group(0)] if new is None else [])
+        return m.group(0) if new is None else str(new)
+
+    out = _STEP_NUMBER.sub(lambda m: (m.group(1) or "") + _OPERAND_NUMBER.sub(swap, m.group(2)), strategy)
+    return None if missing else out
 
 
 def grammar_text() -> str:

@@ -13,12 +13,8 @@
      (non-padding) tokens/s. No core is called: the oracles score the greedy val strategies directly.
   4. The initial weights are drawn from --seed like the recipe's, or from --init-seed (the batch order stays --seed's:
      which of the two makes a seed slow), and may be reshaped: --init-scale, --zero-proj.
-  5. `--renamings R` augments the accepted strategies: each training problem gets R copies with new numbers (the same
-     sentences, every division still exact), each of its accepted strategies is renamed with them, and a renamed
-     strategy is kept only if it passes the acceptance rule again on its new problem (valid, no leak, M of M runs of
-     the simulated cheap core correct, called in-process: the recipe's sample stage calls it over HTTP). The new
-     problem's answer is what the world's reader (mathsim.read_problem) computes from its text, the label a dataset
-     with worked solutions gives; the guide trains on renamed teacher strategies only.
+  5. The accepted strategies include those the sample stage carried over to renamed copies of the problems
+     (`sample --renamings`, run_dir.load_renamed_tasks); `--no-renamed` leaves them out.
 
 Every flag defaults to the recipe's SFT setting (sft.SFTConfig), so a lever is one flag away from the default.
 
@@ -27,8 +23,6 @@ Example: python benchmarks/reading.py --run runs/default --eval-every 1000
 import argparse
 import json
 import os
-import random
-import re
 import sys
 import time
 
@@ -42,7 +36,6 @@ import mathsim
 import run_dir
 import sample
 import sft
-import sim_core
 import training
 
 
@@ -50,115 +43,14 @@ def training_strategies(run, train_tasks, a):
     """[(task, strategy)] by the chosen data rule."""
     if a.data in ("canonical", "handles"):
         return [(t, mathsim.canonical_strategy(t, by_handle=a.data == "handles")) for t in train_tasks]
-    raw = [r for r in run_dir.read_jsonl(run.file("raw.jsonl")) if a.k is None or r["draw"] < a.k]
     by_id = {t.id: t for t in train_tasks}
-    if a.data == "raw":
-        rows = raw
-    else:
-        rows = sample.select_accepted(raw, a.keep, a.select)
+    raw = run_dir.read_jsonl(run.file("raw.jsonl"))
+    if a.data == "accepted" and not a.no_renamed:
+        raw += sample.renamed_rows(run)
+        by_id.update({t.id: t for t in run_dir.load_renamed_tasks(run) if t.id.split("~")[0] in by_id})
+    raw = [r for r in raw if a.k is None or r["draw"] < a.k]
+    rows = raw if a.data == "raw" else sample.select_accepted(raw, a.keep, a.select)
     return [(by_id[r["task_id"]], r["strategy"]) for r in rows if r["task_id"] in by_id]
-
-
-def renamed_task(task, rng, suffix, tries=50):
-    """The task with new numbers in the same sentences, every operation still exact and every intermediate within
-    the generator's range; None if no draw in `tries` works. The numbers are drawn top-down from a new answer, the
-    way the generator draws them, so divisions stay exact."""
-    new = list(task.quantities)
-
-    def fill(ref, v):
-        if ref[0] == "q":
-            new[ref[1]] = v
-            kind = "rate" if " per " in task.quantities[ref[1]].handle else "items"
-            return 2 <= v <= mathsim.LEAF_CAP[kind]
-        op = task.ops[ref[1]]
-        if not 2 <= v <= mathsim.CAP["items"]:
-            return False
-        for _ in range(4):
-            if op.op == "add":
-                if v < 4:
-                    return False
-                x = rng.randint(2, v - 2)
-                y = v - x
-            elif op.op == "sub":
-                y = rng.randint(2, max(2, min(v, 40)))
-                x = v + y
-            elif op.op == "mul":
-                divisors = [d for d in range(2, v // 2 + 1) if v % d == 0]
-                if not divisors:
-                    return False
-                x = rng.choice(divisors)
-                y = v // x
-            else:
-                y = rng.randint(2, 12)
-                x = v * y
-            if fill(op.a, x) and fill(op.b, y):
-                return True
-        return False
-
-    for _ in range(tries):
-        new = [rng.randint(2, 60) for _ in task.quantities]            # distractors keep a fresh small number
-        if not fill(("s", len(task.ops) - 1), rng.randint(2, max(6, min(2 * task.answer, 300)))):
-            continue
-        if new == [q.value for q in task.quantities]:
-            continue
-        values = iter(new)
-        problem = re.sub(r"\d+", lambda m: str(next(values)), task.problem)
-        try:
-            read = mathsim.read_problem(problem)
-        except mathsim.UnreadableProblem:
-            continue
-        if [q.value for q in read.quantities] == new:
-            return mathsim.MathTask(f"{task.id}~{suffix}", task.split, problem, read.answer, read.solution,
-                                    read.quantities, read.ops, read.distractors)
-    return None
-
-
-def renamed_strategy(strategy, task, new_task):
-    """The strategy with every number it names replaced by the new problem's number for that quantity; None when a
-    number is not one quantity's (two quantities share it, or it is an intermediate result)."""
-    old = [q.value for q in task.quantities]
-    rename = {v: q.value for v, q in zip(old, new_task.quantities) if old.count(v) == 1}
-    missing = []
-
-    def swap(m):
-        v = int(m.group(0).replace(",", ""))
-        if v not in rename:
-            missing.append(v)
-            return m.group(0)
-        return str(rename[v])
-
-    lines = []
-    for line in strategy.split("\n"):
-        head = re.match(r"\s*\d+[.)]", line)
-        cut = head.end() if head else 0
-        lines.append(line[:cut] + re.sub(r"(?<!step )(?<![\w.])\d[\d,]*", swap, line[cut:], flags=re.I))
-    return None if missing else "\n".join(lines)
-
-
-def renamed_pairs(pairs, renamings, m, seed):
-    """Accepted (task, strategy) pairs on renamed problems: R renamings of each problem, each accepted strategy
-    renamed and run through the acceptance rule again (M executions by the cheap core, in-process)."""
-    rng = random.Random(seed)
-    by_task = {}
-    for t, s in pairs:
-        by_task.setdefault(t.id, (t, []))[1].append(s)
-    out, tried = [], 0
-    for t, strategies in by_task.values():
-        for r in range(renamings):
-            new_task = renamed_task(t, rng, f"r{r}")
-            if new_task is None:
-                continue
-            family = families.family_of(new_task)
-            for s in strategies:
-                s2 = renamed_strategy(s, t, new_task)
-                if s2 is None or not family.parse_strategy(s2).valid or family.leaks(s2, new_task):
-                    continue
-                tried += 1
-                replies = [sim_core.complete("sim-core", family.core_messages(new_task.problem, s2), 1.0, seed=d)
-                           for d in range(m)]
-                if all(family.grade([new_task] * m, replies)):
-                    out.append((new_task, s2))
-    return out, tried
 
 
 class Muon(torch.optim.Optimizer):
@@ -222,8 +114,8 @@ def main():
     ap.add_argument("--select", default="cheapest", choices=sorted(sample.SELECT_RULES))
     ap.add_argument("--k", type=int, default=None, help="use only the first k teacher draws of each task")
     ap.add_argument("--n-train", type=int, default=None, help="use only the first n training tasks")
-    ap.add_argument("--renamings", type=int, default=0, help="augment: R copies of each problem with new numbers, "
-                    "its accepted strategies renamed and accepted again on them")
+    ap.add_argument("--no-renamed", action="store_true", help="leave out the accepted strategies carried over to "
+                    "renamed copies of the problems (sample --renamings)")
     ap.add_argument("--curriculum", action="store_true", help="the strategies of fewest steps first "
                                                               "(sft.curriculum_pool)")
     ap.add_argument("--steps", type=int, default=SFT.steps)
@@ -263,11 +155,6 @@ def main():
     val_tasks = run_dir.load_tasks(run, "val")[:a.n_val]
     eos, pad = tok.encode_single_token("<|eos|>"), tok.encode_single_token("<|pad|>")
     pairs = training_strategies(run, train_tasks, a)
-    renamed = dict(renamed=0, renamed_tried=0)
-    if a.renamings:
-        extra, tried = renamed_pairs(pairs, a.renamings, sample.SampleConfig.m, seed=0)
-        renamed = dict(renamed=len(extra), renamed_tried=tried)
-        pairs = pairs + extra
     examples = [(families.prompt_tokens(tok, t), tok.encode(s, disallowed_special=()) + [eos]) for t, s in pairs]
     n_steps = [len(families.family_of(t).parse_strategy(s).steps) for t, s in pairs]
     cfg = sft.SFTConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup=a.warmup, seed=a.seed)
@@ -284,7 +171,8 @@ def main():
     train_net = torch.compile(net, dynamic=True) if a.compile else net
     alone = sum(families.family_of(t).exact_success(t, None) for t in val_tasks) / len(val_tasks)
     print(json.dumps(dict(args=vars(a), oracle=a.data in ("canonical", "handles"), examples=len(examples),
-                          tasks=len({t.id for t, _ in pairs}), **renamed, params=sum(p.numel() for p in net.parameters()),
+                          tasks=len({t.id for t, _ in pairs}),
+                          renamed=sum("~" in t.id for t, _ in pairs), params=sum(p.numel() for p in net.parameters()),
                           core_alone_exact_success=round(alone, 4))), flush=True)
     pools = {}
     t0, useful = time.time(), 0

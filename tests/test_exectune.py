@@ -51,8 +51,9 @@ def test_data_tokenizer_baselines_sample(tiny_run):
     # keep=1: at most one accepted strategy per task, and it is an accepted one of that task
     assert len({a["task_id"] for a in accepted}) == len(accepted)
     accepted_raw = {(r["task_id"], r["strategy"]) for r in raw if r["accepted"]}
-    assert all((a["task_id"], a["strategy"]) in accepted_raw for a in accepted)
-    assert len(accepted) == len({t for t, _ in accepted_raw})
+    originals = [a for a in accepted if "~" not in a["task_id"]]       # the renamed copies: the test below
+    assert all((a["task_id"], a["strategy"]) in accepted_raw for a in originals)
+    assert len(originals) == len({t for t, _ in accepted_raw})
     metrics = read_jsonl(tiny_run / "metrics.jsonl")
     assert {"data", "tokenizer", "baselines", "sample"} <= {m["stage"] for m in metrics}
 
@@ -366,35 +367,46 @@ def test_an_unusable_run_directory_is_one_line(tmp_path):
     assert exectune.main(["data", "--run", str(tmp_path / "file" / "r")]) == 1
 
 
-def test_renaming_numbers_keeps_the_sentences_and_reaccepts(monkeypatch):
-    """benchmarks/reading.py --renamings: new numbers in the same sentences, the answer recomputed from the text,
-    a strategy's numbers renamed with them, and only renamed strategies that pass acceptance again are kept."""
-    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+def test_renamed_problems_keep_their_sentences_and_carry_strategies_over():
+    """mathsim.renamed: new numbers in the same sentences, the answer recomputed from the text, and a strategy's
+    numbers renamed with them; a number that is no one quantity's cannot be carried over."""
     import random
     import re
-    import reading
-    tasks = mathsim.generate_tasks(40, 5, "train", level=1)
-    rng = random.Random(0)
-    for t in tasks:
-        new = reading.renamed_task(t, rng, "r0")
-        assert new is not None and new.id == t.id + "~r0"
-        assert re.sub(r"\d+", "#", new.problem) == re.sub(r"\d+", "#", t.problem)       # the same sentences
+    for t in mathsim.generate_tasks(40, 5, "train", level=1):
+        new, carry_over = mathsim.renamed(t, random.Random(t.id), t.id + "~r0")
+        assert new.id == t.id + "~r0" and new.split == t.split
+        assert re.sub(r"\d+", "#", new.problem) == re.sub(r"\d+", "#", t.problem)        # the same sentences
         assert new.ops == t.ops and [q.handle for q in new.quantities] == [q.handle for q in t.quantities]
         assert [q.value for q in new.quantities] != [q.value for q in t.quantities]
         assert mathsim.read_problem(new.problem).answer == new.answer
+        assert carry_over(mathsim.canonical_strategy(t, by_handle=True)) == mathsim.canonical_strategy(new, True)
         values = [q.value for q in t.quantities]
-        if len(set(values)) == len(values):     # every number one quantity's: a number-naming strategy renames
-            assert reading.renamed_strategy(mathsim.canonical_strategy(t), t, new) == mathsim.canonical_strategy(new)
-        if len(t.ops) > 1:                       # an intermediate result named as a number cannot be renamed
-            inner = mathsim.apply_op(t.ops[0].op, *(t.quantities[r[1]].value for r in (t.ops[0].a, t.ops[0].b)))
-            if int(inner) not in values:
-                assert reading.renamed_strategy(f"<strategy>\n1. Add {int(inner)} and 2.\n</strategy>", t, new) is None
-    # re-acceptance: a right plan passes on its renamed problem; a wrong operation is dropped there
-    one_op = [t for t in tasks if len(t.ops) == 1 and t.ops[0].op in ("mul", "div")]
-    assert len(one_op) >= 5
-    wrong = [(t, mathsim.canonical_strategy(t, by_handle=True).replace(
-        "Multiply" if t.ops[0].op == "mul" else "Divide", "Add").replace(" by ", " and ")) for t in one_op]
-    right = [(t, mathsim.canonical_strategy(t, by_handle=True)) for t in one_op]
-    kept, tried = reading.renamed_pairs(right + wrong, 1, 2, seed=0)
-    assert tried == len(right) + len(wrong) and len(kept) >= len(right) * 0.8
-    assert all(mathsim.plan_matches(t, s) for t, s in kept) and all("~r0" in t.id for t, _ in kept)
+        if len(set(values)) == len(values):      # every number one quantity's: a number-naming strategy renames
+            assert carry_over(mathsim.canonical_strategy(t)) == mathsim.canonical_strategy(new)
+        stray = max(values) + t.answer + 1       # neither a quantity nor the answer: cannot be renamed
+        assert carry_over(f"<strategy>\n1. Add {stray} and the result of step 1.\n</strategy>") is None
+
+
+def test_sample_carries_accepted_strategies_over_to_renamed_problems(tiny_run):
+    """sample --renamings 1 (the default): each accepted strategy carried over to a renamed copy of its problem and
+    accepted again there, in accepted.jsonl beside the originals; supervised GCoP's raw.jsonl holds the teacher's
+    strategies alone."""
+    import random
+    raw, accepted = read_jsonl(tiny_run / "raw.jsonl"), read_jsonl(tiny_run / "accepted.jsonl")
+    renamed = [r for p in sorted((tiny_run / "sample").glob("renamed-*.jsonl")) for r in read_jsonl(p)]
+    tasks = {t["id"]: mathsim.MathTask.from_json(t) for t in read_jsonl(tiny_run / "renamed_tasks.jsonl")}
+    originals = {t.id: t for t in run_dir.load_tasks(run_dir.Run(str(tiny_run)), "train")}
+    assert renamed and not any("~" in r["task_id"] for r in raw)
+    for r in renamed:                    # the copy and the strategy are what mathsim.renamed makes of an accepted one
+        source = r["task_id"].split("~")[0]
+        assert r["task_id"] == source + "~r0" and r["renamed_from"] == source
+        new, carry_over = mathsim.renamed(originals[source], random.Random(f"{source} renaming 0"), r["task_id"])
+        assert r["task"] == new.to_json()
+        assert r["strategy"] in {carry_over(x["strategy"]) for x in raw if x["task_id"] == source and x["accepted"]}
+        assert r["accepted"] == sample.is_accepted(r, 2) and r["accepted"] == (r["valid"] and not r["leaks"] and all(
+            x["correct"] for x in r["runs"]) and len(r["runs"]) == 2)
+    kept = [r for r in accepted if "~" in r["task_id"]]
+    # --keep 1: one per renamed problem with an accepted strategy, and those problems are in renamed_tasks.jsonl
+    assert kept and sorted(r["task_id"] for r in kept) == sorted({r["task_id"] for r in renamed if r["accepted"]})
+    assert {r["task_id"] for r in kept} == set(tasks)
+    assert not any(r["accepted"] for r in renamed if r["leaks"] or not r["valid"])
