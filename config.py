@@ -32,7 +32,7 @@ PRESETS["quick"] = {
     "eval": dict(max_new_tokens=96),
 }
 # level2 and codesim keep the sampling, SFT and GRPO settings their README results were measured with
-_EARLIER_SAMPLE = dict(k=4, keep=1, name_quantities=False, renamings=0)
+_EARLIER_SAMPLE = dict(k=4, keep=1, name_quantities=False)
 _EARLIER_SFT = dict(prompt_loss_weight=0.0, lr=3e-3, init_scale=1.0)
 _EARLIER_GRPO = dict(lr=2e-4, steps=40, eval_every=10)
 PRESETS["level2"] = {        # LEVEL=2 on a CPU in under an hour: longer problems, so fewer tasks and SFT steps
@@ -48,7 +48,6 @@ PRESETS["codesim"] = {       # TASK=codesim: a clear wrong plan costs more than 
 }
 PRESETS["cuda"] = {          # DEVICE=cuda: level 2, a larger guide and more steps for one modern GPU
     "data": dict(level=2, n_train=20000),
-    "sample": dict(renamings=0),          # its README figures were measured without renamed copies
     "sft": dict(steps=6000, batch_size=64, lr=1e-3, warmup=200, eval_every=500, n_layer=8, n_embd=384, n_head=6,
                 n_kv_head=2, init_scale=1.0),   # its README figures were measured with the model's own init
     "grpo": dict(steps=100, prompts_per_step=16, eval_every=20, n_val_eval=500),

@@ -7,8 +7,8 @@ the command line and the first three stages; each later stage is a file of its o
   3. baselines  the cheap core alone and the large core alone on test (two table rows), and R core-alone runs of
                 every training task: the harm term of the reward needs "does the core usually solve this alone?".
   4. sample     (sample.py) teacher-guided acceptance sampling: K teacher strategies per training task, each run M
-                times by the cheap core; accepted when valid, leak-free and all M runs are correct; each accepted
-                one also carried over to a copy of its problem with new numbers and accepted again there.
+                times by the cheap core; accepted when valid, leak-free and all M runs are correct (--renamings R:
+                also carried over to R copies of its problem with new numbers and accepted again there).
                 accepted.jsonl keeps every distinct accepted strategy (ExecTune's data), raw.jsonl every teacher
                 strategy (supervised GCoP's).
   5. sft        (sft.py) supervised fine-tuning of a fresh guide on accepted or raw strategies, with a language-

@@ -41,8 +41,9 @@ class SampleConfig:
                                  # most quantities named by the problem's own phrases) first, then cheapest
     name_quantities: bool = True  # ask the teacher to name quantities as the problem does
                                   # (strategy_format.NAME_QUANTITIES)
-    renamings: int = 1           # copies of each training problem with new numbers, its accepted strategies carried
-                                 # over and accepted again (README, the reading levers); 0: none
+    renamings: int = 0           # copies of each training problem with new numbers, its accepted strategies carried
+                                 # over and accepted again there: a lever, not the default (README, the reading
+                                 # levers: it lifted four reading seeds and sank the default run's own draw)
     chunk: int = 500             # tasks per resumable chunk
 
     def __post_init__(self):

@@ -51,9 +51,8 @@ def test_data_tokenizer_baselines_sample(tiny_run):
     # keep=1: at most one accepted strategy per task, and it is an accepted one of that task
     assert len({a["task_id"] for a in accepted}) == len(accepted)
     accepted_raw = {(r["task_id"], r["strategy"]) for r in raw if r["accepted"]}
-    originals = [a for a in accepted if "~" not in a["task_id"]]       # the renamed copies: the test below
-    assert all((a["task_id"], a["strategy"]) in accepted_raw for a in originals)
-    assert len(originals) == len({t for t, _ in accepted_raw})
+    assert all((a["task_id"], a["strategy"]) in accepted_raw for a in accepted)
+    assert len(accepted) == len({t for t, _ in accepted_raw})
     metrics = read_jsonl(tiny_run / "metrics.jsonl")
     assert {"data", "tokenizer", "baselines", "sample"} <= {m["stage"] for m in metrics}
 
@@ -387,15 +386,19 @@ def test_renamed_problems_keep_their_sentences_and_carry_strategies_over():
         assert carry_over(f"<strategy>\n1. Add {stray} and the result of step 1.\n</strategy>") is None
 
 
-def test_sample_carries_accepted_strategies_over_to_renamed_problems(tiny_run):
-    """sample --renamings 1 (the default): each accepted strategy carried over to a renamed copy of its problem and
-    accepted again there, in accepted.jsonl beside the originals; supervised GCoP's raw.jsonl holds the teacher's
-    strategies alone."""
+def test_sample_carries_accepted_strategies_over_to_renamed_problems(tmp_path, core_url):
+    """sample --renamings 1: each accepted strategy carried over to a renamed copy of its problem and accepted again
+    there, in accepted.jsonl beside the originals; supervised GCoP's raw.jsonl holds the teacher's strategies alone;
+    SFT trains on both."""
     import random
-    raw, accepted = read_jsonl(tiny_run / "raw.jsonl"), read_jsonl(tiny_run / "accepted.jsonl")
-    renamed = [r for p in sorted((tiny_run / "sample").glob("renamed-*.jsonl")) for r in read_jsonl(p)]
-    tasks = {t["id"]: mathsim.MathTask.from_json(t) for t in read_jsonl(tiny_run / "renamed_tasks.jsonl")}
-    originals = {t.id: t for t in run_dir.load_tasks(run_dir.Run(str(tiny_run)), "train")}
+    run = tmp_path / "run"
+    assert cli(run, core_url, "data", "--n-train", "24", "--n-val", "8", "--n-test", "12", "--n-ood", "6") == 0
+    assert cli(run, core_url, "tokenizer") == 0
+    assert cli(run, core_url, "sample", "--k", "3", "--keep", "1", "--chunk", "10", "--renamings", "1") == 0
+    raw, accepted = read_jsonl(run / "raw.jsonl"), read_jsonl(run / "accepted.jsonl")
+    renamed = [r for p in sorted((run / "sample").glob("renamed-*.jsonl")) for r in read_jsonl(p)]
+    tasks = {t["id"]: mathsim.MathTask.from_json(t) for t in read_jsonl(run / "renamed_tasks.jsonl")}
+    originals = {t.id: t for t in run_dir.load_tasks(run_dir.Run(str(run)), "train")}
     assert renamed and not any("~" in r["task_id"] for r in raw)
     for r in renamed:                    # the copy and the strategy are what mathsim.renamed makes of an accepted one
         source = r["task_id"].split("~")[0]
@@ -410,3 +413,6 @@ def test_sample_carries_accepted_strategies_over_to_renamed_problems(tiny_run):
     assert kept and sorted(r["task_id"] for r in kept) == sorted({r["task_id"] for r in renamed if r["accepted"]})
     assert {r["task_id"] for r in kept} == set(tasks)
     assert not any(r["accepted"] for r in renamed if r["leaks"] or not r["valid"])
+    examples = sft.sft_examples(run_dir.Run(str(run)), run_dir.load_tokenizer(run_dir.Run(str(run))), "accepted",
+                                   list(originals.values()), 1024)[0]
+    assert len(examples) == len(accepted)         # every kept strategy, renamed ones included, is an example
