@@ -239,26 +239,32 @@ def _fill(rng: random.Random, nodes: list, i: int, v: int) -> bool:
     if node.op is None:
         return True
     for _ in range(4):
-        if node.op == "add":
-            if v < 4:
-                return False
-            x = rng.randint(2, v - 2)
-            y = v - x
-        elif node.op == "sub":
-            y = rng.randint(2, max(2, min(v, 40)))
-            x = v + y
-        elif node.op == "mul":
-            divisors = [d for d in range(2, v // 2 + 1) if v % d == 0]
-            if not divisors:
-                return False
-            x = rng.choice(divisors)
-            y = v // x
-        else:
-            y = rng.randint(2, 12)
-            x = v * y
-        if _fill(rng, nodes, node.kids[0], x) and _fill(rng, nodes, node.kids[1], y):
+        operands = _operands(rng, node.op, v)
+        if operands is None:
+            return False
+        if _fill(rng, nodes, node.kids[0], operands[0]) and _fill(rng, nodes, node.kids[1], operands[1]):
             return True
     return False
+
+
+def _operands(rng: random.Random, op: str, v: int) -> tuple | None:
+    """Two operands that `op` turns into exactly v, drawn at random; None when v has none (a prime for mul)."""
+    if op == "add":
+        if v < 4:
+            return None
+        x = rng.randint(2, v - 2)
+        return x, v - x
+    if op == "sub":
+        y = rng.randint(2, max(2, min(v, 40)))
+        return v + y, y
+    if op == "mul":
+        divisors = [d for d in range(2, v // 2 + 1) if v % d == 0]
+        if not divisors:
+            return None
+        x = rng.choice(divisors)
+        return x, v // x
+    y = rng.randint(2, 12)
+    return v * y, y
 
 
 def _op_order(deps: dict, position: dict) -> list:
@@ -511,24 +517,10 @@ def renamed(task: MathTask, rng: random.Random, new_id: str, tries: int = 50):
         if not 2 <= v <= CAP["items"]:
             return False
         for _ in range(4):
-            if op.op == "add":
-                if v < 4:
-                    return False
-                x = rng.randint(2, v - 2)
-                y = v - x
-            elif op.op == "sub":
-                y = rng.randint(2, max(2, min(v, 40)))
-                x = v + y
-            elif op.op == "mul":
-                divisors = [d for d in range(2, v // 2 + 1) if v % d == 0]
-                if not divisors:
-                    return False
-                x = rng.choice(divisors)
-                y = v // x
-            else:
-                y = rng.randint(2, 12)
-                x = v * y
-            if fill(op.a, x) and fill(op.b, y):
+            operands = _operands(rng, op.op, v)
+            if operands is None:
+                return False
+            if fill(op.a, operands[0]) and fill(op.b, operands[1]):
                 return True
         return False
 
