@@ -141,11 +141,17 @@ def load_tasks(run, split):
     return _tasks(path, rows)
 
 
-def load_renamed_tasks(run):
-    """The copies of training problems with new numbers that accepted strategies were carried over to (sample
-    --renamings); none when the run has no such file."""
+def renamed_id(task_id, n):
+    """The id of copy n of a task with new numbers (sample --renamings): the original's id, then "~r<n>"."""
+    return f"{task_id}~r{n}"
+
+
+def load_renamed_tasks(run, originals):
+    """The copies with new numbers of the tasks whose ids are in `originals` that accepted strategies were carried
+    over to (sample --renamings); none when the run has no such file."""
     path = run.file(RENAMED_TASKS)
-    return _tasks(path, read_jsonl(path, required=("id",))) if os.path.exists(path) else []
+    tasks = _tasks(path, read_jsonl(path, required=("id",))) if os.path.exists(path) else []
+    return [t for t in tasks if t.id.split("~")[0] in originals]
 
 
 def _tasks(path, rows):

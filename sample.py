@@ -137,7 +137,7 @@ def rename_chunk(chunk, rows, renamings, cfg, core):
     for t in chunk:
         for n in range(renamings if accepted.get(t.id) else 0):
             # seeded by the task alone, so a chunk resumed or sampled in another order renames alike
-            copy = families.family_of(t).renamed(t, random.Random(f"{t.id} renaming {n}"), f"{t.id}~r{n}")
+            copy = families.family_of(t).renamed(t, random.Random(f"{t.id} renaming {n}"), run_dir.renamed_id(t.id, n))
             if copy is None:
                 continue
             new_task, carry_over = copy

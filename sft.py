@@ -91,8 +91,8 @@ def sft_examples(run, tok, data, split_tasks, max_len):
     path = run.file(f"{data}.jsonl")
     rows = run_dir.read_jsonl(path, required=("task_id", "strategy"))
     by_id = {t.id: t for t in split_tasks}
-    # the renamed copies of these tasks (sample --renamings): the id before "~" is the original's
-    by_id.update({t.id: t for t in run_dir.load_renamed_tasks(run) if t.id.split("~")[0] in by_id})
+    # the copies of these tasks with new numbers (sample --renamings), where accepted strategies were carried over
+    by_id.update({t.id: t for t in run_dir.load_renamed_tasks(run, by_id)})
     eos = tok.encode_single_token("<|eos|>")
     examples, n_steps, dropped = [], [], 0
     for r in rows:

@@ -47,7 +47,7 @@ def training_strategies(run, train_tasks, a):
     raw = run_dir.read_jsonl(run.file("raw.jsonl"))
     if a.data == "accepted" and not a.no_renamed:
         raw += sample.renamed_rows(run)
-        by_id.update({t.id: t for t in run_dir.load_renamed_tasks(run) if t.id.split("~")[0] in by_id})
+        by_id.update({t.id: t for t in run_dir.load_renamed_tasks(run, by_id)})
     raw = [r for r in raw if a.k is None or r["draw"] < a.k]
     rows = raw if a.data == "raw" else sample.select_accepted(raw, a.keep, a.select)
     return [(by_id[r["task_id"]], r["strategy"]) for r in rows if r["task_id"] in by_id]
