@@ -401,10 +401,21 @@ def _match_sentences(problem: str) -> list:
 
 def read_problem(problem: str) -> MathTask:
     """The inverse of the generator: the task (id and split empty) from the problem text alone."""
+    return _read(problem)[0]
+
+
+def relation_templates(problem: str) -> tuple:
+    """The name of the relation template (TEMPLATES) whose sentence defines each operation's result, in the order of
+    read_problem(problem).ops: what the simulated teacher's echo habit reads (docs/world.md §5)."""
+    return _read(problem)[1]
+
+
+def _read(problem: str) -> tuple:
+    """(the task, the template name of each of its operations): read_problem and relation_templates."""
     matched = _match_sentences(problem)
     if matched[-1][0].part != "question" or any(t.part == "question" for t, _ in matched[:-1]):
         raise UnreadableProblem("the problem must end with its one question")
-    quantities, defs, position = [], {}, {}
+    quantities, defs, position, template = [], {}, {}, {}
     for p, (t, m) in enumerate(matched[:-1]):
         g = m.groupdict()
         if t.part == "leaf":
@@ -414,7 +425,7 @@ def read_problem(problem: str) -> MathTask:
             if g["X"] in defs:
                 raise UnreadableProblem(f"the {g['X']} are defined twice")
             defs[g["X"]] = (t.part, g["A"], g["B"])
-            position[g["X"]] = p
+            position[g["X"]], template[g["X"]] = p, t.name
     handles = [q.handle for q in quantities]
     if len(set(handles)) != len(handles) or set(handles) & set(defs):
         raise UnreadableProblem("two facts give the same quantity")
@@ -443,7 +454,7 @@ def read_problem(problem: str) -> MathTask:
         raise UnreadableProblem("a division is not exact or a result is negative")
     used = {r[1] for op in ops for r in (op.a, op.b) if r[0] == "q"}
     return MathTask("", "", problem, answer, solution, quantities, ops,
-                    tuple(i for i in range(len(quantities)) if i not in used))
+                    tuple(i for i in range(len(quantities)) if i not in used)), tuple(template[x] for x in order)
 
 
 

@@ -15,6 +15,7 @@
 4. `--selfcheck` runs the real prompt path over HTTP on seeded test tasks and prints one JSON line.
 """
 import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -34,7 +35,7 @@ import sim_code
 import sim_math
 from core_client import model_price
 from mathsim import UnreadableProblem
-from sim_math import CHEAP, LARGE, MODELS, TEACHER, core_model
+from sim_math import CHEAP, LARGE, MODELS, TEACHER, TeacherModel, core_model
 from strategy_format import asks_to_name_quantities, extract_strategy, parse_core_request, parse_teacher_request
 
 
@@ -47,14 +48,16 @@ def _draw_seed(model: str, messages: list, temperature: float, seed, index: int)
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
 
 
-def complete(model: str, messages: list, temperature: float = 1.0, seed=None, index: int = 0) -> str:
-    """The reply text of `model` to OpenAI-style messages (raises ValueError / UnreadableProblem on bad input)."""
+def complete(model: str, messages: list, temperature: float = 1.0, seed=None, index: int = 0,
+             teacher: TeacherModel = TEACHER) -> str:
+    """The reply text of `model` to OpenAI-style messages (raises ValueError / UnreadableProblem on bad input);
+    `teacher` answers for the teacher's name (the server's, with its --teacher-echo)."""
     rng = random.Random(_draw_seed(model, messages, temperature, seed, index))
     if model == TEACHER.name:
         problem = parse_teacher_request(messages)
         if codesim.is_codesim_problem(problem):
-            return sim_code.teacher_reply(problem, TEACHER, rng)
-        return sim_math.teacher_reply(problem, TEACHER, rng, asks_to_name_quantities(messages))
+            return sim_code.teacher_reply(problem, teacher, rng)
+        return sim_math.teacher_reply(problem, teacher, rng, asks_to_name_quantities(messages))
     problem, strategy = parse_core_request(messages)
     if codesim.is_codesim_problem(problem):         # codesim (docs/world.md §6): the core writes a real function
         return sim_code.core_reply(problem, strategy, core_model(model), rng)
@@ -98,7 +101,7 @@ def _number(body: dict, key: str, default, low, high, integer=False):
     return v
 
 
-def _respond(api: str, raw: bytes) -> dict:
+def _respond(api: str, raw: bytes, teacher: TeacherModel = TEACHER) -> dict:
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):     # RecursionError: nested too deep to be a request
@@ -129,7 +132,7 @@ def _respond(api: str, raw: bytes) -> dict:
     texts = []
     try:
         for i in range(n):
-            texts.append(complete(model, messages, temperature, seed, i))
+            texts.append(complete(model, messages, temperature, seed, i, teacher))
     except UnreadableProblem as e:
         raise ApiError(400, "unreadable_problem", f"cannot read the problem: {e}") from None
     except ValueError as e:
@@ -196,9 +199,10 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?")[0].rstrip("/")
         if not path.endswith("/models"):
             return self._error("openai", 404, "not_found", f"no route GET {self.path}")
+        # the teacher's entry names its echo rate, so a run can record which offline world made its data
         send_json(self, 200, {"object": "list", "has_more": False, "data": [
             {"id": m, "object": "model", "type": "model", "display_name": m, "created": 0, "owned_by": "sim_core"}
-            for m in MODELS]})
+            | ({"teacher_echo": self.server.teacher.echo} if m == TEACHER.name else {}) for m in MODELS]})
 
     def do_POST(self):
         length = self.headers.get("Content-Length", "0")
@@ -223,7 +227,7 @@ class _Handler(BaseHTTPRequestHandler):
                         "Internal error (simulated)." if failure == "500" else "Overloaded (simulated).")
         else:
             try:
-                send_json(self, 200, _respond(api, raw))
+                send_json(self, 200, _respond(api, raw, self.server.teacher))
             except ApiError as e:
                 self._error(api, e.status, e.code, e.message)
 
@@ -233,11 +237,12 @@ class SimServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128                  # a burst of concurrent connects must not be dropped
 
-    def __init__(self, address, latency_ms: float = 0, fail_rate: float = 0.0, seed: int = 0):
-        if not 0 <= fail_rate <= 1 or latency_ms < 0:
-            raise ValueError("fail_rate must be in [0, 1] and latency_ms >= 0")
+    def __init__(self, address, latency_ms: float = 0, fail_rate: float = 0.0, seed: int = 0,
+                 teacher: TeacherModel = TEACHER):
+        if not 0 <= fail_rate <= 1 or latency_ms < 0 or not 0 <= teacher.echo <= 1:
+            raise ValueError("fail_rate and the teacher's echo must be in [0, 1] and latency_ms >= 0")
         super().__init__(address, _Handler)
-        self.latency_s, self.fail_rate = latency_ms / 1000, fail_rate
+        self.latency_s, self.fail_rate, self.teacher = latency_ms / 1000, fail_rate, teacher
         self._rng, self._lock = random.Random(seed), threading.Lock()
 
     def draw_failure(self) -> str | None:
@@ -254,22 +259,23 @@ class SimServer(ThreadingHTTPServer):
 
 
 def start_server(host: str = "127.0.0.1", port: int = 0, latency_ms: float = 0, fail_rate: float = 0.0,
-                 seed: int = 0) -> tuple:
+                 seed: int = 0, teacher: TeacherModel = TEACHER) -> tuple:
     """Serve in a daemon thread; returns (server, "http://HOST:PORT"). Paths are matched by their ending, so both
     that URL and URL + "/v1" work as an OpenAI or an Anthropic base URL."""
-    server = SimServer((host, port), latency_ms, fail_rate, seed)
+    server = SimServer((host, port), latency_ms, fail_rate, seed, teacher)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     return server, f"http://{host}:{server.server_address[1]}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def selfcheck(n: int, seed: int = 0, level: int = 2, family: str = "mathsim", samples: int = 32) -> dict:
+def selfcheck(n: int, seed: int = 0, level: int = 2, family: str = "mathsim", samples: int = 32,
+              teacher: TeacherModel = TEACHER) -> dict:
     """The real prompt path over HTTP: each configuration's accuracy (graded as the recipe grades: for codesim, by
     running the code), mean tokens and dollars per task, and the model's own success probability beside it: mathsim's
     exact_success; for codesim, p_bug_free ("exact") and the pass rate of `samples` functions sampled per task and
-    run in the sandbox ("sampled")."""
+    run in the sandbox ("sampled"). For mathsim, the teacher's echo share too (sim_math.echo_share)."""
     rules = families.get(family)      # the recipe's grading, so the self-check measures what the table will
-    server, url = start_server()
+    server, url = start_server(teacher=teacher)
     local = threading.local()
     test = rules.generate(n, seed, "test", level)
 
@@ -312,9 +318,13 @@ def selfcheck(n: int, seed: int = 0, level: int = 2, family: str = "mathsim", sa
         with_teacher = run(CHEAP.name, strategies)
     seconds = time.perf_counter() - start
     server.shutdown()
+    teacher_model = teacher
     teacher = summary(with_teacher, strategies, CHEAP.name, [(r[1], r[2], r[3]) for r in taught])
     teacher["teacher_dollars"] = round(sum(r[3] for r in taught) / n, 7)
     teacher["valid"] = round(sum(rules.parse_strategy(s).valid for s in strategies) / n, 4)
+    if family == "mathsim":
+        echoed, eligible = map(sum, zip(*(sim_math.echo_share(t.problem, s) for t, s in zip(test, strategies))))
+        teacher.update(echo=teacher_model.echo, echo_share=round(echoed / max(1, eligible), 4))
     return {"family": family, "n": n, "seed": seed, "level": level, "cheap_alone": summary(cheap, alone, CHEAP.name),
             "large_alone": summary(large, alone, LARGE.name),
             "cheap_canonical": summary(with_canonical, canonical, CHEAP.name),
@@ -333,9 +343,15 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=500, help="tasks for --selfcheck")
     parser.add_argument("--level", type=int, default=2, choices=[1, 2], help="mathsim level for --selfcheck")
     parser.add_argument("--family", default="mathsim", choices=["mathsim", "codesim"], help="tasks for --selfcheck")
+    parser.add_argument("--teacher-echo", type=float, default=TEACHER.echo,
+                        help=f"the teacher's echo rate (docs/world.md §5; default {TEACHER.echo}, 0: the world before "
+                             "the habit)")
     args = parser.parse_args(argv)
     if not 0 <= args.fail_rate <= 1:
         parser.error(f"--fail-rate must be between 0 and 1, got {args.fail_rate}")
+    if not 0 <= args.teacher_echo <= 1:
+        parser.error(f"--teacher-echo must be between 0 and 1, got {args.teacher_echo}")
+    teacher = dataclasses.replace(TEACHER, echo=args.teacher_echo)
     if args.latency_ms < 0:
         parser.error(f"--latency-ms must be >= 0, got {args.latency_ms}")
     if not 0 <= args.port <= 65535:
@@ -343,10 +359,10 @@ def main(argv=None) -> int:
     if args.selfcheck:
         if args.n < 1:
             parser.error(f"--n must be >= 1, got {args.n}")
-        print(json.dumps(selfcheck(args.n, args.seed, args.level, args.family)), flush=True)
+        print(json.dumps(selfcheck(args.n, args.seed, args.level, args.family, teacher=teacher)), flush=True)
         return 0
     try:
-        server = SimServer((args.host, args.port), args.latency_ms, args.fail_rate, args.seed)
+        server = SimServer((args.host, args.port), args.latency_ms, args.fail_rate, args.seed, teacher)
     except OSError as e:
         print(f"error: cannot listen on {args.host}:{args.port}: {e.strerror or e}", file=sys.stderr)
         return 1

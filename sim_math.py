@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
 
-from mathsim import OPS, SYMBOLS, apply_op, read_problem
+from mathsim import OPS, SYMBOLS, apply_op, read_problem, relation_templates
 from strategy_format import CANONICAL, UNCLEAR_NOTE, VERBS, leaks, parse_strategy, strategy_envelope
 
 # Comprehension of each verb by the cheap core (docs/world.md §4). A verb outside the lexicon is understood with 0.
@@ -74,7 +74,15 @@ class TeacherModel:
     max_filler: int = 6           # filler words a step, uniform 0..max_filler
     answer_note: float = 0.10     # "The answer is N." appended
     format_error: float = 0.05    # a missing tag or broken numbering
+    echo: float = 0.7             # a step written with the echo verb of its relation sentence (ECHO_VERBS)
 
+
+# The teacher's echo habit (docs/world.md §5): the lexicon verb that mirrors each relation template's own wording.
+ECHO_VERBS = {"plus": "Add", "adding": "Add", "make_up": "Put together", "together_with": "Combine",
+              "minus": "Subtract", "remain": "Take away", "removed": "Remove", "outnumber": "Find the difference between",
+              "times": "Times", "each_of": "Repeat … for each", "fill_with": "Repeat … for each",
+              "for_every": "Repeat … for each", "divided": "Divide", "packed": "Split … into",
+              "splitting": "Split … into", "shared": "Share … among", "fit_into": "Find how many … fit in"}
 
 CHEAP = CoreModel("sim-core", solo_accuracy=0.86, ignore_distractor=0.80, step_accuracy=0.985, filler_penalty=0.005,
                   long_penalty=0.02, min_comprehension=0.0)
@@ -174,6 +182,11 @@ def _needed(nodes: list, produced: set, known: list, answer: int) -> Fraction:
 @lru_cache(maxsize=4096)
 def _read(problem: str):
     return read_problem(problem)
+
+
+@lru_cache(maxsize=4096)
+def _templates(problem: str):
+    return relation_templates(problem)
 
 
 @lru_cache(maxsize=8192)
@@ -353,6 +366,18 @@ def core_reply(problem: str, strategy: str | None, core: CoreModel, rng: random.
     return _guided_reply(plan, core, rng)
 
 
+def echo_share(problem: str, strategy: str) -> tuple:
+    """(steps written with an echo verb, steps that could be): a step counts when the problem defines a result of
+    its operation with a sentence whose echo verb is not the canonical one. For --selfcheck and tests."""
+    parsed, task = parse_strategy(strategy), _read(problem)
+    echo = {}
+    for op, template in zip(task.ops, _templates(problem)):
+        if ECHO_VERBS[template] != CANONICAL[op.op].key:
+            echo.setdefault(op.op, set()).add(ECHO_VERBS[template])
+    steps = [s for s in parsed.steps if s.op in echo] if parsed.valid else []
+    return sum(s.verb in echo[s.op] for s in steps), len(steps)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The teacher's strategies.
 # Filler a teacher puts around a step: up to two openers before it (FILLER_OPENERS, sim_code's teacher uses them too)
@@ -366,8 +391,10 @@ _VAGUE = ["the other figure", "the given count", "the earlier quantity"]   # sha
 
 def teacher_reply(problem: str, teacher: TeacherModel, rng: random.Random, name_quantities: bool = False) -> str:
     """The teacher's strategy for a mathsim problem, in a sampled style (docs/world.md §5); name_quantities: the
-    request carried the naming instruction, which changes how given quantities are named and nothing else."""
-    task = _read(problem)
+    request carried the naming instruction, which changes how given quantities are named and nothing else.
+    With teacher.echo > 0 a step's verb first echoes its relation sentence (ECHO_VERBS) with that chance; at 0 no
+    draw is made for it, so the replies are those of the teacher before the habit, draw for draw."""
+    task, templates = _read(problem), _templates(problem)
     by_number, by_handle = ((teacher.named_by_number, teacher.named_by_handle) if name_quantities
                             else (teacher.by_number, teacher.by_handle))
     order, done = [], set()
@@ -398,7 +425,11 @@ def teacher_reply(problem: str, teacher: TeacherModel, rng: random.Random, name_
     for j, i in enumerate(order, 1):
         op = task.ops[i]
         kind = rng.choice([o for o in OPS if o != op.op]) if j - 1 == broken else op.op
-        if rng.random() < teacher.canonical_verb:
+        if j - 1 != broken and teacher.echo and rng.random() < teacher.echo:
+            key = ECHO_VERBS[templates[i]]    # the canonical key keeps its one canonical form
+            form = CANONICAL[kind] if key == CANONICAL[kind].key else rng.choice(
+                [f for f in VERBS[kind] if f.key == key])
+        elif rng.random() < teacher.canonical_verb:
             form = CANONICAL[kind]
         else:
             key = rng.choice(sorted({f.key for f in VERBS[kind]} - {CANONICAL[kind].key}))

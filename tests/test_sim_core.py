@@ -1,6 +1,9 @@
 """sim_math.py and sim_core.py: the capability model against its exact probabilities, both API shapes, errors, failure
 injection."""
+import dataclasses
+import hashlib
 import json
+import random
 import math
 import re
 import subprocess
@@ -23,6 +26,7 @@ from sim_math import CHEAP, LARGE, exact_success
 from strategy_format import extract_answer, parse_strategy
 
 POOL = mathsim.generate_tasks(60, 21, "test")
+ECHOLESS = dataclasses.replace(sim_math.TEACHER, echo=0.0)     # the teacher before the echo habit
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +228,8 @@ def test_solo_replies_write_about_three_times_the_tokens_per_operation():
 
 def test_teacher_strategies_follow_the_sampled_style():
     task = first(lambda t: len(t.ops) >= 4 and t.answer not in [q.value for q in t.quantities])
-    replies = [complete("sim-teacher", teacher_messages(task.problem), 1.0, seed) for seed in range(300)]
+    replies = [complete("sim-teacher", teacher_messages(task.problem), 1.0, seed, teacher=ECHOLESS)
+               for seed in range(300)]        # the ordinary verb rule; the echo habit is tested on its own below
     parsed = [parse_strategy(r) for r in replies]
     invalid = [p.error for p in parsed if not p.valid]
     assert 0.01 <= len(invalid) / 300 <= 0.11
@@ -451,8 +456,9 @@ def test_teacher_names_quantities_as_asked():
 
 def test_naming_instruction_changes_nothing_but_naming():
     task = POOL[3]
-    plain = [complete("sim-teacher", teacher_messages(task.problem), 1.0, s) for s in range(300)]
-    named = [complete("sim-teacher", teacher_messages(task.problem, True), 1.0, s) for s in range(300)]
+    plain = [complete("sim-teacher", teacher_messages(task.problem), 1.0, s, teacher=ECHOLESS) for s in range(300)]
+    named = [complete("sim-teacher", teacher_messages(task.problem, True), 1.0, s, teacher=ECHOLESS)
+             for s in range(300)]
     assert plain != named
     for replies in (plain, named):
         parsed = [parse_strategy(r) for r in replies]
@@ -481,3 +487,64 @@ def test_a_stalled_connection_is_dropped(monkeypatch):
             assert time.monotonic() - start < 3
     finally:
         server.shutdown()
+
+
+# ---- the teacher's echo habit (docs/world.md §5) ----
+def test_every_relation_template_has_an_echo_verb_of_its_operation():
+    relations = [t for t in mathsim.TEMPLATES if t.part in mathsim.OPS]
+    assert {t.name for t in relations} == set(sim_math.ECHO_VERBS)
+    for t in relations:
+        assert sim_math.ECHO_VERBS[t.name] in {f.key for f in strategy_format.VERBS[t.part]}, t.name
+    for task in POOL[:20]:           # the reader names each operation's sentence, in the order of task.ops
+        names = mathsim.relation_templates(task.problem)
+        assert [next(t for t in relations if t.name == n).part for n in names] == [op.op for op in task.ops]
+
+
+def one_op_task(template):
+    for split, seed in (("train", 3), ("ood", 4)):
+        for task in mathsim.generate_tasks(400, seed, split, 1):
+            if mathsim.relation_templates(task.problem) == (template,):
+                return task
+    raise AssertionError(f"no one-operation task of template {template}")
+
+
+@pytest.mark.parametrize("template", sorted(sim_math.ECHO_VERBS))
+def test_the_teacher_echoes_the_problems_verb(template):
+    task, draws = one_op_task(template), 2000
+    op, key = task.ops[0].op, sim_math.ECHO_VERBS[template]
+    canonical = strategy_format.CANONICAL[op].key
+    verbs = [s.verb for i in range(draws)
+             if (p := parse_strategy(sim_math.teacher_reply(task.problem, sim_math.TEACHER, random.Random(i)))).valid
+             for s in p.steps if s.op == op]     # a wrong plan's broken step (5%) keeps the ordinary rule
+    others = len({f.key for f in strategy_format.VERBS[op]}) - 1
+    ordinary = 0.75 if key == canonical else 0.25 / others      # the ordinary rule's chance of that key
+    expected = 0.7 + 0.3 * ordinary        # 0.925 for plus, minus, divided, adding
+    assert abs(verbs.count(key) / len(verbs) - expected) < 0.05, (template, verbs.count(key) / len(verbs), expected)
+
+
+def test_an_echoless_teacher_replies_as_before_the_habit_draw_for_draw():
+    tasks = mathsim.generate_tasks(60, 5, "train", 1) + mathsim.generate_tasks(40, 6, "ood", 2)
+    digest = hashlib.sha256()
+    for i, task in enumerate(tasks):
+        for name_quantities in (False, True):
+            digest.update(sim_math.teacher_reply(task.problem, ECHOLESS, random.Random(1000 + i),
+                                                 name_quantities).encode())
+    # recorded with the teacher of a003e03, before the echo habit existed
+    assert digest.hexdigest() == "b8ee08aae67dba6287da849ac300cdfc4a3414a9c94b75e1d396bac34d9ee772"
+
+
+def test_the_server_serves_and_names_its_teachers_echo_rate():
+    task = POOL[5]
+    server, base = start_server(teacher=ECHOLESS)
+    try:
+        models = requests.get(base + "/v1/models", timeout=10).json()["data"]
+        assert [m.get("teacher_echo") for m in models] == [None, None, 0.0]
+        reply = post(base, "/v1/chat/completions", {"model": "sim-teacher", "seed": 2,
+                                                    "messages": teacher_messages(task.problem)}).json()
+        assert reply["choices"][0]["message"]["content"] == complete(
+            "sim-teacher", teacher_messages(task.problem), 1.0, 2, teacher=ECHOLESS)
+    finally:
+        server.shutdown()
+    bad = subprocess.run([sys.executable, "sim_core.py", "--teacher-echo", "1.5"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and "--teacher-echo must be between 0 and 1" in bad.stderr
