@@ -28,8 +28,8 @@ PRESETS["quick"] = {
     "data": dict(n_train=80, n_val=24, n_test=60, n_ood=30),
     "sample": dict(k=2, chunk=40),
     "sft": dict(steps=30, batch_size=8, eval_every=15, n_layer=2, n_embd=64, n_head=2, n_kv_head=1, compile=False),
-    "grpo": dict(steps=3, prompts_per_step=4, group_size=4, max_new_tokens=96, eval_every=3, n_val_eval=24),
-    "eval": dict(max_new_tokens=96),
+    "grpo": dict(steps=3, prompts_per_step=4, group_size=4, eval_every=3, n_val_eval=24),
+    "decode": dict(max_new_tokens=96),
 }
 # level2 and codesim keep the sampling, SFT and GRPO settings their README results were measured with
 _EARLIER_SAMPLE = dict(k=4, keep=1, name_quantities=False)

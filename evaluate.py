@@ -16,6 +16,8 @@ same core executes it with the same seeds, and each task is graded. One row of r
   leak                    share of strategies that state the answer.
   harm                    share of tasks the core alone solved (its own run, the "core alone" row) but got wrong with
                           the strategy.
+  executability (oracle)  mean comprehension, by the simulated cheap core, of the verbs of the valid test strategies'
+                          steps (docs/world.md §4): read from the offline world, for the table only; "—" elsewhere.
   core in / out tok       mean tokens the core read and wrote per task.
   $ / 1k tasks            core dollars plus, for the teacher row, the teacher's, per 1,000 tasks at the models'
                           prices; "n/a" when a price is unknown (never counted as $0).
@@ -75,6 +77,18 @@ def plan_scores(val_tasks, texts):
     plan_exact = sum(is_plan(t, s) for t, s in zip(val_tasks, texts)) / n
     success = sum(f.exact_success(t, s) for f, t, s in zip(oracles, val_tasks, strategies)) / n
     return plan_exact, success
+
+
+def executability(task_list, texts):
+    """The mean comprehension, by the simulated cheap core, of the verbs of every step of the valid strategies among
+    `texts` (one per task): an oracle of the offline world, for tables and curves only. None for a family without
+    one (codesim, a real benchmark) or when no strategy is valid."""
+    oracles = [families.family_of(t).verb_comprehension for t in task_list]
+    if not task_list or any(f is None for f in oracles):
+        return None
+    steps = [c for f, s in zip(oracles, texts) if s is not None
+             for c in f(strategy_format.extract_strategy(s) or s) or ()]
+    return sum(steps) / len(steps) if steps else None
 
 
 def is_plan(task, text):
@@ -166,8 +180,8 @@ def table(results):
     large = next((r for r in results if r["spec"]["core_role"] == "large" and r["guide"] == "none"), None)
     large_cost = large and dollars_per_1k(large)
     lines = ["| system | accuracy (95% CI) | accuracy on held-out phrasings | valid | deferred | success given valid | "
-             "leak | harm | core in tok | core out tok | $ / 1k tasks | guide tok | cost vs large |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "leak | harm | executability (oracle) | core in tok | core out tok | $ / 1k tasks | guide tok | "
+             "cost vs large |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         total = dollars_per_1k(r)
         rel = None if not (total is not None and large_cost) else total / large_cost
@@ -177,6 +191,7 @@ def table(results):
         lines.append(f"| {r['name']} | {r['accuracy']:.3f} ({lo:.3f}–{hi:.3f}) | {ood} | {fmt(r['validity'])} | "
                      f"{fmt(r.get('deferred_rate'))} | "
                      f"{fmt(r['success_given_valid'])} | {fmt(r['leak_rate'])} | {fmt(r['harm_rate'])} | "
+                     f"{fmt(r.get('executability'))} | "
                      f"{r['core_input_tokens']:.0f} | {r['core_output_tokens']:.0f} | "
                      f"{fmt(total, '{:.3f}', 'n/a')} | {r['guide_tokens']:.1f} | {fmt(rel, '{:.2f}×', 'n/a')} |")
     return "\n".join(lines) + "\n"
@@ -231,11 +246,34 @@ def plot_curves(rows, out):
 @dataclass
 class EvalConfig:
     stage: ClassVar[str] = "eval"
-    max_new_tokens: int = 160
     batch_size: int = 64
 
     def __post_init__(self):
-        at_least(self, 1, "max_new_tokens", "batch_size")
+        at_least(self, 1, "batch_size")
+
+
+@dataclass
+class DecodeConfig:
+    """The run's strategy budget: the most tokens the guide may write, one figure for every stage that decodes
+    (SFT's and GRPO's validation, GRPO's rollouts, evaluation), so RL never scores -1 for a truncation that
+    evaluation would not make. Set by --max-new-tokens on the first such stage (or a preset) and kept by the run."""
+    stage: ClassVar[str] = "decode"
+    max_new_tokens: int = 160
+
+    def __post_init__(self):
+        at_least(self, 1, "max_new_tokens")
+
+
+def strategy_budget(args, run):
+    """The run's strategy budget (DecodeConfig): recorded by the first stage that decodes and kept by every later
+    one; a later stage given another --max-new-tokens stops with one line (run_dir.Run.check_config)."""
+    path = run.file("config.json")
+    recorded = (run_dir.read_json(path) if os.path.exists(path) else {}).get(DecodeConfig.stage)
+    if recorded is not None and getattr(args, "max_new_tokens", None) is None:
+        return recorded["max_new_tokens"]
+    cfg = config.stage_config(DecodeConfig, args)
+    run.check_config(cfg.stage, cfg)
+    return cfg.max_new_tokens
 
 
 def eval_system(args, run, name, guide, role="core"):
@@ -245,7 +283,10 @@ def eval_system(args, run, name, guide, role="core"):
     results_path = run.file("results.json")
     results = run_dir.read_json(results_path) if os.path.exists(results_path) else []
     cfg = config.stage_config(EvalConfig, args)
+    decodes = guide not in ("none", "teacher")           # a guide checkpoint writes within the run's budget
     spec = dict(name=name, guide=guide, core_role=role, **asdict(cfg))
+    if decodes:
+        spec["max_new_tokens"] = budget = strategy_budget(args, run)
     if any(r["spec"] == spec for r in results):
         print(f"eval: {name!r} already in {results_path}, kept")
         return
@@ -268,7 +309,7 @@ def eval_system(args, run, name, guide, role="core"):
         failed = {i: r for i, (r, s) in enumerate(taught) if s is None}
     else:
         net, tok = run_dir.load_guide(run, guide, args.device)
-        strategies, guide_tokens = guide_strategies(net, tok, test, cfg.max_new_tokens, cfg.batch_size)
+        strategies, guide_tokens = guide_strategies(net, tok, test, budget, cfg.batch_size)
     todo = [i for i in range(len(test)) if i not in failed]
     core_replies, verdicts = execute.execute(client, [test[i] for i in todo], [strategies[i] for i in todo],
                                              f"{name}: core")
@@ -280,6 +321,8 @@ def eval_system(args, run, name, guide, role="core"):
     alone_path = run.file("eval", "core-alone.jsonl")
     alone_rows = {r["id"]: r for r in run_dir.read_jsonl(alone_path)} if os.path.exists(alone_path) else None
     summary = summarize([r for r in per_task if r["split"] == "test"], client.model, guide, alone_rows)
+    on_test = [(t, s) for t, s in zip(test, strategies) if t.split == "test"]
+    summary["executability"] = executability([t for t, _ in on_test], [s for _, s in on_test])   # an oracle
     ood = [r for r in per_task if r["split"] == "ood" and not r["failed"]]
     k_ood = sum(r["correct"] for r in ood)
     summary.update(n_ood=len(ood), accuracy_ood=k_ood / max(1, len(ood)) if has_ood else None,

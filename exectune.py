@@ -230,10 +230,10 @@ STAGES = {  # name: (function, its config dataclasses, what it does in a few wor
     "baselines": (stage_baselines, [BaselineConfig], "the cores alone on test, and core-alone runs of train"),
     "sample": (sample.stage_sample, [sample.SampleConfig], "teacher strategies run by the core; keep the accepted "
                                                            "ones"),
-    "sft": (sft.stage_sft, [sft.SFTConfig], "train a fresh guide (or fine-tune a pretrained one) on accepted "
+    "sft": (sft.stage_sft, [sft.SFTConfig, evaluate.DecodeConfig], "train a fresh guide (or fine-tune a pretrained one) on accepted "
                                               "(or raw) teacher strategies"),
-    "grpo": (grpo.stage_grpo, [grpo.GRPOConfig], "RL of an SFT guide against the live core"),
-    "eval": (stage_eval, [evaluate.EvalConfig, DataConfig], "one system on the test split: a row of the results "
+    "grpo": (grpo.stage_grpo, [grpo.GRPOConfig, evaluate.DecodeConfig], "RL of an SFT guide against the live core"),
+    "eval": (stage_eval, [evaluate.EvalConfig, evaluate.DecodeConfig, DataConfig], "one system on the test split: a row of the results "
                                                             "table (with --family, a run without data gets the data "
                                                             "stage's first)"),
     "table": (evaluate.stage_table, [], "print results.md and a one-line JSON summary"),

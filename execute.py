@@ -10,6 +10,8 @@
 """
 import sys
 
+import requests
+
 import families
 import strategy_format
 from core_client import CoreClient, CoreError
@@ -17,12 +19,13 @@ from run_dir import UserError
 
 
 def client_for(args, role, run):
-    """A CoreClient for role in core|large|teacher, all sharing the run's request cache."""
+    """A CoreClient for role in core|large|teacher, all sharing the run's request cache (check_world first)."""
     url = args.teacher_url if role == "teacher" else args.core_url
     url = url or args.core_url
     if not url:
         raise UserError("no core configured: pass --core-url or set CORE_URL "
                         "(bash train.sh starts the local simulated core for you)")
+    check_world(run, url)
     model = {"core": args.core_model, "large": args.large_core_model, "teacher": args.teacher_model}[role]
     api = args.teacher_api if role == "teacher" else args.core_api
     # the teacher samples at temperature 1 (K distinct strategies); the cores as the user set them
@@ -32,6 +35,21 @@ def client_for(args, role, run):
                           max_retries=args.max_retries, cache_path=run.file("cache.sqlite"), params=params)
     except ValueError as e:                     # a malformed URL or key: one line, the key never echoed
         raise UserError(f"{role}: {e}")
+
+
+def check_world(run, url):
+    """A run directory holds one offline world. The simulated teacher's echo rate (docs/world.md §5) changes its
+    replies, which the run's cache and accepted data hold, so the rate the server lists (GET /models) is recorded
+    in the run's config.json, and a stage against a server with another rate stops with one line. Bookkeeping only:
+    nothing decides on it. A real API lists no such rate (or answers no unauthenticated GET): nothing is recorded."""
+    try:
+        response = requests.get(url.rstrip("/") + "/models", timeout=10)
+        models = response.json().get("data", []) if response.ok else []
+    except (requests.RequestException, ValueError, AttributeError):
+        return
+    echo = next((m["teacher_echo"] for m in models if isinstance(m, dict) and "teacher_echo" in m), None)
+    if echo is not None:
+        run.check_config("world", {"teacher_echo": echo})
 
 
 def run_requests(client, messages, what, draws=None):

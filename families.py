@@ -43,6 +43,8 @@ class Family:
     canonical_strategy: object = None
     plan_matches: object = None
     exact_success: object = None
+    # strategy -> the cheap core's comprehension of each step's verb (None: invalid), mathsim's executability oracle
+    verb_comprehension: object = None
     # (task, rng, new id) -> (the problem with new numbers, strategy -> strategy renamed alike or None) or None: the
     # augmentation of acceptance sampling (sample --renamings); None where a family has none
     renamed: object = None
@@ -56,6 +58,13 @@ def _math_exact_success(task, strategy):
     """The cheap core's chance of success (sim_math.exact_success): the offline world, read in-process for curves
     only, like a gym's `info`."""
     return sim_math.exact_success(task.problem, strategy)
+
+
+def _math_verb_comprehension(strategy):
+    """The cheap core's comprehension of each step's verb (sim_math's table; 0 for a verb outside the lexicon), None
+    for an invalid strategy: an oracle of the offline world, like _math_exact_success."""
+    parsed = strategy_format.parse_strategy(strategy)
+    return [sim_math.CHEAP.comprehension(s.verb) for s in parsed.steps] if parsed.valid else None
 
 
 def _code_parse_strategy(text):
@@ -107,7 +116,8 @@ FAMILIES = {f.name: f for f in [
            grade=_answer_grader(strategy_format.extract_answer),
            tokenizer_text=lambda task: (strategy_format.guide_prompt(task.problem), strategy_format.grammar_text()),
            generate=mathsim.generate_tasks, canonical_strategy=mathsim.canonical_strategy,
-           plan_matches=mathsim.plan_matches, exact_success=_math_exact_success, renamed=mathsim.renamed),
+           plan_matches=mathsim.plan_matches, exact_success=_math_exact_success, renamed=mathsim.renamed,
+           verb_comprehension=_math_verb_comprehension),
     Family("gsm8k", task_from_json=gsm8k.GSM8KTask.from_json, guide_prompt=gsm8k.guide_prompt,
            guide_messages=gsm8k.guide_messages, core_messages=gsm8k.core_messages,
            teacher_messages=gsm8k.teacher_messages, parse_strategy=gsm8k.parse_strategy,

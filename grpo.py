@@ -6,12 +6,14 @@ One training step (grpo_step):
 2. Rewards: every strategy goes to the live core once, the whole step in one batch (compute_rewards).
    The reward is the weighted sum of validity, execution, leakage, harm and cost; each part is also kept apart.
    A core call that fails for good gives no reward (NaN), never 0, and is counted.
-3. Advantages per group of G: A = (r - mean) / (std + 1e-4), mean and *population* std (divide by n) over the
-   group's non-NaN rewards. A NaN reward gets A = 0 and is left out of the mean and std. A group whose non-NaN
-   rewards are all equal (or that has fewer than two) gets A = 0 everywhere: it has nothing to teach.
-   `--no-scale-by-std` drops the division (A = r - mean, as in Dr. GRPO, Liu et al. 2025): dividing by the std
-   blows a group whose samples differ only in the small cost term (all correct, say) up to the size of a
-   right-against-wrong group.
+3. Advantages per group of G: A = (r - mean) / (std + 1e-4), the mean over the group's non-NaN rewards and the
+   std over every non-NaN reward of the step (every process's under torchrun) about its own group's mean, not the
+   group's own std: the textbook's per-group std blows a group whose samples differ only in the small, continuous
+   cost term (all correct, say) up to the size of a right-against-wrong group. Measured about the group means, the
+   step's std is unchanged by a per-task constant, which still cancels (below). `--std-scale group` is the textbook;
+   `--std-scale none` drops the division (A = r - mean, as in Dr. GRPO, Liu et al. 2025). A NaN reward gets A = 0
+   and is left out of the mean and std. A group whose non-NaN rewards are all equal (or that has fewer than two)
+   gets A = 0 everywhere: it has nothing to teach.
 4. Per completion token: -min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A), ratio = exp(new - old), eps = 0.2,
    plus beta * k3 KL to a frozen reference, kl = exp(ref - new) - (ref - new) - 1; beta = 0 by default.
 5. The loss is the sum over every completion token of the step (EOS in; prompt and padding out) divided by the
@@ -148,17 +150,26 @@ def compute_rewards(task_list, strategies, client, alone_stats=None, weights=Non
 # ----------------------------------------------------------------------------------------------- update
 
 
-def group_advantages(rewards, scale_by_std=True):
+STD_SCALES = ("step", "group", "none")
+
+
+def group_advantages(rewards, std_scale="step"):
     """(N, G) rewards, NaN where the core failed -> (N, G) advantages (see the module docstring, step 3)."""
+    if std_scale not in STD_SCALES:
+        raise ValueError(f"unknown std scale {std_scale!r}: use one of {', '.join(STD_SCALES)}")
     ok = ~torch.isnan(rewards)                                              # (N, G)
     n = ok.sum(dim=1, keepdim=True).clamp(min=1)                           # (N, 1)
     mean = torch.where(ok, rewards, 0.0).sum(dim=1, keepdim=True) / n      # (N, 1)
     dev = torch.where(ok, rewards - mean, 0.0)                              # (N, G)
-    std = (dev.pow(2).sum(dim=1, keepdim=True) / n).sqrt()                  # (N, 1) population std
+    if std_scale == "group":
+        dev = dev / ((dev.pow(2).sum(dim=1, keepdim=True) / n).sqrt() + 1e-4)   # population std of the group
+    elif std_scale == "step":        # the step's rewards about their group means, over every process under torchrun
+        count, squares = (training.sum_over_processes(float(x), rewards.device) for x in (ok.sum(), dev.pow(2).sum()))
+        dev = dev / (math.sqrt(squares / max(count, 1)) + 1e-4)
     hi = torch.where(ok, rewards, -math.inf).amax(dim=1, keepdim=True)
     lo = torch.where(ok, rewards, math.inf).amin(dim=1, keepdim=True)
     informative = ok & (hi > lo)     # exact test, so equal rewards give exactly 0 whatever the rounding of the mean
-    return torch.where(informative, dev / (std + 1e-4) if scale_by_std else dev, 0.0)
+    return torch.where(informative, dev, 0.0)
 
 
 def grpo_loss(new_logprobs, old_logprobs, advantages, mask, n_tokens, ref_logprobs=None, clip_eps=0.2, kl_beta=0.0):
@@ -198,27 +209,28 @@ class GRPOConfig:
     stage: ClassVar[str] = "grpo"
     prompts_per_step: int = 8      # N tasks per step
     group_size: int = 8            # G samples per task
-    max_new_tokens: int = 128
     temperature: float = 1.0       # sampling and scoring temperature
     lr: float = 1e-4               # a fresh Adam's first steps move every weight by ~lr
     clip_eps: float = 0.2
     kl_beta: float = 0.0
     update_passes: int = 1
-    scale_by_std: bool = True      # A = (r - mean) / std; False: A = r - mean (module docstring, step 3)
+    std_scale: str = "step"        # advantages divided by the std of the step's rewards (module docstring, step 3)
     micro_batch_size: int = 16
     grad_clip: float = 1.0
-    steps: int = 100
+    steps: int = 200               # the pilot of the echo world still gained at step 100 (README, levers)
     eval_every: int = 20           # greedy accuracy on val every this many steps; the best checkpoint is kept
     n_val_eval: int = 200
     seed: int = 0
 
     def __post_init__(self):
-        at_least(self, 1, "prompts_per_step", "max_new_tokens", "update_passes", "micro_batch_size", "steps",
+        at_least(self, 1, "prompts_per_step", "update_passes", "micro_batch_size", "steps",
                  "eval_every", "n_val_eval")
         at_least(self, 2, "group_size")          # a group of one has no advantage to learn from
         at_least(self, 0, "clip_eps", "kl_beta", "grad_clip", "seed")
         if not (self.lr > 0 and self.temperature > 0):
             raise ValueError(f"need --lr > 0 and --temperature > 0, got {self.lr} and {self.temperature}")
+        if self.std_scale not in STD_SCALES:
+            raise ValueError(f"--std-scale must be one of {', '.join(STD_SCALES)}, got {self.std_scale!r}")
 
 
 def _mean(values):
@@ -243,29 +255,32 @@ def accumulate_gradients(model, prompts, tokens, old_logprobs, mask, advantages,
     for s in starts:
         sl = slice(s, s + cfg.micro_batch_size)
         width = max(int(lengths[sl].max()), 1)                   # drop this micro-batch's all-padding columns
-        new = generate.completion_logprobs(model, prompts[sl], tokens[sl, :width], cfg.temperature, n_vocab)
-        ref = None
-        if ref_model is not None:
-            with torch.no_grad():
-                ref = generate.completion_logprobs(ref_model, prompts[sl], tokens[sl, :width], cfg.temperature,
-                                                   n_vocab)
-        loss, stats = grpo_loss(new, old_logprobs[sl, :width], advantages[sl], mask[sl, :width], n_tokens,
-                                ref, cfg.clip_eps, cfg.kl_beta)
         last = s == starts[-1]
+        # DistributedDataParallel decides in the forward pass whether the backward all-reduces: both go inside
+        # no_sync, so only the last micro-batch syncs
         with contextlib.nullcontext() if last or world == 1 else model.no_sync():
+            new = generate.completion_logprobs(model, prompts[sl], tokens[sl, :width], cfg.temperature, n_vocab)
+            ref = None
+            if ref_model is not None:
+                with torch.no_grad():
+                    ref = generate.completion_logprobs(ref_model, prompts[sl], tokens[sl, :width], cfg.temperature,
+                                                       n_vocab)
+            loss, stats = grpo_loss(new, old_logprobs[sl, :width], advantages[sl], mask[sl, :width], n_tokens,
+                                    ref, cfg.clip_eps, cfg.kl_beta)
             (loss * world).backward()
         all_stats.append(stats)
     return all_stats
 
 
-def grpo_step(model, optimizer, tokenizer, tasks_batch, client, alone_stats, cfg, weights=None, reward="structure",
-              seed=0, ref_model=None, step=0):
+def grpo_step(model, optimizer, tokenizer, tasks_batch, client, alone_stats, cfg, max_new_tokens, weights=None,
+              reward="structure", seed=0, ref_model=None, step=0):
     """One GRPO step on tasks_batch (module docstring); returns the step's metrics as one flat dict.
 
     model: the guide, or the guide in DistributedDataParallel (training.data_parallel) under torchrun, where
     tasks_batch is this process's share of the step's tasks (the rank-th block) and the metrics cover all of them.
     Task j of the step samples its rollouts from its own generator, seeded from (seed, step, j), and its core calls
     are draws step * B + j * G ..., so a resumed step asks the same and the split over processes changes nothing.
+    max_new_tokens: the run's strategy budget (evaluate.strategy_budget), the one evaluation decodes with.
     A frozen ref_model, when given, is used for the logged KL even with kl_beta = 0.
     """
     rank, world = training.rank_and_world()
@@ -274,7 +289,7 @@ def grpo_step(model, optimizer, tokenizer, tasks_batch, client, alone_stats, cfg
     weights = weights or RewardWeights()
     G = cfg.group_size
     eos_id = tokenizer.encode_single_token("<|eos|>")
-    sampling = generate.SamplingOptions(cfg.max_new_tokens, eos_id, temperature=cfg.temperature,
+    sampling = generate.SamplingOptions(max_new_tokens, eos_id, temperature=cfg.temperature,
                                         stop_strings=[strategy_format.STOP])
 
     # 1. Rollouts: G samples per task from one prefill, every task of the step in one batch.
@@ -302,7 +317,7 @@ def grpo_step(model, optimizer, tokenizer, tasks_batch, client, alone_stats, cfg
 
     # 3. Advantages, 4-5. update passes over micro-batches, one optimizer step per pass.
     totals = torch.tensor([r.total for r in rewards], dtype=torch.float32, device=tokens.device).view(-1, G)  # (N, G)
-    advantages = group_advantages(totals, cfg.scale_by_std).flatten()                        # (B,)
+    advantages = group_advantages(totals, cfg.std_scale).flatten()                            # (B,)
     guide.train()
     loss_stats, grad_norm = [], 0.0
     for _ in range(cfg.update_passes):
@@ -360,6 +375,7 @@ def stage_grpo(args, run):
     """GRPO from an SFT checkpoint; evaluates greedy accuracy on val every eval_every steps and keeps the best
     (the starting checkpoint included, so RL that does not help leaves the guide as it was)."""
     cfg = config.stage_config(GRPOConfig, args)
+    budget = evaluate.strategy_budget(args, run)
     name = f"grpo-{args.reward}"
     run.check_config(name, dict(asdict(cfg), init=args.init))
     out_dir = run.file(name)
@@ -391,7 +407,7 @@ def stage_grpo(args, run):
 
     def validate_and_save(step):
         return training.validate_and_save(run, name, out_dir, net, optimizer, tok, state, step, client, val,
-                                          cfg.max_new_tokens)[0]
+                                          budget)[0]
 
     if optimizer_state is None and rank == 0:   # a fresh start: the starting guide is step 0, the best so far
         validate_and_save(0)
@@ -402,7 +418,7 @@ def stage_grpo(args, run):
         start = step * cfg.prompts_per_step % len(order)
         batch = (order + order)[start:start + cfg.prompts_per_step]
         metrics = grpo_step(train_net, optimizer, tok, batch[rank * share:(rank + 1) * share], client, alone_stats,
-                            cfg, reward=args.reward, seed=cfg.seed, ref_model=ref_model, step=step)
+                            cfg, budget, reward=args.reward, seed=cfg.seed, ref_model=ref_model, step=step)
         if rank != 0:                           # one process validates, saves and logs for the run
             continue
         run.log(name, **metrics, **training.peak_memory(args.device))

@@ -5,6 +5,8 @@
 #   DEVICE=cuda bash train.sh        the guide on a GPU; level 2 with sizes for one modern GPU (LEVEL=1 to keep level 1)
 #   QUICK=1 bash train.sh            a smoke version of every stage (under a minute and a half)
 #   TASK=codesim bash train.sh       the code world (docs/world.md §6): replies graded by running their code
+#   TEACHER_ECHO=E bash train.sh     the offline world with the simulated teacher's echo rate E (default 0.7; 0: the
+#                                    world before the echo habit, docs/world.md §5)
 # Overrides: CORE_URL CORE_MODEL CORE_API LARGE_CORE_MODEL TEACHER_URL TEACHER_MODEL TEACHER_API RUN DEVICE LEVEL PRESET
 #   TASK (mathsim, codesim; gsm8k, humaneval, kodcode need CORE_URL)
 #   SEED (default 0): the training seed of SFT and GRPO; the tasks, their splits and the teacher's draws stay the same
@@ -67,6 +69,7 @@ if [ "$TASK" = "gsm8k" ] && [ "$PRESET" != "quick" ]; then
 fi
 if [ "$offline" = "0" ]; then
     GEN_FLAGS="--max-new-tokens 256"               # free-text strategies run longer than the offline worlds'
+    SFT_FLAGS="$SFT_FLAGS $GEN_FLAGS"              # the run's one strategy budget, set by its first stage that decodes
 fi
 if [ -n "${GUIDE_INIT:-}" ]; then                  # a pretrained guide: small learning rates, loss on strategies alone
     SFT_FLAGS="$SFT_FLAGS --init hf:$GUIDE_INIT --lr 1e-5 --warmup 20 --prompt-loss-weight 0"
@@ -76,7 +79,7 @@ fi
 if [ -z "${CORE_URL:-}" ]; then
     mkdir -p "$RUN"
     log="$RUN/sim_core.log"
-    $PY sim_core.py --host 127.0.0.1 --port 0 >"$log" 2>&1 &
+    $PY sim_core.py --host 127.0.0.1 --port 0 ${TEACHER_ECHO:+--teacher-echo "$TEACHER_ECHO"} >"$log" 2>&1 &
     sim_pid=$!
     trap 'kill "$sim_pid" 2>/dev/null || true; wait "$sim_pid" 2>/dev/null || true' EXIT
     for _ in $(seq 1 100); do

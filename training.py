@@ -153,5 +153,6 @@ def validate_and_save(run, name, out_dir, net, optimizer, tok, state, step, clie
     checkpoint.save_training(out_dir, net, optimizer, state, save_model=run_dir.guide_saver(tok))
     run.log(name, step=step, **logged, val_accuracy=round(accuracy, 4),
             best_val_accuracy=round(state["best_accuracy"], 4), val_plan_exact=run_dir.rounded(plan_exact),
-            val_exact_success=run_dir.rounded(exact_success))
+            val_exact_success=run_dir.rounded(exact_success),
+            val_executability=run_dir.rounded(evaluate.executability(val_tasks, texts)))   # an oracle
     return accuracy, plan_exact, exact_success

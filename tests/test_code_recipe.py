@@ -76,8 +76,8 @@ def test_kodcode_recipe_and_humaneval_eval(tmp_path, fake, capsys):
     assert [(r["valid"], r["leaks"], r["accepted"]) for r in raw[:3]] == [(True, False, True), (True, True, False),
                                                                           (False, False, False)]
     assert cli("sft", "--data", "accepted", "--steps", "4", "--batch-size", "4", "--eval-every", "4", "--n-layer", "1",
-               "--n-embd", "32", "--n-head", "2", "--n-kv-head", "1", "--no-compile") == 0
-    assert cli("eval", "--guide", "sft-accepted/best", "--name", "ExecTune w/o RL", "--max-new-tokens", "16") == 0
+               "--n-embd", "32", "--n-head", "2", "--n-kv-head", "1", "--no-compile", "--max-new-tokens", "16") == 0
+    assert cli("eval", "--guide", "sft-accepted/best", "--name", "ExecTune w/o RL") == 0
     assert cli("eval", "--guide", "teacher", "--name", "teacher") == 0
     rows = {r["name"]: r for r in json.load(open(os.path.join(run, "results.json")))}
     assert rows["teacher"]["accuracy"] == 1.0 and rows["teacher"]["validity"] == 1.0     # draw 0: the valid one

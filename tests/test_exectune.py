@@ -20,7 +20,7 @@ import strategy_format
 from conftest import ROOT, cli, fail, reply
 
 TINY_SFT = ["--steps", "8", "--batch-size", "4", "--eval-every", "4", "--n-layer", "1", "--n-embd", "32",
-            "--n-head", "2", "--n-kv-head", "1", "--no-compile"]
+            "--n-head", "2", "--n-kv-head", "1", "--no-compile", "--max-new-tokens", "24"]
 
 
 def read_jsonl(path):
@@ -197,6 +197,12 @@ def test_sft_grpo_eval(tiny_run, core_url, capsys):
     assert cli(tiny_run, core_url, "eval", "--guide", "grpo-structure/best", "--name", "tiny",
                "--max-new-tokens", "24") == 0
     assert cli(tiny_run, core_url, "eval", "--guide", "teacher", "--name", "teacher") == 0
+    # one strategy budget for the run: a stage asked for another stops with one line
+    capsys.readouterr()
+    assert cli(tiny_run, core_url, "eval", "--guide", "grpo-structure/best", "--name", "longer",
+               "--max-new-tokens", "160") == 1
+    assert "another decode configuration (max_new_tokens: 24 -> 160)" in capsys.readouterr().err
+    assert json.load(open(tiny_run / "config.json"))["decode"] == {"max_new_tokens": 24}
     row = {r["name"]: r for r in json.load(open(tiny_run / "results.json"))}["tiny"]
     assert row["n"] == 12 and row["validity"] is not None and row["guide_tokens"] > 0
     assert "| tiny |" in open(tiny_run / "results.md").read()

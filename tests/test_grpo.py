@@ -1,4 +1,6 @@
 """grpo.py: the loss by hand, micro-batch invariance, NaN handling, each reward part, and a short run that learns."""
+import contextlib
+import dataclasses
 import math
 import re
 
@@ -7,11 +9,14 @@ import tiktoken
 import torch
 
 import core_client
+import evaluate
+import exectune
 import families
 import generate
 import grpo
 import model as guide_model
 import mathsim
+import sft
 import sim_core
 import strategy_format
 import tokenizer
@@ -71,25 +76,34 @@ def test_nan_rewards_are_left_out_of_group_statistics():
         [0.5, 0.5, nan, 0.5],     # all equal: a zero-std group
         [-1.0, 1.0, -1.0, 1.0],
     ])
-    adv = grpo.group_advantages(rewards)
+    adv = grpo.group_advantages(rewards, "group")
     s = math.sqrt(8 / 3) + 1e-4
     assert torch.allclose(adv[0], torch.tensor([-2 / s, 0.0, 0.0, 2 / s]))
     assert (adv[1:4] == 0).all()
     assert torch.allclose(adv[4], torch.tensor([-1.0, 1.0, -1.0, 1.0]) / (1 + 1e-4))
     # Scoring a failure as 0 instead would change the other samples' advantages.
-    assert not torch.allclose(grpo.group_advantages(rewards[:1].nan_to_num(0.0))[0, [0, 2, 3]], adv[0, [0, 2, 3]])
+    assert not torch.allclose(grpo.group_advantages(rewards[:1].nan_to_num(0.0), "group")[0, [0, 2, 3]],
+                              adv[0, [0, 2, 3]])
 
 
-def test_unscaled_advantages_keep_the_rewards_scale():
-    # A group that differs only in a small cost term stays small without the std division; with it, it is as loud
-    # as a right-against-wrong group.
+def test_by_default_a_group_that_differs_only_in_cost_stays_small():
+    # All right but for the cost term, against right-and-wrong: the default (the std of the whole step's rewards)
+    # keeps the first group's advantages at the size of the cost differences; the textbook's per-group std makes
+    # them as loud as the second group's.
     rewards = torch.tensor([[0.92, 0.91, 0.92, 0.91], [1.0, 0.0, 1.0, 0.0], [0.5, math.nan, 0.5, 0.5]])
-    unscaled = grpo.group_advantages(rewards, scale_by_std=False)
+    default = grpo.group_advantages(rewards, grpo.GRPOConfig().std_scale)
+    assert default[0].abs().max() < 0.05 * default[1].abs().max()
+    ok = ~rewards.isnan()
+    step_std = ((rewards - torch.nanmean(rewards, 1, keepdim=True))[ok].pow(2).mean()).sqrt()   # about group means
+    assert torch.allclose(default[1], torch.tensor([0.5, -0.5, 0.5, -0.5]) / (step_std + 1e-4))
+    assert (default[2] == 0).all()
+    textbook = grpo.group_advantages(rewards, "group")
+    assert torch.allclose(textbook[0].abs(), textbook[1].abs(), atol=0.03)
+    unscaled = grpo.group_advantages(rewards, "none")
     assert torch.allclose(unscaled[0], torch.tensor([0.005, -0.005, 0.005, -0.005]), atol=1e-6)
     assert torch.allclose(unscaled[1], torch.tensor([0.5, -0.5, 0.5, -0.5]))
-    assert (unscaled[2] == 0).all()
-    scaled = grpo.group_advantages(rewards)
-    assert torch.allclose(scaled[0].abs(), scaled[1].abs(), atol=0.03)
+    with pytest.raises(ValueError, match="--std-scale must be one of"):
+        grpo.GRPOConfig(std_scale="batch")
 
 
 def test_constant_shift_per_task_cancels():
@@ -126,6 +140,47 @@ def test_gradient_is_the_same_for_any_micro_batch_split():
         grads.append(torch.cat([p.grad.flatten() for p in net.parameters()]))
     assert grads[0].abs().max() > 1e-4                   # a real gradient, not two zeros
     assert torch.allclose(grads[0], grads[1], rtol=0, atol=1e-6)
+
+
+class RecordingDDP(torch.nn.Module):
+    """Stands for DistributedDataParallel: records, for each forward pass, whether it ran outside no_sync (DDP
+    decides in the forward pass whether the backward all-reduces)."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module, self.syncing, self.forwards = module, True, []
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        self.syncing = False
+        try:
+            yield
+        finally:
+            self.syncing = True
+
+    def forward(self, *args, **kwargs):
+        self.forwards.append(self.syncing)
+        return self.module(*args, **kwargs)
+
+
+def test_only_the_last_micro_batch_syncs_under_torchrun(monkeypatch):
+    monkeypatch.setattr(grpo.training, "rank_and_world", lambda: (0, 2))          # as one of two processes
+    monkeypatch.setattr(grpo.training, "sum_over_processes", lambda value, device: value)
+    net = RecordingDDP(tiny_guide())
+    prompts = [[5, 6, 7]] * 6
+    tokens = torch.randint(0, 300, (6, 4), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(6, 4, dtype=torch.bool)
+    cfg = grpo.GRPOConfig(micro_batch_size=2)
+    grpo.accumulate_gradients(net, prompts, tokens, torch.zeros(6, 4), mask, torch.ones(6), cfg)
+    assert net.forwards == [False, False, True]
+
+
+def test_one_strategy_budget_for_every_stage_that_decodes():
+    # GRPO's rollouts, SFT's and GRPO's validation and evaluation all decode with the run's one budget
+    for cls in (grpo.GRPOConfig, evaluate.EvalConfig, sft.SFTConfig):
+        assert "max_new_tokens" not in {f.name for f in dataclasses.fields(cls)}, cls
+    for stage in ("sft", "grpo", "eval"):
+        assert evaluate.DecodeConfig in exectune.STAGES[stage][1]
 
 
 # ----------------------------------------------------------------------------------------------- rewards
@@ -258,11 +313,11 @@ def test_a_step_whose_core_calls_all_fail_scores_nothing_and_leaves_the_guide_al
     net = tiny_guide(vocab_size=tok.n_vocab)
     before = [p.detach().clone() for p in net.parameters()]
     failure = core_client.CoreError(None, "connection refused", "is the server running?")
-    cfg = grpo.GRPOConfig(prompts_per_step=2, group_size=4, max_new_tokens=8)
+    cfg = grpo.GRPOConfig(prompts_per_step=2, group_size=4)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-2, weight_decay=0.0)
     # An untrained guide writes no valid strategy, so the outcome reward (which sends everything) is used.
-    metrics = grpo.grpo_step(net, optimizer, tok, [task, task], FakeCore([failure] * 8), {}, cfg, reward="outcome",
-                             seed=0, step=3)
+    metrics = grpo.grpo_step(net, optimizer, tok, [task, task], FakeCore([failure] * 8), {}, cfg, 8,
+                             reward="outcome", seed=0, step=3)
     assert metrics["core_failures"] == 8 and metrics["reward"] is None and metrics["zero_std_groups"] == 1.0
     assert metrics["truncation_rate"] == 1.0 and metrics["completion_tokens"] == 8
     assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))   # all advantages 0: no update
@@ -325,10 +380,10 @@ def test_short_grpo_run_raises_the_reward_of_a_weak_guide(one_thread):
             return sum(r.total for r in rewards) / len(rewards), sum(r.valid for r in rewards) / len(rewards)
 
         before, valid_before = mean_reward()
-        cfg = grpo.GRPOConfig(prompts_per_step=4, group_size=8, max_new_tokens=48, lr=3e-4, micro_batch_size=16)
+        cfg = grpo.GRPOConfig(prompts_per_step=4, group_size=8, lr=3e-4, micro_batch_size=16)
         optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0)
         for step in range(10):
-            metrics = grpo.grpo_step(net, optimizer, tok, task_list, client, alone, cfg, seed=0, step=step)
+            metrics = grpo.grpo_step(net, optimizer, tok, task_list, client, alone, cfg, 48, seed=0, step=step)
         after, valid_after = mean_reward()
     finally:
         server.shutdown()

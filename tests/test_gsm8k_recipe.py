@@ -67,7 +67,7 @@ def test_gsm8k_recipe_with_a_pretrained_guide(tmp_path, fake, capsys):
                                                                           (False, False, False)]
     assert cli("sft", "--data", "accepted", "--init", f"hf:{guide}", "--steps", "2", "--batch-size", "2",
                "--lr", "1e-4", "--warmup", "1", "--eval-every", "2", "--max-seq-len", "256",
-               "--grad-checkpointing", "--no-compile") == 0
+               "--grad-checkpointing", "--no-compile", "--max-new-tokens", "12") == 0
     best = run / "sft-accepted" / "best"        # a Hugging Face directory inside a resumable training checkpoint
     assert (best / "tokenizer.json").exists() and (best / "state.json").exists()
     assert cli("grpo", "--init", "sft-accepted/best", "--steps", "1", "--prompts-per-step", "2", "--group-size", "2",

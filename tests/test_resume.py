@@ -21,10 +21,10 @@ STAGES = [  # (where it works, command, outputs), in the recipe's order: each re
     ("sample", ["sample", "--k", "2", "--m", "2", "--keep", "1", "--chunk", "3"], ["raw.jsonl", "accepted.jsonl"]),
     ("sft-accepted", ["sft", "--data", "accepted", "--steps", "12", "--batch-size", "4", "--eval-every", "3",
                       "--warmup", "2", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--n-kv-head", "1",
-                      "--no-compile"],
+                      "--no-compile", "--max-new-tokens", "16"],
      ["sft-accepted"]),
     ("grpo-structure", ["grpo", "--init", "sft-accepted/best", "--steps", "4", "--prompts-per-step", "2",
-                        "--group-size", "3", "--max-new-tokens", "16", "--eval-every", "1", "--n-val-eval", "2"],
+                        "--group-size", "3", "--eval-every", "1", "--n-val-eval", "2"],    # the run's budget: 16
      ["grpo-structure"]),
 ]
 
