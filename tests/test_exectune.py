@@ -1,5 +1,6 @@
 """The recipe: every subcommand on tiny sizes against the local simulated core, the acceptance rule, the SFT loss
 mask, resume, the user errors, and `QUICK=1 bash train.sh` end to end."""
+import dataclasses
 import json
 import os
 import shutil
@@ -16,6 +17,8 @@ import mathsim
 import run_dir
 import sample
 import sft
+import sim_core
+import sim_math
 import strategy_format
 from conftest import ROOT, cli, fail, reply
 
@@ -285,6 +288,23 @@ def test_a_rerun_with_the_core_gone_answers_from_the_run_cache(tiny_run):
                           "--name", "core alone again", "--max-retries", "0"]) == 0
     rows = {r["name"]: r for r in json.load(open(tiny_run / "results.json"))}
     assert rows["core alone again"]["accuracy"] == rows["core alone"]["accuracy"]
+
+
+def test_a_run_never_mixes_offline_worlds(tiny_run, tmp_path, capsys):
+    """The run records the simulated teacher's echo rate; a stage against a server with another rate stops with one
+    line before it asks anything, however much of the run is cached."""
+    assert json.load(open(tiny_run / "config.json"))["world"] == {"teacher_echo": sim_math.TEACHER.echo}
+    run = shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns("locks"))
+    os.remove(run / "sample" / "chunk-00001.jsonl")          # sample would resume: one chunk to ask again
+    server, url = sim_core.start_server(teacher=dataclasses.replace(sim_math.TEACHER, echo=0.0))
+    try:
+        capsys.readouterr()
+        assert cli(run, url + "/v1", "sample", "--k", "3", "--m", "2", "--keep", "1", "--chunk", "10") == 1
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "another world configuration (teacher_echo: 0.7 -> 0.0)" in err
+        assert cli(run, url + "/v1", "eval", "--guide", "teacher", "--name", "teacher, echo 0") == 1
+    finally:
+        server.shutdown()
 
 
 def test_train_sh_quick(tmp_path):
