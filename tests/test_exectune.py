@@ -442,3 +442,17 @@ def test_sample_carries_accepted_strategies_over_to_renamed_problems(tmp_path, c
     examples = sft.sft_examples(run_dir.Run(str(run)), run_dir.load_tokenizer(run_dir.Run(str(run))), "accepted",
                                    list(originals.values()), 1024)[0]
     assert len(examples) == len(accepted)         # every kept strategy, renamed ones included, is an example
+
+
+def test_runs_table_benchmark(monkeypatch):
+    """benchmarks/runs_table.py: a column per run, a row per system, and stage times from metrics lines."""
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    import runs_table
+    row = dict(name="ExecTune", accuracy=0.5, accuracy_ci=(0.4, 0.6), executability=0.9, core_dollars_per_1k=0.2,
+               teacher_dollars_per_1k=0.0)
+    large = dict(row, name="large core alone", executability=None, core_dollars_per_1k=1.0)
+    text = runs_table.runs_table({"a": [large, row], "b": [large]})
+    assert text.splitlines()[-1] == "| ExecTune | 0.500 (0.400–0.600) · 0.90 · 0.20× | — |"
+    rows = [dict(stage="data", time=0), dict(stage="sample", time=60), dict(stage="sft-raw", time=100),
+            dict(stage="sft-accepted", time=160), dict(stage="eval", time=170)]
+    assert runs_table.stage_times(rows) == [("data", 0), ("sample", 60), ("sft, both guides", 100), ("eval", 10)]
