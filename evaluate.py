@@ -224,12 +224,15 @@ def plot_curves(rows, out):
         steps = [r for r in rows if r["stage"] == stage and r.get("reward") is not None]
         evals = [r for r in rows if r["stage"] == stage and "val_accuracy" in r]
         axes[2].plot([r["step"] + 1 for r in steps], [r["reward"] for r in steps], label=stage)
-        axes[3].plot([r["step"] for r in evals], [r["val_accuracy"] for r in evals], marker="o", label=stage)
+        line, = axes[3].plot([r["step"] for r in evals], [r["val_accuracy"] for r in evals], marker="o", label=stage)
+        if evals and all(r.get("val_executability") is not None for r in evals):   # the oracle: mathsim only
+            axes[3].plot([r["step"] for r in evals], [r["val_executability"] for r in evals], ls="--",
+                         color=line.get_color(), label=f"{stage}: executability")
     axes[0].set(xlabel="SFT step", ylabel="loss on canonical val strategies", title="SFT: val loss")
     axes[1].set(xlabel="SFT step", ylabel="share / probability / accuracy", title="SFT: greedy strategies on val",
                 ylim=(0, 1))
     axes[2].set(xlabel="GRPO step", ylabel="mean reward (own reward)", title="GRPO: reward")
-    axes[3].set(xlabel="GRPO step", ylabel="greedy accuracy on val", title="GRPO: val accuracy")
+    axes[3].set(xlabel="GRPO step", ylabel="greedy accuracy / executability on val", title="GRPO: val")
     for ax in axes:
         ax.grid(alpha=0.3)
         if ax.lines:
