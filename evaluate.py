@@ -270,8 +270,7 @@ class DecodeConfig:
 def strategy_budget(args, run):
     """The run's strategy budget (DecodeConfig): recorded by the first stage that decodes and kept by every later
     one; a later stage given another --max-new-tokens stops with one line (run_dir.Run.check_config)."""
-    path = run.file("config.json")
-    recorded = (run_dir.read_json(path) if os.path.exists(path) else {}).get(DecodeConfig.stage)
+    recorded = run.recorded(DecodeConfig.stage)
     if recorded is not None and getattr(args, "max_new_tokens", None) is None:
         return recorded["max_new_tokens"]
     cfg = config.stage_config(DecodeConfig, args)
@@ -303,8 +302,7 @@ def eval_system(args, run, name, guide, role="core"):
     elif guide == "teacher":
         teacher = execute.client_for(args, "teacher", run)
         # the teacher asked as acceptance sampling asked it (that stage's recorded configuration, else the default)
-        configs = run_dir.read_json(run.file("config.json")) if os.path.exists(run.file("config.json")) else {}
-        name_quantities = configs.get("sample", {}).get("name_quantities", SampleConfig.name_quantities)
+        name_quantities = (run.recorded("sample") or {}).get("name_quantities", SampleConfig.name_quantities)
         taught = execute.ask_teacher(teacher, test, "teacher on test+ood", name_quantities=name_quantities)
         strategies = [strategy for _, strategy in taught]
         teacher_dollars = [None if s is None else teacher.dollars(r) for r, s in taught]

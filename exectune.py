@@ -212,8 +212,7 @@ def stage_eval(args, run):
     if args.guide not in ("none", "teacher"):
         run_dir.load_guide(run, args.guide)  # fail early with a clear line on a bad path
     if args.family:                  # evaluate on this family: a run without data gets the data stage's first
-        path = run.file("config.json")
-        made = (run_dir.read_json(path) if os.path.exists(path) else {}).get("data")
+        made = run.recorded("data")
         if made is None:
             stage_data(args, run)
         elif made["family"] != args.family:

@@ -45,6 +45,11 @@ class Run:
     def file(self, *parts):
         return os.path.join(self.path, *parts)
 
+    def recorded(self, stage):
+        """The configuration a stage recorded in config.json (check_config), or None when it has not run."""
+        path = self.file("config.json")
+        return (read_json(path) if os.path.exists(path) else {}).get(stage)
+
     def check_config(self, stage, cfg):
         """Remember a stage's configuration; refuse to resume a stage that was started with another one. Stages may
         run at once (train.sh trains the two SFT guides side by side), so the read-modify-write holds a lock."""

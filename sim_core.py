@@ -318,17 +318,16 @@ def selfcheck(n: int, seed: int = 0, level: int = 2, family: str = "mathsim", sa
         with_teacher = run(CHEAP.name, strategies)
     seconds = time.perf_counter() - start
     server.shutdown()
-    teacher_model = teacher
-    teacher = summary(with_teacher, strategies, CHEAP.name, [(r[1], r[2], r[3]) for r in taught])
-    teacher["teacher_dollars"] = round(sum(r[3] for r in taught) / n, 7)
-    teacher["valid"] = round(sum(rules.parse_strategy(s).valid for s in strategies) / n, 4)
+    taught_row = summary(with_teacher, strategies, CHEAP.name, [(r[1], r[2], r[3]) for r in taught])
+    taught_row["teacher_dollars"] = round(sum(r[3] for r in taught) / n, 7)
+    taught_row["valid"] = round(sum(rules.parse_strategy(s).valid for s in strategies) / n, 4)
     if family == "mathsim":
         echoed, eligible = map(sum, zip(*(sim_math.echo_share(t.problem, s) for t, s in zip(test, strategies))))
-        teacher.update(echo=teacher_model.echo, echo_share=round(echoed / max(1, eligible), 4))
+        taught_row.update(echo=teacher.echo, echo_share=round(echoed / max(1, eligible), 4))
     return {"family": family, "n": n, "seed": seed, "level": level, "cheap_alone": summary(cheap, alone, CHEAP.name),
             "large_alone": summary(large, alone, LARGE.name),
             "cheap_canonical": summary(with_canonical, canonical, CHEAP.name),
-            "cheap_teacher": teacher, "requests_per_s": round(5 * n / seconds, 1)}
+            "cheap_teacher": taught_row, "requests_per_s": round(5 * n / seconds, 1)}
 
 
 def main(argv=None) -> int:
