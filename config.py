@@ -1,10 +1,11 @@
-"""How a stage is configured: a dataclass of defaults per stage (beside the stage's code), resized by a preset for
-another budget, overridden by the flags the user sets.
+"""How a stage is configured: a dataclass of defaults per stage (beside the stage's code), changed by a preset
+(sizes for another budget; for level2 and codesim also the earlier recipe), overridden by the flags the user sets.
 
 1. Each stage's dataclass (exectune.DataConfig, sample.SampleConfig, sft.SFTConfig, grpo.GRPOConfig, ...) holds the
    defaults, names its stage (`stage`), and checks its values when it is made (`at_least`), so a bad flag stops the
    command before it writes anything.
-2. PRESETS: sizes for another budget (bash train.sh picks one from QUICK, LEVEL, DEVICE, TASK; `--preset`).
+2. PRESETS: sizes for another budget; level2 and codesim also set the earlier recipe (K = 4, keep 1, no naming
+   instruction, no prompt loss, SFT lr 3e-3). bash train.sh picks one from QUICK, LEVEL, DEVICE, TASK; `--preset`.
 3. `stage_config` applies them in that order: defaults, then the preset's values for the stage, then explicit flags.
 """
 import argparse
@@ -22,7 +23,8 @@ def at_least(cfg, low, *names):
             raise ValueError(f"--seed must be < 2**32, got {value}")
 
 
-# Presets: sizes for other budgets, over the stages' defaults (train.sh picks one from QUICK, LEVEL, DEVICE, TASK).
+# Presets, over the stages' defaults: sizes for other budgets, and for level2 and codesim the earlier recipe (train.sh
+# picks one from QUICK, LEVEL, DEVICE, TASK).
 PRESETS = {}
 PRESETS["quick"] = {
     "data": dict(n_train=80, n_val=24, n_test=60, n_ood=30),
@@ -31,7 +33,7 @@ PRESETS["quick"] = {
     "grpo": dict(steps=3, prompts_per_step=4, group_size=4, eval_every=3, n_val_eval=24),
     "decode": dict(max_new_tokens=96),
 }
-# level2 and codesim keep the sampling, SFT and GRPO settings their README results were measured with
+# level2 and codesim keep the sampling, SFT and GRPO settings their results were measured with (docs/experiments.md)
 _EARLIER_SAMPLE = dict(k=4, keep=1, name_quantities=False)
 _EARLIER_SFT = dict(prompt_loss_weight=0.0, lr=3e-3, init_scale=1.0)
 _EARLIER_GRPO = dict(lr=2e-4, steps=40, eval_every=10)
@@ -43,20 +45,20 @@ PRESETS["level2"] = {        # LEVEL=2 on a CPU in under an hour: longer problem
 }
 PRESETS["codesim"] = {       # TASK=codesim: a clear wrong plan costs more than a right one gains, so the guide must be
     "sample": _EARLIER_SAMPLE,
-    "sft": dict(_EARLIER_SFT, steps=5000),  # nearly always right: SFT runs longer (README, Code: the levers)
+    "sft": dict(_EARLIER_SFT, steps=5000),  # nearly always right: SFT runs longer (docs/experiments.md: codesim)
     "grpo": _EARLIER_GRPO,
 }
 PRESETS["cuda"] = {          # DEVICE=cuda: level 2, a larger guide and more steps for one modern GPU
     "data": dict(level=2, n_train=20000),
     "sft": dict(steps=6000, batch_size=64, lr=1e-3, warmup=200, eval_every=500, n_layer=8, n_embd=384, n_head=6,
-                n_kv_head=2, init_scale=1.0),   # its README figures were measured with the model's own init
+                n_kv_head=2, init_scale=1.0),   # the model's own init; no GPU has run this preset yet
     "grpo": dict(steps=100, prompts_per_step=16, eval_every=20, n_val_eval=500),
     "eval": dict(batch_size=250),
 }
 
 
 def stage_config(cls, args):
-    """A stage's dataclass (cls.stage names the stage): its defaults, then the preset's sizes for that stage, then
+    """A stage's dataclass (cls.stage names the stage): its defaults, then the preset's values for that stage, then
     the flags the user set explicitly (checked by the dataclass: a ValueError names the flag)."""
     values = dict(PRESETS[args.preset].get(cls.stage, {}) if args.preset else {})
     values.update({f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None)

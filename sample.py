@@ -35,7 +35,8 @@ from core_client import CoreError
 class SampleConfig:
     stage: ClassVar[str] = "sample"
     k: int = 32                  # teacher strategies per task: with the echoing teacher 16 draws left the accepted
-                                 # guide reading 73% of val plans, 32 draws 87.5% (README, this world's levers)
+                                 # guide reading 73% of val plans, 32 draws 87.5% (docs/experiments.md, this
+                                 # world's levers)
     m: int = 2                   # cheap-core executions per strategy; accept only when all are correct
     keep: int = 0                # accepted strategies kept per task, in `select` order; 0: every distinct one
     select: str = "cheapest"     # cheapest: fewest core dollars first; handles: fewest numbers looked up (so
@@ -43,8 +44,9 @@ class SampleConfig:
     name_quantities: bool = True  # ask the teacher to name quantities as the problem does
                                   # (strategy_format.NAME_QUANTITIES)
     renamings: int = 0           # copies of each training problem with new numbers, its accepted strategies carried
-                                 # over and accepted again there: a lever, not the default (README, the reading
-                                 # levers: five of seven reading draws at 87-90%, the default run's own at 65%)
+                                 # over and accepted again there: a lever, not the default (docs/experiments.md,
+                                 # the reading levers: five of seven reading draws at 87-90%, the default run's
+                                 # own at 65%)
     chunk: int = 500             # tasks per resumable chunk
 
     def __post_init__(self):
@@ -183,7 +185,7 @@ def is_accepted(row, m):
 
 # The order in which a task's accepted strategies are kept: cheapest first is ExecTune's own rule; a strategy that
 # names quantities by the problem's own phrases costs the core a few more input tokens but is copied, not looked up,
-# so a small guide imitates it far more easily (README, the reading levers).
+# so a small guide imitates it far more easily (docs/experiments.md, the reading levers).
 def _cheapest(r):
     return r["dollars"] if r["dollars"] is not None else 0.0, len(r["strategy"])
 

@@ -16,7 +16,7 @@
      and bus width.
 transformers is a test dependency (requirements-dev.txt); without it the script says so and exits 1.
 
-  python benchmarks/decode_speed.py                      # CPU, one thread: the README's figure
+  python benchmarks/decode_speed.py                      # CPU, one thread: docs/performance.md's figure
   python benchmarks/decode_speed.py --device cuda --compile
 """
 import argparse

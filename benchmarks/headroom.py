@@ -1,4 +1,4 @@
-"""Where is a trained guide's headroom? Two oracle measures behind the README's GRPO levers (analysis only: the
+"""Where is a trained guide's headroom? Two oracle measures behind docs/experiments.md's GRPO levers (analysis only: the
 offline world's hidden solutions score strategies here; nothing feeds training or checkpoint choice).
 
   1. What GRPO's rollouts can teach (`--guide G`): the guide's greedy strategy for each val task, and --samples

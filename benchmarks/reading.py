@@ -1,4 +1,4 @@
-"""How well does one guide configuration learn to read? The lever benchmark of the README's reading table.
+"""How well does one guide configuration learn to read? The lever benchmark of docs/experiments.md's reading table.
 
   1. Takes a run directory that has been through data, tokenizer and sample (bash train.sh's first stages, or
      `exectune.py data/tokenizer/baselines/sample --run R`).

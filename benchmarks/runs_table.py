@@ -1,6 +1,6 @@
-"""The README's tables from whole runs: one row per system, one column per run, and where a run's time went.
+"""docs/experiments.md's tables from whole runs: one row per system, one column per run, and where a run's time went.
 
-    python benchmarks/runs_table.py default=docs/results_default.json seed1=docs/runs/seed1/results.json ...
+    python benchmarks/runs_table.py default=docs/results_default.json seed1=docs/runs/a003e03-seed1/results.json ...
     python benchmarks/runs_table.py --stages docs/metrics_default.jsonl
 
 1. Each cell: accuracy on test with its 95% Wilson interval, then the executability oracle (the mean cheap-core
