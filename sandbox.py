@@ -78,18 +78,102 @@ class Result:
 # ---------------------------------------------------------------------------------------------------------------
 # Isolation: bubblewrap when it works here, else the in-process guards (with one line saying so)
 _isolation, _isolation_lock, _warned = None, threading.Lock(), False
+NOBODY = 65534                 # the uid and gid graded code runs as when the grader is root
+JOB_ROOT = "/sandbox"          # the jobs' directory inside bubblewrap: a tmpfs of the job's file-size limit
+# Run as root before bubblewrap (`python -I -S -c LAUNCHER SPEC ARGV...`): join the host's cgroups, stage the base
+# interpreter where the unprivileged uid can reach it (under a home directory it could not), then become that uid
+# for good (real, effective and saved ids, no groups) and exec bubblewrap, whose user namespace then maps that uid
+# to itself. Its own mount table is private, so nothing it mounts is seen by the machine.
+LAUNCHER = r"""
+import ctypes, json, os, sys
+spec, argv = json.loads(sys.argv[1]), sys.argv[2:]
+for path in spec["cgroups"]:
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+if spec["stage"]:
+    libc = ctypes.CDLL(None, use_errno=True)
+    def check(ret):
+        if ret != 0:
+            raise OSError(ctypes.get_errno(), "staging the interpreter: " + os.strerror(ctypes.get_errno()))
+    base, stage = spec["stage"]
+    check(libc.unshare(0x20000))                                          # CLONE_NEWNS
+    check(libc.mount(None, b"/", None, 0x4000 | 0x40000, None))           # MS_REC | MS_PRIVATE
+    check(libc.mount(b"tmpfs", stage.encode(), b"tmpfs", 0, b"mode=0755,size=64k"))
+    os.mkdir(stage + "/base")
+    check(libc.mount(base.encode(), (stage + "/base").encode(), None, 0x1000 | 0x4000, None))  # MS_BIND | MS_REC
+if spec["uid"] is not None:
+    os.setgroups([])
+    os.setresgid(spec["uid"], spec["uid"], spec["uid"])
+    os.setresuid(spec["uid"], spec["uid"], spec["uid"])
+os.execv(argv[0], argv)
+"""
 
 
-def _bwrap_argv(workdir: str, extra: list) -> list:
-    # --as-pid-1: the host is the namespace's init (not dumpable, and a SIGKILL from inside does not reach it); with
-    # bubblewrap's own init there, a program could open that init's descriptors, the host's stdin among them.
-    return (["bwrap", "--unshare-all", *extra, "--as-pid-1", "--die-with-parent", "--new-session",
-             "--cap-drop", "ALL", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--bind", workdir, workdir,
-             "--chdir", workdir])
+@dataclass(frozen=True)
+class Layout:
+    """What bubblewrap needs to know about the interpreter: its base prefix (bound read-only, its site-packages
+    hidden), the base interpreter itself, and where the launcher stages the prefix ("" when the uid reaches it)."""
+    base: str
+    interpreter: str
+    site: str
+    stage: str
+
+
+def _traversable(path: str) -> bool:
+    """Whether any uid can walk down to `path` (every ancestor has o+x)."""
+    parts = os.path.realpath(path).split(os.sep)
+    return all(os.stat(os.sep + os.path.join(*parts[1:i])).st_mode & 0o001 for i in range(2, len(parts) + 1))
+
+
+def _layout(python: str) -> Layout:
+    out = subprocess.run([python, "-I", "-S", "-c", "import json, sys; print(json.dumps([sys.base_prefix, "
+                          "'%d.%d' % sys.version_info[:2]]))"], capture_output=True, text=True, timeout=60, env=BASE_ENV)
+    base, version = json.loads(out.stdout)
+    base = os.path.realpath(base)
+    interpreter, site = f"{base}/bin/python{version}", f"{base}/lib/python{version}/site-packages"
+    stage = ""
+    if os.geteuid() == 0 and not _traversable(base):
+        stage = next(d for d in ("/tmp", "/mnt", "/media") if os.path.isdir(d) and not base.startswith(d + "/"))
+    return Layout(base, interpreter, site, stage)
+
+
+def _bwrap_argv(layout: Layout, file_bytes: int, extra: list) -> list:
+    """Only what the interpreter needs, read-only: its base prefix (without its site-packages), /usr's programs and
+    libraries, the loader's cache; a fresh /dev (read-only but for its own /dev/shm and message queues), /tmp and
+    /proc, and the jobs' directory, each writable tmpfs at most the job's file-size limit. New namespaces of every
+    kind; the user namespace maps the uid to itself and no namespace can be made inside."""
+    size = str(max(1 << 20, file_bytes))
+    argv = ["bwrap", "--unshare-all", "--unshare-user", *extra, "--as-pid-1", "--die-with-parent", "--new-session",
+            "--cap-drop", "ALL",
+            "--ro-bind", layout.stage + "/base" if layout.stage else layout.base, layout.base]
+    if os.path.isdir(layout.site):
+        argv += ["--tmpfs", layout.site, "--remount-ro", layout.site]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/usr/bin", "/usr/lib", "/usr/lib32", "/usr/lib64"):
+        if os.path.islink(top):
+            argv += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            argv += ["--ro-bind", top, top]
+    argv += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",
+             "--dev", "/dev", "--size", size, "--tmpfs", "/dev/shm", "--mqueue", "/dev/mqueue", "--remount-ro", "/dev",
+             "--size", size, "--tmpfs", "/tmp", "--proc", "/proc", "--size", size, "--tmpfs", JOB_ROOT,
+             "--remount-ro", "/", "--chdir", JOB_ROOT]
+    return argv
+
+
+def _launch(argv: list, layout: Layout | None, cgroups: list) -> list:
+    """argv as this process may start it: through LAUNCHER when it must join cgroups or leave root first."""
+    uid = NOBODY if os.geteuid() == 0 and argv[0] == "bwrap" else None
+    if uid is None and not cgroups:
+        return argv
+    if argv[0] == "bwrap":
+        argv = [shutil.which("bwrap")] + argv[1:]       # the launcher runs no import once it has left root
+    spec = {"cgroups": cgroups, "uid": uid, "stage": [layout.base, layout.stage] if uid and layout.stage else None}
+    return [sys.executable, "-I", "-S", "-c", LAUNCHER, json.dumps(spec)] + argv
 
 
 def isolation(python: str = sys.executable) -> tuple:
-    """("bwrap", extra flags) when a trial run under bubblewrap works on this machine, else ("guards", why)."""
+    """("bwrap", (Layout, extra flags)) when a trial run under bubblewrap works on this machine, else
+    ("guards", why)."""
     global _isolation
     with _isolation_lock:
         if _isolation is None:
@@ -103,21 +187,120 @@ def _probe(python: str) -> tuple:
         return "guards", "EXECTUNE_SANDBOX=guards"
     why = "bwrap is not installed"
     if shutil.which("bwrap"):
-        for extra in ([], ["--unshare-user"]):
-            workdir = tempfile.mkdtemp(prefix="sandbox-probe-")
+        try:
+            layout = _layout(python)
+        except (OSError, ValueError, subprocess.SubprocessError) as e:
+            layout, why = None, f"cannot read the base interpreter's layout: {e}"
+        # --disable-userns (bubblewrap >= 0.8): no user namespace inside; older ones run without that promise
+        for extra in (["--disable-userns"], []) if layout else ():
+            argv = _launch(_bwrap_argv(layout, 1 << 20, extra) + [layout.interpreter, "-I", "-c", "print('ok')"],
+                           layout, [])
             try:
-                out = subprocess.run(_bwrap_argv(workdir, extra) + [python, "-I", "-c", "print('ok')"],
-                                     capture_output=True, text=True, timeout=30, env=BASE_ENV)
+                out = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=BASE_ENV, cwd="/")
                 if out.returncode == 0 and out.stdout == "ok\n":
-                    return "bwrap", extra
+                    return "bwrap", (layout, extra)
                 why = f"a trial run under bwrap failed: {(out.stderr.strip().splitlines() or ['?'])[-1][:160]}"
             except (OSError, subprocess.TimeoutExpired) as e:
                 why = f"a trial run under bwrap failed: {e}"
-            finally:
-                shutil.rmtree(workdir, ignore_errors=True)
     if wanted == "bwrap":
         raise RuntimeError(f"EXECTUNE_SANDBOX=bwrap, but {why}")
     return "guards", why
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cgroups: one per host, so that the pids and memory limits hold for a job as a whole (rlimits stay the floor)
+_cgroup_parents_found, _cgroup_count = None, iter(range(1 << 62))
+
+
+def cgroup_parents() -> dict:
+    """{"pids": dir, "memory": dir}: where this process may make cgroups (cgroup v1 hierarchies, or v2 with both
+    controllers delegated to it), found once; {} where none is writable, and then the rlimits alone bound a job."""
+    global _cgroup_parents_found
+    if _cgroup_parents_found is None:
+        _cgroup_parents_found = _find_cgroup_parents()
+    return _cgroup_parents_found
+
+
+def _find_cgroup_parents() -> dict:
+    try:
+        with open("/proc/self/cgroup") as f:
+            own = {c: path for _, cs, path in (line.rstrip("\n").split(":", 2) for line in f) for c in cs.split(",")}
+        with open("/proc/self/mountinfo") as f:
+            mounts = [line.split() for line in f]
+    except OSError:
+        return {}
+    found = {}
+    for m in mounts:
+        fields = m[m.index("-") + 1:]
+        root, point, kind, options = m[3], m[4], fields[0], fields[2].split(",")
+        for controller in ("pids", "memory"):
+            if kind == "cgroup" and controller in options and controller in own:
+                found[controller] = os.path.normpath(point + own[controller][len(root.rstrip("/")):])
+        if kind == "cgroup2" and "" in own and not found:
+            where = os.path.normpath(point + own[""][len(root.rstrip("/")):])
+            try:
+                with open(os.path.join(where, "cgroup.subtree_control")) as f:
+                    enabled = f.read().split()
+                if {"pids", "memory"} <= set(enabled):
+                    found = {"pids": where, "memory": where}
+            except OSError:
+                pass
+    found = {c: d for c, d in found.items() if os.access(d, os.W_OK)}
+    return found if set(found) == {"pids", "memory"} else {}
+
+
+def _cgroup_make(limits: dict) -> list:
+    """Make the host's cgroups (pids and memory: the job's limits plus room for the host, its tmpfs and bwrap);
+    their directories, [] where the machine has none writable."""
+    parents, made = cgroup_parents(), []
+    if not parents:
+        return []
+    name = f"exectune-sandbox-{os.getpid()}-{next(_cgroup_count)}"
+    procs = limits["RLIMIT_NPROC"][0] + 16
+    memory = limits["RLIMIT_AS"][0] + 3 * limits["RLIMIT_FSIZE"][0] + (96 << 20)
+    v2 = parents["pids"] == parents["memory"]
+    settings = {"pids": {"pids.max": procs},
+                "memory": {"memory.max": memory, "memory.swap.max": 0} if v2 else
+                          {"memory.limit_in_bytes": memory, "memory.memsw.limit_in_bytes": memory}}
+    try:
+        for controller in ("pids",) if v2 else ("pids", "memory"):
+            made.append(os.path.join(parents[controller], name))
+            os.mkdir(made[-1])
+        for controller, values in settings.items():
+            for key, value in values.items():
+                path = os.path.join(parents[controller], name, key)
+                if os.path.exists(path):
+                    with open(path, "w") as f:
+                        f.write(str(value))
+        return made
+    except OSError as e:                      # then none for this process: rlimits only, said once
+        global _cgroup_parents_found
+        _cgroup_end(made)
+        _cgroup_parents_found = {}
+        print(f"sandbox: no cgroup for the sandbox ({e}); its limits hold per process only", file=sys.stderr)
+        return []
+
+
+def _cgroup_end(dirs: list) -> None:
+    """Kill whatever is left in the host's cgroups, then remove them (never raises)."""
+    for d in dirs:
+        for _ in range(500):
+            try:
+                with open(os.path.join(d, "cgroup.procs")) as f:
+                    pids = [int(p) for p in f.read().split()]
+                if not pids:
+                    os.rmdir(d)
+                    break
+                for pid in pids:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+            except FileNotFoundError:
+                break
+            except OSError:
+                pass
+            time.sleep(0.01)
 
 
 def _warn_once(kind: tuple) -> None:
@@ -139,15 +322,24 @@ def _host(mode: str, spec: dict, frames: list, deadline_s: float, max_output: in
     """Run one host over `frames`: (reports by job index, stdout, stderr, limit (status, reason) or None)."""
     kind = isolation(python)
     _warn_once(kind)
-    workdir = tempfile.mkdtemp(prefix="sandbox-")
+    private = kind[0] == "bwrap"
+    # under bubblewrap the jobs' directory is a tmpfs inside it, gone with it; else a directory here
+    workdir = JOB_ROOT if private else tempfile.mkdtemp(prefix="sandbox-")
+    cgroups = []
     try:
-        header = {"mode": mode, "dir": workdir, "private": kind[0] == "bwrap", **spec}
+        cgroups = _cgroup_make(spec["limits"])
+        header = {"mode": mode, "dir": workdir, "private": private, **spec}
         report_r, report_w = os.pipe()
-        argv = [python, "-I", "-c", HOST_SOURCE, str(report_w)]
-        if kind[0] == "bwrap":
-            argv = _bwrap_argv(workdir, kind[1]) + argv
+        if private:
+            layout, extra = kind[1]
+            argv = (_bwrap_argv(layout, spec["limits"]["RLIMIT_FSIZE"][0], extra)
+                    + [layout.interpreter, "-I", "-c", HOST_SOURCE, str(report_w)])
+        else:
+            layout, argv = None, [python, "-I", "-c", HOST_SOURCE, str(report_w)]
         try:
-            proc = subprocess.Popen(argv, cwd=workdir, env={**BASE_ENV, "HOME": workdir, "TMPDIR": workdir},
+            argv = _launch(argv, layout, [os.path.join(d, "cgroup.procs") for d in cgroups])
+            proc = subprocess.Popen(argv, cwd="/" if private else workdir,
+                                    env={**BASE_ENV, "HOME": workdir, "TMPDIR": workdir},
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     pass_fds=(report_w,), start_new_session=True)
         except BaseException:
@@ -179,7 +371,9 @@ def _host(mode: str, spec: dict, frames: list, deadline_s: float, max_output: in
         return (reports, buffers["stdout"].decode("utf-8", "replace"), buffers["stderr"].decode("utf-8", "replace"),
                 limit)
     finally:
-        _remove(workdir)
+        _cgroup_end(cgroups)                     # whatever is left in them is killed first
+        if not private:
+            _remove(workdir)
 
 
 def _feed(pipe, frames: list) -> None:
@@ -248,16 +442,20 @@ def _read(proc, report_r: int, deadline_s: float, max_output: int, n: int) -> tu
 
 
 def _remove(workdir: str) -> None:
-    """Delete the directory whatever it holds (its processes are dead; read-only parts are made writable first)."""
+    """Delete the directory whatever it holds (its processes are dead; wipe never recurses nor raises). A directory
+    that cannot be deleted is left, never an exception: the verdicts stand."""
     for _ in range(5):
-        try:
-            sandbox_host.wipe(workdir)
-            os.rmdir(workdir)
+        if sandbox_host.wipe(workdir):
+            try:
+                os.rmdir(workdir)
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                pass
+        elif not os.path.lexists(workdir):
             return
-        except FileNotFoundError:
-            return
-        except OSError:
-            time.sleep(0.05)
+        time.sleep(0.05)
 
 
 def _limits(cpu_s: float, memory_mb: int, file_mb: int, max_procs: int, max_files: int) -> dict:

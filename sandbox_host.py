@@ -145,6 +145,11 @@ def confine(workdir, limits, keep, quiet):
         last = fd
     os.closerange(last + 1, 1 << 20)
     libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    try:                            # when a job's cgroup runs out of memory, its own processes go first, not the host
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass
     os.chdir(workdir)
     os.environ.update(HOME=workdir, TMPDIR=workdir)
     for name, (soft, hard) in limits.items():
@@ -368,22 +373,29 @@ def children():
     return out
 
 
-def sweep():
-    """Kill and reap every process below the host, until none is left."""
-    for _ in range(1000):
-        kids = children()
-        for pid in kids:
+def sweep(private):
+    """Kill and reap every process below the host, until none is left. As the init of its own pid namespace (under
+    bubblewrap), one kill(-1) reaches every other process in it at once, however deep its tree; else each round
+    kills the host's children (orphans come back to it, a subreaper) until there is none, however many rounds."""
+    everyone = private and os.getpid() == 1           # never kill(-1) outside a pid namespace of our own
+    while True:
+        if everyone:
             try:
-                os.kill(pid, signal.SIGKILL)
+                os.kill(-1, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        else:
+            for pid in children():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         try:
             while os.waitpid(-1, os.WNOHANG)[0]:
                 pass
         except ChildProcessError:
-            return
-        if not kids:
-            time.sleep(0.001)
+            return                                     # no child, dead or alive: nothing is left below the host
+        time.sleep(0.0005)
 
 
 def end_of(pid):
@@ -415,25 +427,93 @@ def kill_and_end(pid):
 
 
 def wipe(path):
-    """Empty a directory whatever it holds (the candidate may have made parts of it read-only)."""
-    import shutil
-    for attempt in range(2):
-        for entry in os.scandir(path):
+    """Empty a directory whatever it holds, and say whether it is empty. No recursion (a program can leave a tree
+    thousands deep) and no long paths: it walks down and up by descriptors, making each directory writable before
+    it empties it. Never raises: what cannot be removed is left, and False says so."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return False
+    stack, skip = [], set()                # names of the directories above; entries here that resist removal
+    try:
+        mode = os.fstat(fd).st_mode
+        if mode & 0o700 != 0o700:
+            os.fchmod(fd, mode | 0o700)
+        while True:
+            down = None
             try:
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path, ignore_errors=True)
-                else:
-                    os.unlink(entry.path)
+                with os.scandir(fd) as entries:
+                    for entry in entries:
+                        if entry.name in skip:
+                            continue
+                        try:
+                            if entry.is_dir(follow_symlinks=False):
+                                down = entry.name
+                                break
+                            os.unlink(entry.name, dir_fd=fd)
+                        except OSError:
+                            skip.add(entry.name)
             except OSError:
-                pass
-        if attempt or not os.listdir(path):
-            return
-        for dirpath, dirnames, _ in os.walk(path):
-            for d in dirnames:
+                pass                       # unreadable: left, and the directory's removal fails below
+            if down is not None:
                 try:
-                    os.chmod(os.path.join(dirpath, d), 0o700)
+                    os.chmod(down, 0o700, dir_fd=fd)
+                    child = os.open(down, flags, dir_fd=fd)
                 except OSError:
-                    pass
+                    skip.add(down)
+                    continue
+                stack.append((down, skip))
+                os.close(fd)
+                fd, skip = child, set()
+                continue
+            if not stack:
+                return not skip
+            name, skip = stack.pop()
+            parent = os.open("..", flags, dir_fd=fd)
+            os.close(fd)
+            fd = parent
+            try:
+                os.rmdir(name, dir_fd=fd)
+            except OSError:
+                skip.add(name)
+    except Exception:
+        return False
+    finally:
+        os.close(fd)
+
+
+# SysV IPC objects live as long as the IPC namespace (the host's): each job's are removed before the next one.
+IPC_RMID = 0
+
+
+def remove_ipc():
+    """Remove every SysV message queue, semaphore set and shared memory segment in this IPC namespace; True when
+    none is left."""
+    removers = {"msg": lambda i: libc.msgctl(i, IPC_RMID, None), "sem": lambda i: libc.semctl(i, 0, IPC_RMID),
+                "shm": lambda i: libc.shmctl(i, IPC_RMID, None)}
+    clean = True
+    for kind, remove in removers.items():
+        try:
+            with open(f"/proc/sysvipc/{kind}") as f:
+                ids = [int(line.split()[1]) for line in f.readlines()[1:] if line.strip()]
+        except (OSError, ValueError, IndexError):
+            return False
+        for ipc_id in ids:
+            clean = remove(ipc_id) == 0 and clean
+    return clean
+
+
+def reset(root, private):
+    """Nothing of a job is left for the next one: its directory and, under bubblewrap, its /tmp, /dev/shm, POSIX
+    message queues and SysV IPC. False when something could not be removed: the host then stops, and the grader runs
+    the rest of the batch in a fresh one."""
+    clean = wipe(root)
+    if private:
+        for path in ("/tmp", "/dev/shm", "/dev/mqueue"):
+            clean = wipe(path) and clean
+        clean = remove_ipc() and clean
+    return clean
 
 
 class Job:
@@ -759,13 +839,12 @@ def main():
             result = run_check(job, frame)
         else:
             result = run_program(job, frame)
-        sweep()
+        sweep(private)
         write_frame(report, {"i": index, **result})
         if result.get("desync") or index == header["n"] - 1:
             return                  # the grader deletes the directory; after a desync it runs the rest anew
-        wipe(root)                  # nothing of this job is left for the next one to read
-        if private and os.path.isdir("/dev/shm"):
-            wipe("/dev/shm")        # bubblewrap's own /dev
+        if not reset(root, private):
+            return                  # the grader runs the rest of the batch in a fresh host
 
 
 
