@@ -1,13 +1,14 @@
 """Run untrusted Python in a contained process tree, and decide verdicts where the graded code cannot reach.
 
 1. Layout. Every run starts one host process (sandbox_host.py, trusted, run as `python -I -c <its text>`) in a fresh
-   temporary directory, under bubblewrap when the machine has it. The host never runs graded code: it forks one child
-   per program (C), which closes every descriptor but its own channel, starts its own session, sets kernel limits
-   (soft = hard: CPU seconds, address space, file size, processes, open files, no core dumps), sets no_new_privs and
-   the Python guards (network, subprocess, ctypes, fork, exec, kill, writes outside its directory, other processes'
-   /proc entries), and only then runs the code. The host is not dumpable and is a child subreaper: after each program
-   it kills every process left below it, empties the program's directory, and then reports. The grader kills the
-   whole tree when the host ends or a limit is hit (wall clock, output caps), and deletes the directory.
+   directory (under bubblewrap a tmpfs inside it), under bubblewrap when the machine has it. The host never runs
+   graded code: it forks one child per program (C), which closes every descriptor but its own channel, starts its
+   own session, sets kernel limits (soft = hard: CPU seconds, address space, file size, processes, open files, no
+   core dumps), sets no_new_privs and the Python guards (network, subprocess, ctypes, fork, exec, kill, writes
+   outside its directory, other processes' /proc entries), and only then runs the code. The host is not dumpable
+   and is a child subreaper: after each program it kills every process left below it, empties the program's
+   directory, and then reports. The grader kills the whole tree when the host ends or a limit is hit (wall clock,
+   output caps), and deletes the directory.
 2. Verdicts. `run(source)` runs one whole program and says how it ended (`passed`: it ran to its last line and exited
    0). That verdict is the program's own word (it can write its status pipe and exit 0), so graders do not use it:
    - `call_many` (codesim): C loads the function and answers calls; only the arguments enter the sandbox. Its return
@@ -21,21 +22,37 @@
      result, relayed by the host on its own report pipe: nothing C writes (inherited descriptors, stdout, exit code,
      atexit handlers, frames) counts. A reply that is not plain data, or a C that dies, fails the test.
    Each program is graded alone: programs of a batch run one after another in one host, each C in its own session,
-   and everything a program started is dead and its directory (and bubblewrap's /dev/shm) empty before the next one
-   is forked. A program that kills its host loses the rest of that host's batch, which is run again, each program
-   in its own host if need be; its own verdict is then a crash.
-3. Isolation. With bubblewrap (`bwrap`, found and tried once per process): new pid, network, IPC, UTS and mount
-   namespaces, the root file system read-only, the program's directory the only writable path (plus a private
-   /dev), its own /proc (no view of the grader's processes or environment), no capabilities, and the whole tree
-   killed when the grader dies. C cannot see the grader, open a socket to another host (there is no network), or
-   read T's or the host's memory or descriptors (not dumpable, no CAP_SYS_PTRACE). Without bubblewrap (not
-   installed, or no namespaces in this container) the in-process guards are the fallback and the first graded run
-   prints one line saying so. The guards live in the program's own interpreter and can be undone from inside it;
-   then, as the same user as the grader (and with root's capabilities if the grader is root), a program can open
-   sockets, read the grader's /proc entries (its API keys), kill or trace any process of that user, and write
-   wherever that user can. What holds in both modes: the deadline and the tree kill, the output caps, the clean
-   environment (a whitelist: no key or token of the caller's), the kernel limits (RLIMIT_NPROC does not bind root),
-   and verdicts decided outside C. EXECTUNE_SANDBOX=guards forces the fallback; =bwrap makes its absence an error.
+   and before the next one is forked everything the program started is dead (under bubblewrap the host is its pid
+   namespace's init and one kill(-1) reaches every other process, however deep its tree; else rounds of killing
+   the host's children until none is left) and, under bubblewrap, its directory, /tmp, /dev/shm, POSIX message
+   queues and SysV IPC objects are gone (the host stops, and the rest of its batch runs in a fresh one, if any of
+   them cannot be removed). A program that kills its host loses the rest of that host's batch, which is run
+   again, each program in its own host if need be; its own verdict is then a crash. Nothing a program does can
+   make a grading call raise: deletes walk by descriptors without recursion and every cleanup error is caught.
+3. Isolation. With bubblewrap (`bwrap`, found and tried once per process), the promise (docs/sandbox.md):
+   - Who: when the grader is root, a launcher (LAUNCHER) puts the host in its cgroups and becomes uid and gid
+     65534 (nobody, no groups) for good before it execs bubblewrap, whose user namespace then maps that uid to
+     itself: graded and test code is nobody as the machine sees it, with no capability, no new privileges and no
+     user namespace of its own (--disable-userns), so /proc/sys is read-only to it. As a user, the grader's uid.
+   - What it sees: an allow-list filesystem, read-only: the base interpreter's prefix (sys.base_prefix, without
+     its site-packages: the standard library only; staged by the launcher when it lies under a home directory
+     nobody can enter), /usr's programs and libraries, the loader's cache; a fresh read-only /dev with its own
+     /dev/shm and message queues, a fresh /tmp and /proc (its own pid namespace: no view of the grader), and the
+     jobs' directory. No checkout, virtual environment, benchmark data, home directory, /etc beyond the loader's
+     cache, or socket file; no network (its own network namespace), IPC or UTS namespace.
+   - Limits: each writable place (the jobs' directory, /tmp, /dev/shm) is a tmpfs of the file-size limit, so
+     files are bounded across processes; each host has a cgroup (pids, memory) where the machine lets this process
+     make one (cgroup v1, or v2 with both controllers delegated), and the rlimits stay as the floor per process;
+     the job's own processes go first when its cgroup runs out of memory.
+   - The host is not dumpable and is the namespace's init; the whole tree is killed when the grader dies.
+   Without bubblewrap (not installed, or no namespaces in this container) the in-process guards are the fallback
+   and the first graded run prints one line saying so. The guards live in the program's own interpreter and can be
+   undone from inside it; then, as the same user as the grader (and with root's capabilities if the grader is
+   root), a program can open sockets, read the grader's /proc entries (its API keys), kill or trace any process of
+   that user, and write wherever that user can. What holds in both modes: the deadline and the tree kill, the
+   output caps, the clean environment (a whitelist: no key or token of the caller's), the kernel limits (RLIMIT_NPROC
+   does not bind root), the cgroup where one can be made, and verdicts decided outside C. EXECTUNE_SANDBOX=guards
+   forces the fallback; =bwrap makes its absence an error.
 """
 import json
 import os
@@ -127,7 +144,8 @@ def _traversable(path: str) -> bool:
 
 def _layout(python: str) -> Layout:
     out = subprocess.run([python, "-I", "-S", "-c", "import json, sys; print(json.dumps([sys.base_prefix, "
-                          "'%d.%d' % sys.version_info[:2]]))"], capture_output=True, text=True, timeout=60, env=BASE_ENV)
+                          "'%d.%d' % sys.version_info[:2]]))"], capture_output=True, text=True, timeout=60,
+                         env=BASE_ENV)
     base, version = json.loads(out.stdout)
     base = os.path.realpath(base)
     interpreter, site = f"{base}/bin/python{version}", f"{base}/lib/python{version}/site-packages"

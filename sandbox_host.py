@@ -8,7 +8,10 @@ runs the candidate. For a job with tests, the test code runs in a second child (
 test frame itself, so neither the host nor any candidate ever holds another job's tests or expected values. Values
 cross between T (or the host) and C only as plain data (`encode` / `decode`). The host is not dumpable and is a
 child subreaper: a process of the same user without CAP_SYS_PTRACE cannot read its memory or open its descriptors,
-and every orphan of a candidate becomes the host's child, killed before the next job starts.
+and every orphan of a candidate becomes the host's child, killed before the next job starts (under bubblewrap the
+host is its pid namespace's init, and kill(-1) takes every other process at once). Between jobs `reset` removes what
+a job could leave for the next one (its directory; under bubblewrap also /tmp, /dev/shm, POSIX message queues,
+SysV IPC and keys): if anything resists, the host stops and the grader runs the rest of the batch in a fresh host.
 """
 import ctypes
 import io
@@ -134,6 +137,8 @@ def confine(workdir, limits, keep, quiet):
     privileges, a fresh working directory, kernel limits (soft = hard), then the Python guards."""
     os.setsid()
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)      # the host's death takes the child with it
+    if SYS_KEYCTL is not None:                                 # a session keyring of its own, gone with it
+        libc.syscall(SYS_KEYCTL, KEYCTL_JOIN_SESSION_KEYRING, None)
     null = os.open("/dev/null", os.O_RDWR)
     os.dup2(null, 0)
     if quiet:
@@ -504,15 +509,29 @@ def remove_ipc():
     return clean
 
 
+# Keys outlive processes too: the user keyring of the uid lives as long as the user namespace (the host's).
+SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}.get(os.uname().machine)
+KEYCTL_JOIN_SESSION_KEYRING, KEYCTL_CLEAR, KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING = 1, 7, -4, -5
+
+
+def remove_keys():
+    """Empty the uid's user and user-session keyrings; True when done (or the machine has no keyctl here)."""
+    if SYS_KEYCTL is None:
+        return True
+    return all(libc.syscall(SYS_KEYCTL, KEYCTL_CLEAR, ring) == 0 or ctypes.get_errno() == 38     # ENOSYS
+               for ring in (KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING))
+
+
 def reset(root, private):
     """Nothing of a job is left for the next one: its directory and, under bubblewrap, its /tmp, /dev/shm, POSIX
-    message queues and SysV IPC. False when something could not be removed: the host then stops, and the grader runs
+    message queues, SysV IPC and keys. False when something could not be removed: the host then stops, and the grader runs
     the rest of the batch in a fresh one."""
     clean = wipe(root)
     if private:
         for path in ("/tmp", "/dev/shm", "/dev/mqueue"):
             clean = wipe(path) and clean
         clean = remove_ipc() and clean
+        clean = remove_keys() and clean
     return clean
 
 

@@ -1,6 +1,7 @@
 """Grading time of one batch: HumanEval's 164 canonical solutions, and a codesim batch as the recipe grades it.
 
-python benchmarks/grading_speed.py [--workers 2]   (prints one JSON line; run from the repository root)"""
+python benchmarks/grading_speed.py [--workers 2]   (prints one JSON line; run from the repository root)
+The line says which isolation graded the batch (bwrap or guards) and whether each host had its own cgroup."""
 import argparse
 import json
 import os
@@ -11,6 +12,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import code_bench as cb  # noqa: E402
 import codesim as cs  # noqa: E402
+import sandbox  # noqa: E402
 import sim_code  # noqa: E402
 from sim_math import CHEAP  # noqa: E402
 
@@ -32,6 +34,8 @@ sources = [sim_code.write_code(t.problem, None, CHEAP, rng) for t in task_list]
 t0 = time.monotonic()
 verdicts = cs.codesim_verdicts(task_list, sources, workers=args.workers)
 codesim_s = time.monotonic() - t0
-print(json.dumps({"humaneval_164_s": round(humaneval_s, 2), "codesim_400_s": round(codesim_s, 2),
+cgroups = bool(getattr(sandbox, "cgroup_parents", dict)())     # (an older sandbox has none)
+print(json.dumps({"isolation": sandbox.isolation()[0], "cgroups": cgroups,
+                  "humaneval_164_s": round(humaneval_s, 2), "codesim_400_s": round(codesim_s, 2),
                   "codesim_distinct": len(set(zip([t.problem for t in task_list], sources))),
                   "codesim_pass_rate": round(sum(verdicts) / len(verdicts), 3)}))

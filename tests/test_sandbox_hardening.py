@@ -177,12 +177,16 @@ LEAVE = (UNGUARD + "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
          "q = libc.msgget(4242, 0o1666)\n"                                         # IPC_CREAT | 0666
          "libc.msgsnd(q, ctypes.create_string_buffer(b'\\x01\\0\\0\\0\\0\\0\\0\\0hi'), 2, 0)\n"
          "libc.mq_open(b'/left', 0o101, 0o666, None)\n"                            # O_CREAT | O_WRONLY
+         "if _posix.uname().machine == 'x86_64':\n"                                # keyctl, add_key numbers
+         "    libc.syscall(250, 0, -4, 1)\n    libc.syscall(248, b'user', b'left', b'hi', 2, -4)\n"
          "def {name}(xs):\n    return []\n")
 FIND = (UNGUARD + "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
-        "def {name}(xs):\n    found = [p for p in ('/dev/left', '/dev/shm/left', '/tmp/left', '../left', '../job0/left')"
-        " if os.path.exists(p)]\n"
+        "def {name}(xs):\n"
+        "    found = [p for p in ('/dev/left', '/dev/shm/left', '/tmp/left', '../left') if os.path.exists(p)]\n"
         "    if libc.msgget(4242, 0) >= 0:\n        found.append('message queue 4242')\n"
         "    if libc.mq_open(b'/left', 0, 0, None) >= 0:\n        found.append('POSIX queue /left')\n"
+        "    if os.uname().machine == 'x86_64' and libc.syscall(250, 10, -4, b'user', b'left', 0) >= 0:\n"
+        "        found.append('key left')\n"
         "    return found\n")
 
 
