@@ -402,20 +402,6 @@ def read_codesim(problem: str) -> CodesimTask:
     return CodesimTask("", "", problem, name, two_lists, tuple(steps), tuple(distractors), tests)
 
 
-def uses_held_out(problem: str) -> bool:
-    """Whether a codesim problem contains a phrasing or function name that only the `ood` split uses."""
-    held = [h for _, (_, hs) in PHRASES.items() for h in hs]
-    if any(re.search(_phrase_regex(h), problem) for h in held):
-        return True
-    texts = sum((forms[1] for forms in (CONNECTIVES, FIRST_CONNECTIVES)), [])
-    if any(c.strip() and c.strip() in problem for c in texts):
-        return True
-    fixed = sum((forms[1] for forms in (INTROS, ENDINGS, DISTRACTORS)), [])
-    if any(re.search(re.escape(f.split("{")[0]), problem) for f in fixed):
-        return True
-    return any(re.search(rf"\b{name}\(", problem) for name in FUNCTION_NAMES[1])
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # codesim strategies: one primitive per step, in the envelope and limits of free_text_steps. Each step is read as a
 # comprehension key of docs/world.md §6 (what the cheap core understands how well) and the primitive it asks for.

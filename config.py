@@ -67,9 +67,25 @@ def stage_config(cls, args):
 
 
 def add_config_flags(parser, cls):
+    """One flag per field of a stage's dataclass: --field-name, parsed by the field's type (or by the `parse` in its
+    metadata, e.g. grpo.GRPOConfig.weights), default None so that stage_config can tell what the user set."""
     for f in dataclasses.fields(cls):
-        flag, kind = "--" + f.name.replace("_", "-"), type(f.default)
-        if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"default {f.default}")
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        if type(default) is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"default {default}")
         else:
-            parser.add_argument(flag, type=kind, default=None, help=f"default {f.default}")
+            parse = f.metadata.get("parse")
+            parser.add_argument(flag, type=_flag_type(parse) if parse else type(default), default=None,
+                                choices=f.metadata.get("choices"), help=f"default {default}")
+
+
+def _flag_type(parse):
+    """parse, with its ValueError's message shown by argparse (it would print only "invalid ... value")."""
+    def parsed(text):
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parsed.__name__ = getattr(parse, "__name__", "value")
+    return parsed

@@ -50,15 +50,15 @@ from sample import SampleConfig
 
 
 @torch.no_grad()
-def guide_strategies(net, tok, task_list, max_new_tokens, batch_size, desc="guide writes"):
+def guide_strategies(guide, tok, task_list, max_new_tokens, batch_size, desc="guide writes"):
     """Greedy strategies for each task; returns (texts, completion token counts)."""
-    net.eval()
+    guide.eval()
     greedy = generate.SamplingOptions(max_new_tokens, tok.encode_single_token("<|eos|>"), temperature=0.0,
                                       stop_strings=[strategy_format.STOP])
     texts, lengths = [], []
     for i in tqdm(range(0, len(task_list), batch_size), desc=desc, leave=False):
         prompts = [families.prompt_tokens(tok, t) for t in task_list[i:i + batch_size]]
-        out = generate.generate(net, prompts, greedy, tokenizer=tok)
+        out = generate.generate(guide, prompts, greedy, tokenizer=tok)
         texts.extend(out.texts)
         lengths.extend(out.mask.sum(1).tolist())
     return texts, lengths
@@ -278,29 +278,30 @@ def strategy_budget(args, run):
     return cfg.max_new_tokens
 
 
-def eval_system(args, run, name, guide, role="core"):
+def eval_system(run, endpoints, cfg, name, guide, role="core", budget=None, device="cpu"):
     """One system on the test split and the held-out-phrasing split (evaluate.py says what is measured): guide
-    (checkpoint path, 'teacher' or 'none') + core (role core|large). Appends its row to results.json and rewrites
-    results.md; the per-task rows go to eval/<name>.jsonl."""
+    (checkpoint path, 'teacher' or 'none') + core (role core|large), cfg an EvalConfig, budget the run's strategy
+    budget (strategy_budget) when the guide is a checkpoint. Appends its row to results.json and rewrites
+    results.md; the per-task rows go to eval/<name>.jsonl. A row is kept only while its guide's files and settings
+    are the same."""
     results_path = run.file("results.json")
     results = run_dir.read_json(results_path) if os.path.exists(results_path) else []
-    cfg = config.stage_config(EvalConfig, args)
-    decodes = guide not in ("none", "teacher")           # a guide checkpoint writes within the run's budget
     spec = dict(name=name, guide=guide, core_role=role, **asdict(cfg))
-    if decodes:
-        spec["max_new_tokens"] = budget = strategy_budget(args, run)
+    if guide not in ("none", "teacher"):                 # a guide checkpoint writes within the run's budget
+        spec["max_new_tokens"] = budget
+        spec["guide_fingerprint"] = run_dir.guide_fingerprint(run, guide)   # a retrained guide is evaluated again
     if any(r["spec"] == spec for r in results):
-        print(f"eval: {name!r} already in {results_path}, kept")
+        print(f"eval: {name!r} already in {results_path}, kept (the same guide files, the same settings)")
         return
     # a real benchmark (gsm8k) has no held-out-phrasing split: its ood column stays empty
     has_ood = os.path.exists(run.file("data", "ood.jsonl"))
     test = run_dir.load_tasks(run, "test") + (run_dir.load_tasks(run, "ood") if has_ood else [])
-    client = execute.client_for(args, role, run)
+    client = execute.client_for(endpoints, role, run)
     guide_tokens, teacher_dollars, failed = [0] * len(test), [0.0] * len(test), {}
     if guide == "none":
         strategies = [None] * len(test)
     elif guide == "teacher":
-        teacher = execute.client_for(args, "teacher", run)
+        teacher = execute.client_for(endpoints, "teacher", run)
         # the teacher asked as acceptance sampling asked it (that stage's recorded configuration, else the default)
         name_quantities = (run.recorded("sample") or {}).get("name_quantities", SampleConfig.name_quantities)
         taught = execute.ask_teacher(teacher, test, "teacher on test+ood", name_quantities=name_quantities)
@@ -309,10 +310,10 @@ def eval_system(args, run, name, guide, role="core"):
         # a task whose teacher call failed for good is counted as failed, never quietly run without a strategy
         failed = {i: r for i, (r, s) in enumerate(taught) if s is None}
     else:
-        net, tok = run_dir.load_guide(run, guide, args.device)
-        strategies, guide_tokens = guide_strategies(net, tok, test, budget, cfg.batch_size)
+        guide_net, tok = run_dir.load_guide(run, guide, device)
+        strategies, guide_tokens = guide_strategies(guide_net, tok, test, budget, cfg.batch_size)
     todo = [i for i in range(len(test)) if i not in failed]
-    core_replies, verdicts = execute.execute(client, [test[i] for i in todo], [strategies[i] for i in todo],
+    core_replies, verdicts = execute.run_strategies(client, [test[i] for i in todo], [strategies[i] for i in todo],
                                              f"{name}: core")
     replies, correct = failed | dict(zip(todo, core_replies)), dict(zip(todo, verdicts))
     per_task = task_rows(test, strategies, [replies[i] for i in range(len(test))],

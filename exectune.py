@@ -1,5 +1,6 @@
-"""ExecTune, the recipe: every stage of the paper's pipeline as a subcommand over one run directory. This file is
-the command line and the first three stages; each later stage is a file of its own.
+"""ExecTune, the recipe: every stage of the paper's pipeline as a subcommand over one run directory.
+
+This file is the command line and the first three stages; each later stage is a file of its own.
 
   1. data       seeded train / val / test / ood tasks of an offline world, or a real benchmark's files
                 (families.py: mathsim, codesim, gsm8k, kodcode, humaneval).
@@ -33,11 +34,12 @@ training one; there is no tokenizer stage then, and every checkpoint of that gui
 directory with its tokenizer, so it can be served as is.
 
 Where this departs from the paper: by default the guide is a tiny decoder trained from scratch (the paper fine-tunes
-pretrained LLMs), on level-1 mathsim, so that it learns to read within a 2-core CPU budget (about 52 minutes end
-to end), helped by the language-modelling loss on problem text (a pretrained guide trains on strategies alone);
-SFT and GRPO keep the checkpoint with which the core is most accurate on val (GRPO's candidates include the
-SFT checkpoint it starts from); the learning curves also log oracle measures (the loss on canonical strategies of
-val tasks, the exact-plan rate and the simulator's exact success probability) that never feed training or choice.
+pretrained LLMs), on level-1 mathsim, so that it learns to read within a 2-core CPU budget (`bash train.sh`:
+about 80 minutes end to end), helped by the language-modelling loss on problem text (a pretrained guide trains on
+strategies alone); SFT and GRPO keep the checkpoint with which the core is most accurate on val (GRPO's candidates
+include the SFT checkpoint it starts from); the learning curves also log oracle measures (the loss on canonical
+strategies of val tasks, the exact-plan rate, the simulator's exact success probability and the executability of
+the verbs) that never feed training or choice.
 """
 import argparse
 import contextlib
@@ -182,15 +184,16 @@ def stage_tokenizer(args, run):
 def stage_baselines(args, run):
     cfg = config.stage_config(BaselineConfig, args)
     run.check_config("baselines", cfg)
-    evaluate.eval_system(args, run, "core alone", guide="none", role="core")
-    evaluate.eval_system(args, run, "large core alone", guide="none", role="large")
+    endpoints, eval_cfg = execute.Endpoints.from_args(args), config.stage_config(evaluate.EvalConfig, args)
+    evaluate.eval_system(run, endpoints, eval_cfg, "core alone", guide="none", role="core")
+    evaluate.eval_system(run, endpoints, eval_cfg, "large core alone", guide="none", role="large")
     path = run_dir.alone_stats_path(run)
     if os.path.exists(path):
         print(f"baselines: {path} exists, kept")
         return
     train = run_dir.load_tasks(run, "train")
-    client = execute.client_for(args, "core", run)
-    out, verdicts = execute.execute(client, [t for t in train for _ in range(cfg.alone_runs)],
+    client = execute.client_for(endpoints, "core", run)
+    out, verdicts = execute.run_strategies(client, [t for t in train for _ in range(cfg.alone_runs)],
                                     [None] * (len(train) * cfg.alone_runs), "core alone on train",
                                     draws=[d for _ in train for d in range(cfg.alone_runs)])
     rows = []
@@ -217,7 +220,10 @@ def stage_eval(args, run):
             stage_data(args, run)
         elif made["family"] != args.family:
             raise UserError(f"{run.path} holds {made['family']} tasks, not {args.family}; use another --run")
-    evaluate.eval_system(args, run, args.name or args.guide, args.guide, role=args.core_role)
+    decodes = args.guide not in ("none", "teacher")
+    evaluate.eval_system(run, execute.Endpoints.from_args(args), config.stage_config(evaluate.EvalConfig, args),
+                         args.name or args.guide, args.guide, role=args.core_role,
+                         budget=evaluate.strategy_budget(args, run) if decodes else None, device=args.device)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -229,12 +235,12 @@ STAGES = {  # name: (function, its config dataclasses, what it does in a few wor
     "baselines": (stage_baselines, [BaselineConfig], "the cores alone on test, and core-alone runs of train"),
     "sample": (sample.stage_sample, [sample.SampleConfig], "teacher strategies run by the core; keep the accepted "
                                                            "ones"),
-    "sft": (sft.stage_sft, [sft.SFTConfig, evaluate.DecodeConfig], "train a fresh guide (or fine-tune a pretrained one) on accepted "
-                                              "(or raw) teacher strategies"),
+    "sft": (sft.stage_sft, [sft.SFTConfig, evaluate.DecodeConfig],
+            "train a fresh guide (or fine-tune a pretrained one) on accepted (or raw) teacher strategies"),
     "grpo": (grpo.stage_grpo, [grpo.GRPOConfig, evaluate.DecodeConfig], "RL of an SFT guide against the live core"),
-    "eval": (stage_eval, [evaluate.EvalConfig, evaluate.DecodeConfig, DataConfig], "one system on the test split: a row of the results "
-                                                            "table (with --family, a run without data gets the data "
-                                                            "stage's first)"),
+    "eval": (stage_eval, [evaluate.EvalConfig, evaluate.DecodeConfig, DataConfig],
+             "one system on the test split: a row of the results table (with --family, a run without data gets the "
+             "data stage's first)"),
     "table": (evaluate.stage_table, [], "print results.md and a one-line JSON summary"),
 }
 
@@ -247,7 +253,7 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser():
     env = os.environ.get
-    p = Parser(description=__doc__.split("\n")[0],
+    p = Parser(description=__doc__.split("\n")[0],   # the docstring's first line: one whole sentence
                                 epilog="bash train.sh runs the stages in this order; `exectune.py STAGE --help` "
                                        "lists a stage's flags.")
     sub = p.add_subparsers(dest="stage", required=True)
@@ -283,7 +289,6 @@ def build_parser():
         if name == "grpo":
             s.add_argument("--init", required=True, help="checkpoint to start from, e.g. sft-accepted/best, or "
                                                          "hf:<dir> for a Hugging Face directory")
-            s.add_argument("--reward", choices=grpo.REWARDS, default="structure")
         if name in ("sft", "grpo"):
             s.add_argument("--grad-checkpointing", action="store_true",
                            help="recompute activations in the backward pass (less memory, more compute)")
@@ -324,6 +329,27 @@ def check_flags(parser, args):
             config.stage_config(cls, args)
     except (UserError, ValueError) as e:
         parser.error(str(e))
+    message = inert_flag(args)
+    if message:
+        parser.error(message)
+
+
+def inert_flag(args):
+    """A flag the user set that would change nothing with the others given: what to say, else None."""
+    def given(name):
+        return getattr(args, name, None) is not None
+    if args.stage == "sample" and given("select") and config.stage_config(sample.SampleConfig, args).keep == 0:
+        return "--select orders the accepted strategies that --keep keeps; with --keep 0 every one is kept"
+    if args.stage == "sft" and args.init:
+        shaped = [name for name in sft.FRESH_GUIDE_FIELDS if given(name)]
+        if shaped:
+            return f"--{shaped[0].replace('_', '-')} shapes a fresh guide; --init {args.init} brings its own"
+    if args.stage == "grpo" and given("weights"):
+        cfg, default = config.stage_config(grpo.GRPOConfig, args), grpo.RewardWeights()
+        unused = [k for k, v in asdict(cfg.weights).items() if v != getattr(default, k) and k != "execution"]
+        if cfg.reward == "outcome" and unused:
+            return f"--weights {unused[0]}: the outcome reward scores the core's answer alone (execution)"
+    return None
 
 
 def writer_of(args):
@@ -331,7 +357,7 @@ def writer_of(args):
     if args.stage == "sft":
         return f"sft-{args.data}"
     if args.stage == "grpo":
-        return f"grpo-{args.reward}"
+        return f"grpo-{config.stage_config(grpo.GRPOConfig, args).reward}"
     if args.stage == "eval":
         return "eval-" + run_dir.slug(args.name or args.guide)
     return args.stage

@@ -2,13 +2,14 @@
 
 1. `client_for` makes the CoreClient of a role (the cheap core, the large core, the teacher) with its sampling
    parameters and the run's request cache.
-2. `execute` runs each task's strategy (None: the core alone) on a core and grades the replies by the task's family:
-   baselines, acceptance sampling, validation, evaluation and the GRPO reward all go through it.
+2. `run_strategies` runs each task's strategy (None: the core alone) on a core and grades the replies by the task's
+   family: baselines, acceptance sampling, validation, evaluation and the GRPO reward all go through it.
 3. `ask_teacher` asks the teacher for K strategies per task and reads each out of its <strategy> envelope.
 4. A request that fails for good is a CoreError in its place, never a wrong answer; `run_requests` counts such
    failures, and stops the stage with the first error when most requests fail (a wrong key, a dead endpoint).
 """
 import sys
+from dataclasses import dataclass, fields
 
 import requests
 
@@ -18,21 +19,41 @@ from core_client import CoreClient, CoreError
 from run_dir import UserError
 
 
-def client_for(args, role, run):
+@dataclass
+class Endpoints:
+    """Where the models are and how they are called: the command line's connection flags, in one place."""
+    core_url: str | None
+    core_model: str = "sim-core"
+    core_api: str = "openai"
+    large_core_model: str = "sim-core-large"
+    teacher_url: str | None = None              # None: the core's URL
+    teacher_model: str = "sim-teacher"
+    teacher_api: str | None = None              # None: the core's API
+    concurrency: int = 16
+    max_retries: int = 6
+    core_temperature: float = 1.0
+    core_max_tokens: int = 512
+
+    @classmethod
+    def from_args(cls, args):
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+
+def client_for(endpoints, role, run):
     """A CoreClient for role in core|large|teacher, all sharing the run's request cache (check_world first)."""
-    url = args.teacher_url if role == "teacher" else args.core_url
-    url = url or args.core_url
+    e = endpoints
+    url = (e.teacher_url if role == "teacher" else None) or e.core_url
     if not url:
         raise UserError("no core configured: pass --core-url or set CORE_URL "
                         "(bash train.sh starts the local simulated core for you)")
     check_world(run, url)
-    model = {"core": args.core_model, "large": args.large_core_model, "teacher": args.teacher_model}[role]
-    api = args.teacher_api if role == "teacher" else args.core_api
+    model = {"core": e.core_model, "large": e.large_core_model, "teacher": e.teacher_model}[role]
+    api = (e.teacher_api if role == "teacher" else None) or e.core_api
     # the teacher samples at temperature 1 (K distinct strategies); the cores as the user set them
-    params = dict(temperature=1.0 if role == "teacher" else args.core_temperature, max_tokens=args.core_max_tokens)
+    params = dict(temperature=1.0 if role == "teacher" else e.core_temperature, max_tokens=e.core_max_tokens)
     try:
-        return CoreClient(url, model, api=api or args.core_api, concurrency=args.concurrency,
-                          max_retries=args.max_retries, cache_path=run.file("cache.sqlite"), params=params)
+        return CoreClient(url, model, api=api, concurrency=e.concurrency, max_retries=e.max_retries,
+                          cache_path=run.file("cache.sqlite"), params=params)
     except ValueError as e:                     # a malformed URL or key: one line, the key never echoed
         raise UserError(f"{role}: {e}")
 
@@ -69,7 +90,7 @@ def run_requests(client, messages, what, draws=None):
     return out
 
 
-def execute(client, task_list, strategies, what, draws=None, strict=True):
+def run_strategies(client, task_list, strategies, what, draws=None, strict=True):
     """The core's reply to each task with its strategy (None: the core alone), graded by the task's family:
     (replies, verdicts), with a CoreError in place of a reply whose call failed for good and None as its verdict.
     strict: with run_requests' failure accounting; the GRPO reward tolerates failures instead (a NaN reward)."""

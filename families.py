@@ -12,7 +12,9 @@
 `family_of(task)` reads the family a task names, so every stage prompts and grades a task by its own rules.
 The stages never branch on a family's name: what differs is a field of `Family`.
 """
+import random
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import code_bench
 import codesim
@@ -23,31 +25,36 @@ import sim_math
 import strategy_format
 
 
+Task = Any          # a family's task: mathsim.Task, codesim.CodeTask, gsm8k's and code_bench's task types
+Messages = list[dict]   # chat messages: [{"role": ..., "content": ...}]
+
+
 @dataclass(frozen=True)
 class Family:
     name: str
-    task_from_json: object      # dict -> task
-    guide_prompt: object        # problem -> text (a guide without a chat format)
-    guide_messages: object      # problem -> messages (a pretrained chat guide, through its template)
-    core_messages: object       # (problem, strategy or None) -> messages
-    teacher_messages: object    # (problem, name_quantities) -> messages; name_quantities adds the naming instruction
-    parse_strategy: object      # text -> strategy_format.ParsedStrategy
-    leaks: object               # (strategy, task) -> bool
-    grade: object               # (tasks, reply texts) -> [bool]: is each reply a correct solution of its task
-    tokenizer_text: object      # task -> strings a from-scratch guide's tokenizer trains on
-    generate: object = None     # (n, seed, split, level) -> seeded tasks of an offline world
-    load: object = None         # (data_dir, n_val, n_test, seed) -> {"train", "val", "test"}: a benchmark's files
+    task_from_json: Callable[[dict], Task]
+    guide_prompt: Callable[[str], str]                 # problem -> text (a guide without a chat format)
+    guide_messages: Callable[[str], Messages]          # problem -> messages (a pretrained chat guide's template)
+    core_messages: Callable[[str, str | None], Messages]   # (problem, strategy or None: the core alone)
+    teacher_messages: Callable[[str, bool], Messages]  # (problem, name_quantities: the naming instruction)
+    parse_strategy: Callable[[str], strategy_format.ParsedStrategy]
+    leaks: Callable[[str, Task], bool]                 # does the strategy state the answer
+    grade: Callable[[list[Task], list[str]], list[bool]]   # is each reply a correct solution of its task
+    tokenizer_text: Callable[[Task], list[str]]        # what a from-scratch guide's tokenizer trains on
+    generate: Callable[[int, int, str, int], list[Task]] | None = None   # (n, seed, split, level): an offline world
+    load: Callable[[str, int, int, int], dict[str, list[Task]]] | None = None   # (data_dir, n_val, n_test, seed)
+                                                                                # -> a benchmark's splits
     data_dir: str | None = None  # where `load` looks by default
     # Oracles of an offline world, for validation curves only (None for a real benchmark): the task's clearest
     # strategy (SFT's val loss), whether a strategy is the task's plan, the cheap core's chance of success with it.
-    canonical_strategy: object = None
-    plan_matches: object = None
-    exact_success: object = None
+    canonical_strategy: Callable[[Task], str] | None = None
+    plan_matches: Callable[[Task, str], bool] | None = None
+    exact_success: Callable[[Task, str | None], float] | None = None
     # strategy -> the cheap core's comprehension of each step's verb (None: invalid), mathsim's executability oracle
-    verb_comprehension: object = None
+    verb_comprehension: Callable[[str], list[float] | None] | None = None
     # (task, rng, new id) -> (the problem with new numbers, strategy -> strategy renamed alike or None) or None: the
     # augmentation of acceptance sampling (sample --renamings); None where a family has none
-    renamed: object = None
+    renamed: Callable[[Task, random.Random, str], tuple[str, Callable[[str], str | None]] | None] | None = None
 
 
 def _answer_grader(extract_answer):

@@ -4,7 +4,8 @@ One training step (grpo_step):
 1. Rollouts: G strategies per prompt, the step's prompts prefilled once each and decoded as one batch
    (generate.generate_groups), with the log-probs of the sampled tokens at the sampling temperature ("old" log-probs).
 2. Rewards: every strategy goes to the live core once, the whole step in one batch (compute_rewards).
-   The reward is the weighted sum of validity, execution, leakage, harm and cost; each part is also kept apart.
+   The reward is the sum of its weighted parts (Reward.parts: validity, execution, leakage, harm, cost), each
+   also logged apart; the weights are RewardWeights, set with `--weights` and recorded with the stage.
    A core call that fails for good gives no reward (NaN), never 0, and is counted.
 3. Advantages per group of G: A = (r - mean) / (std + 1e-4), the mean over the group's non-NaN rewards and the
    std over every non-NaN reward of the step (every process's under torchrun) about its own group's mean, not the
@@ -24,12 +25,13 @@ A per-task constant added to every reward of a group (say "improvement over the 
 group-normalized advantage; only terms that differ between a task's samples, such as harm, change the gradient.
 
 The stage (stage_grpo, `exectune.py grpo`) starts from an SFT checkpoint, walks the training tasks in a fixed seeded
-order, and keeps the checkpoint with which the core is most accurate on val (training.validate_and_save), the
+order, and keeps the checkpoint with which the core is most accurate on val (training.Validation), the
 starting one included, so RL that does not help leaves the guide as it was. `--reward outcome` trains the
 advisor-style baseline with the same loop; `--reward structure-defer` (a lever, not the recipe) prices an invalid
 strategy as the deferral it is at inference instead of as an error.
 """
 import contextlib
+import dataclasses
 import math
 import random
 import time
@@ -55,22 +57,42 @@ from config import at_least
 
 @dataclass
 class RewardWeights:
+    """The reward's weights, one field per term (docs/world.md §8); `exectune.py grpo --weights KEY=VALUE,...` sets
+    them and the run records them with the stage's configuration. To add a term: a field here, and one line in
+    compute_rewards that puts `weight * value` into `Reward.parts` (README, adding a reward)."""
     invalid: float = -1.0      # validity: the strategy does not parse (the core is then not called)
     execution: float = 1.0     # the core's answer is correct
     leakage: float = -0.5      # the strategy states the answer
     harm: float = -0.5         # the core alone usually solves this task but fails with the strategy
     cost_lambda: float = 0.1   # cost = -cost_lambda * (core dollars with the strategy / core dollars alone)
 
+    @classmethod
+    def parse(cls, text):
+        """'harm=-1.0,cost_lambda=0.2' -> RewardWeights with those fields set and the others at their defaults."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        values = {}
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            key, sep, value = item.partition("=")
+            key = key.strip()
+            if not sep or key not in names:
+                raise ValueError(f"{item!r} is not KEY=VALUE with KEY one of {', '.join(names)}")
+            try:
+                values[key] = float(value)
+            except ValueError:
+                raise ValueError(f"{key}={value.strip()!r} is not a number") from None
+            if not math.isfinite(values[key]):
+                raise ValueError(f"{key} must be finite, got {value.strip()}")
+        return cls(**values)
+
+    def __str__(self):      # the form --weights takes, for --help
+        return ",".join(f"{k}={v:g}" for k, v in dataclasses.asdict(self).items())
+
 
 @dataclass
 class Reward:
-    """One strategy's reward. The five parts are already weighted: total = their sum (NaN if the core failed)."""
-    validity: float = 0.0
-    execution: float = 0.0
-    leakage: float = 0.0
-    harm: float = 0.0
-    cost: float = 0.0
-    total: float = 0.0
+    """One strategy's reward: `parts` holds its weighted terms by name, and `total` is their sum, whatever they are
+    (NaN if the core failed), so a term is optimised as soon as compute_rewards puts it in `parts`."""
+    parts: dict = dataclasses.field(default_factory=dict)   # name -> weighted value
     valid: bool = False
     correct: bool = False
     leaked: bool = False
@@ -78,6 +100,10 @@ class Reward:
     deferred: bool = False              # invalid, or abandoned at an unclear step (strategy_format.deferred)
     core_dollars: float | None = None   # None: not run, failed, or the core's price is unknown
     failed: bool = False
+
+    @property
+    def total(self):
+        return math.nan if self.failed else sum(self.parts.values())
 
 
 REWARDS = ("structure", "outcome", "structure-defer")
@@ -94,7 +120,7 @@ def compute_rewards(task_list, strategies, client, alone_stats=None, weights=Non
       Every strategy goes to the core; the core ignores an invalid one and solves alone.
     reward="structure-defer": the structure reward with an invalid strategy priced as the deferral it is at inference
       (the core ignores it and solves alone): it goes to the core and scores execution, harm and cost like any
-      strategy, with no validity penalty. A lever (README, GRPO levers), not the recipe's reward.
+      strategy, with no validity penalty. A lever (docs/experiments.md, GRPO levers), not the recipe's reward.
     Sample i is drawn with seed `draw + i`, so distinct samples of one request are independent draws; the core
     samples with the client's parameters (the evaluation's).
     """
@@ -115,7 +141,7 @@ def compute_rewards(task_list, strategies, client, alone_stats=None, weights=Non
     family = [families.family_of(t) for t in task_list]
     valid = [f.parse_strategy(s).valid for f, s in zip(family, strategies)]
     to_run = [i for i in range(len(strategies)) if valid[i] or runs_invalid]
-    replies, verdicts = execute.execute(client, [task_list[i] for i in to_run], [strategies[i] for i in to_run],
+    replies, verdicts = execute.run_strategies(client, [task_list[i] for i in to_run], [strategies[i] for i in to_run],
                                         "reward", draws=[draw + i for i in to_run], strict=False)
     reply_of = dict(zip(to_run, replies))
     correct = dict(zip(to_run, verdicts))
@@ -128,21 +154,20 @@ def compute_rewards(task_list, strategies, client, alone_stats=None, weights=Non
         text = reply.text if reply is not None and not isinstance(reply, Exception) else None
         r.deferred = strategy_format.deferred(valid[i], text)
         if reply is None:                       # invalid, structure reward: scored without the core
-            r.validity = weights.invalid
+            r.parts["validity"] = weights.invalid
         elif isinstance(reply, Exception):      # chat_many puts a CoreError where a call failed for good
             r.failed = True
         else:
             r.correct = correct[i]
             r.harmed = bool(alone.get("alone_majority_correct")) and not r.correct
             r.core_dollars = client.dollars(reply)  # a cache hit is priced too: the reward prices the strategy
-            r.execution = weights.execution * r.correct
+            r.parts["execution"] = weights.execution * r.correct
             if structured:
-                r.leakage = weights.leakage * r.leaked
-                r.harm = weights.harm * r.harmed
+                r.parts["leakage"] = weights.leakage * r.leaked
+                r.parts["harm"] = weights.harm * r.harmed
                 alone_dollars = alone.get("alone_dollars")
-                if r.core_dollars is not None and alone_dollars:
-                    r.cost = -weights.cost_lambda * r.core_dollars / alone_dollars
-        r.total = math.nan if r.failed else r.validity + r.execution + r.leakage + r.harm + r.cost
+                known = r.core_dollars is not None and alone_dollars
+                r.parts["cost"] = -weights.cost_lambda * r.core_dollars / alone_dollars if known else 0.0
         rewards.append(r)
     return rewards
 
@@ -207,6 +232,9 @@ def grpo_loss(new_logprobs, old_logprobs, advantages, mask, n_tokens, ref_logpro
 @dataclass
 class GRPOConfig:
     stage: ClassVar[str] = "grpo"
+    reward: str = dataclasses.field(default="structure", metadata=dict(choices=REWARDS))   # module docstring
+    weights: RewardWeights = dataclasses.field(default_factory=RewardWeights,
+                                               metadata=dict(parse=RewardWeights.parse))
     prompts_per_step: int = 8      # N tasks per step
     group_size: int = 8            # G samples per task
     temperature: float = 1.0       # sampling and scoring temperature
@@ -217,7 +245,7 @@ class GRPOConfig:
     std_scale: str = "step"        # advantages divided by the std of the step's rewards (module docstring, step 3)
     micro_batch_size: int = 16
     grad_clip: float = 1.0
-    steps: int = 200               # the pilot of the echo world still gained at step 100 (README, levers)
+    steps: int = 200               # the pilot of the echo world still gained at step 100 (docs/experiments.md)
     eval_every: int = 20           # greedy accuracy on val every this many steps; the best checkpoint is kept
     n_val_eval: int = 200
     seed: int = 0
@@ -231,6 +259,10 @@ class GRPOConfig:
             raise ValueError(f"need --lr > 0 and --temperature > 0, got {self.lr} and {self.temperature}")
         if self.std_scale not in STD_SCALES:
             raise ValueError(f"--std-scale must be one of {', '.join(STD_SCALES)}, got {self.std_scale!r}")
+        if self.reward not in REWARDS:
+            raise ValueError(f"--reward must be one of {', '.join(REWARDS)}, got {self.reward!r}")
+        if isinstance(self.weights, dict):       # read back from a run's recorded configuration
+            self.weights = RewardWeights(**self.weights)
 
 
 def _mean(values):
@@ -272,80 +304,87 @@ def accumulate_gradients(model, prompts, tokens, old_logprobs, mask, advantages,
     return all_stats
 
 
-def grpo_step(model, optimizer, tokenizer, tasks_batch, client, alone_stats, cfg, max_new_tokens, weights=None,
-              reward="structure", seed=0, ref_model=None, step=0):
-    """One GRPO step on tasks_batch (module docstring); returns the step's metrics as one flat dict.
+def rollout_generators(device, seed, step, first, n):
+    """One generator per task of the step, seeded from (seed, step, the task's index in the step), so a resumed
+    step samples the same and the split over torchrun processes changes nothing."""
+    return [torch.Generator(device).manual_seed((seed * 100_003 + step) * 10_007 + j) for j in range(first, first + n)]
 
-    model: the guide, or the guide in DistributedDataParallel (training.data_parallel) under torchrun, where
-    tasks_batch is this process's share of the step's tasks (the rank-th block) and the metrics cover all of them.
-    Task j of the step samples its rollouts from its own generator, seeded from (seed, step, j), and its core calls
-    are draws step * B + j * G ..., so a resumed step asks the same and the split over processes changes nothing.
-    max_new_tokens: the run's strategy budget (evaluate.strategy_budget), the one evaluation decodes with.
-    A frozen ref_model, when given, is used for the logged KL even with kl_beta = 0.
+
+def first_draw(step, first, n_tasks, group_size):
+    """The core-call draw of this process's first sample at `step`: draws run step * B + ... (B: the step's samples
+    over every process), so every request of every step is a fresh sample and a resumed step asks the same again."""
+    world = training.rank_and_world()[1]
+    return (step * world * n_tasks + first) * group_size
+
+
+def grpo_step(model, optimizer, tokenizer, tasks, client, alone_stats, cfg, max_new_tokens, step, ref_model=None):
+    """One GRPO step on `tasks` (the module docstring's steps 1-5); returns the step's metrics as one flat dict.
+
+    model: the guide, or the guide in DistributedDataParallel under torchrun, where `tasks` is this process's block
+    of the step's tasks and the metrics cover every process's. max_new_tokens: the run's strategy budget
+    (evaluate.strategy_budget). ref_model: the frozen reference of the KL term (cfg.kl_beta > 0), else None.
     """
-    rank, world = training.rank_and_world()
     guide = getattr(model, "module", model)           # DistributedDataParallel's module, for the rollouts
-    first = rank * len(tasks_batch)                   # the step's index of this process's first task
-    weights = weights or RewardWeights()
-    G = cfg.group_size
-    eos_id = tokenizer.encode_single_token("<|eos|>")
-    sampling = generate.SamplingOptions(max_new_tokens, eos_id, temperature=cfg.temperature,
-                                        stop_strings=[strategy_format.STOP])
+    first = training.rank_and_world()[0] * len(tasks)  # the step's index of this process's first task
+    G, clock = cfg.group_size, [time.perf_counter()]
 
     # 1. Rollouts: G samples per task from one prefill, every task of the step in one batch.
-    t0 = time.perf_counter()
     guide.eval()
-    device = guide.tok_emb.weight.device
-    task_prompts = [families.prompt_tokens(tokenizer, task) for task in tasks_batch]
-    generators = [torch.Generator(device).manual_seed((seed * 100_003 + step) * 10_007 + j)
-                  for j in range(first, first + len(tasks_batch))]
+    task_prompts = [families.prompt_tokens(tokenizer, task) for task in tasks]
+    sampling = generate.SamplingOptions(max_new_tokens, tokenizer.encode_single_token("<|eos|>"),
+                                        temperature=cfg.temperature, stop_strings=[strategy_format.STOP])
+    generators = rollout_generators(guide.tok_emb.weight.device, cfg.seed, step, first, len(tasks))
     rollout = generate.generate_groups(guide, task_prompts, G, sampling, generator=generators, tokenizer=tokenizer)
+    clock.append(time.perf_counter())
+
+    # 2. Rewards: the strategy as written (stop string included) is what the core sees at inference.
+    rewards = compute_rewards([t for t in tasks for _ in range(G)], rollout.texts, client, alone_stats, cfg.weights,
+                              cfg.reward, draw=first_draw(step, first, len(tasks), G))
+    clock.append(time.perf_counter())
+
+    # 3. Advantages per group.
+    totals = torch.tensor([r.total for r in rewards], dtype=torch.float32, device=rollout.tokens.device)
+    advantages = group_advantages(totals.view(-1, G), cfg.std_scale).flatten()              # (B,)
+
+    # 4-5. The clipped loss over every completion token, one optimizer step per update pass.
     prompts = [prompt for prompt in task_prompts for _ in range(G)]
-    tokens, old_logprobs, mask, texts = rollout.tokens, rollout.logprobs, rollout.mask, rollout.texts   # (B, T)
-    lengths = mask.sum(dim=1)                                   # (B,)
-    # Truncated: ran to max_new_tokens without reaching EOS or the stop string.
-    ended = [strategy_format.STOP in text or (n > 0 and int(row[n - 1]) == eos_id)
-             for text, row, n in zip(texts, tokens, lengths.tolist())]
-    t1 = time.perf_counter()
-
-    # 2. Rewards: the whole step in one batch. Draws start at step * B (B: the step's samples over every process),
-    # so every request of every step is a fresh sample, and a resumed step asks exactly the same requests again.
-    # The strategy is the completion as written (stop string included): exactly what the core sees at inference.
-    rewards = compute_rewards([t for t in tasks_batch for _ in range(G)], texts, client, alone_stats, weights,
-                              reward, draw=(step * world * len(tasks_batch) + first) * G)
-    t2 = time.perf_counter()
-
-    # 3. Advantages, 4-5. update passes over micro-batches, one optimizer step per pass.
-    totals = torch.tensor([r.total for r in rewards], dtype=torch.float32, device=tokens.device).view(-1, G)  # (N, G)
-    advantages = group_advantages(totals, cfg.std_scale).flatten()                            # (B,)
     guide.train()
-    loss_stats, grad_norm = [], 0.0
+    loss_stats = []
     for _ in range(cfg.update_passes):
         optimizer.zero_grad(set_to_none=True)
-        loss_stats += accumulate_gradients(model, prompts, tokens, old_logprobs, mask, advantages, cfg, ref_model,
-                                           tokenizer.n_vocab)
+        loss_stats += accumulate_gradients(model, prompts, rollout.tokens, rollout.logprobs, rollout.mask, advantages,
+                                           cfg, ref_model, tokenizer.n_vocab)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(guide.parameters(), cfg.grad_clip))
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     guide.eval()
-    t3 = time.perf_counter()
+    clock.append(time.perf_counter())
+    return step_metrics(step, rollout, rewards, advantages.view(-1, G), loss_stats, grad_norm, client, clock,
+                        sampling.eos_id)
 
-    # The metrics cover the whole step: under torchrun, every process's samples.
-    zero_std = (advantages.view(-1, G) == 0).all(dim=1).tolist()
+
+def step_metrics(step, rollout, rewards, advantages, loss_stats, grad_norm, client, clock, eos_id):
+    """The step's log line, over every process's samples under torchrun: the reward and each of its parts, rates,
+    lengths, the loss statistics (token-weighted over every micro-batch and pass) and the time of each phase."""
+    lengths = rollout.mask.sum(dim=1).tolist()
+    # truncated: ran to the budget without reaching EOS or the stop string
+    ended = [strategy_format.STOP in text or (n > 0 and int(row[n - 1]) == eos_id)
+             for text, row, n in zip(rollout.texts, rollout.tokens, lengths)]
+    zero_std = (advantages == 0).all(dim=1).tolist()
     rewards, lengths, ended, zero_std, loss_stats = (training.gather(x) for x in (
-        rewards, lengths.tolist(), ended, zero_std, loss_stats))
+        rewards, lengths, ended, zero_std, loss_stats))
 
-    def token_mean(key):   # mean over every token of every pass, each micro-batch weighted by its token count
+    def token_mean(key):
         pairs = [(s[key], s["tokens"]) for s in loss_stats if s[key] is not None]
         return sum(v * n for v, n in pairs) / max(sum(n for _, n in pairs), 1) if pairs else None
 
     done = [r for r in rewards if not r.failed]   # samples that have a reward
+    parts = dict.fromkeys(part for r in done for part in r.parts)
     priced = client.price_in is not None and client.price_out is not None
     return {
         "step": step,
         "reward": _mean([r.total for r in done]),
-        **{f"reward_{part}": _mean([getattr(r, part) for r in done])
-           for part in ("validity", "execution", "leakage", "harm", "cost")},
+        **{f"reward_{part}": _mean([r.parts.get(part, 0.0) for r in done]) for part in parts},
         "validity_rate": _mean([r.valid for r in rewards]),
         # success: the core answered correctly (an invalid strategy under the structure reward never ran: not correct)
         "success_rate": _mean([r.correct for r in done]),
@@ -362,9 +401,9 @@ def grpo_step(model, optimizer, tokenizer, tasks_batch, client, alone_stats, cfg
         "core_dollars": sum(r.core_dollars or 0.0 for r in done) if priced else None,   # cache hits priced too
         "core_failures": sum(r.failed for r in rewards),
         "samples": len(rewards),
-        "seconds_rollout": t1 - t0,
-        "seconds_core": t2 - t1,
-        "seconds_update": t3 - t2,
+        "seconds_rollout": clock[1] - clock[0],
+        "seconds_core": clock[2] - clock[1],
+        "seconds_update": clock[3] - clock[2],
     }
 
 
@@ -375,15 +414,18 @@ def stage_grpo(args, run):
     """GRPO from an SFT checkpoint; evaluates greedy accuracy on val every eval_every steps and keeps the best
     (the starting checkpoint included, so RL that does not help leaves the guide as it was)."""
     cfg = config.stage_config(GRPOConfig, args)
-    budget = evaluate.strategy_budget(args, run)
-    name = f"grpo-{args.reward}"
-    run.check_config(name, dict(asdict(cfg), init=args.init))
+    name = f"grpo-{cfg.reward}"
     out_dir = run.file(name)
+    # a changed weight or flag stops here with one line, unless out_dir is gone
+    run.check_config(name, dict(asdict(cfg), init=args.init), outputs=out_dir)
+    budget = evaluate.strategy_budget(args, run)
     tok = run_dir.load_guide_tokenizer(run, args.init)
-    train, val = run_dir.load_tasks(run, "train"), run_dir.load_tasks(run, "val")[:cfg.n_val_eval]
+    train = run_dir.load_tasks(run, "train")
     alone_stats = {i: dict(alone_majority_correct=r["majority_correct"], alone_dollars=r["dollars"])
                    for i, r in run_dir.load_alone_stats(run).items()}
-    client = execute.client_for(args, "core", run)
+    client = execute.client_for(execute.Endpoints.from_args(args), "core", run)
+    validate = training.Validation(run, name, out_dir, client, run_dir.load_tasks(run, "val")[:cfg.n_val_eval],
+                                   tok, budget)
     rank, world = training.rank_and_world()
     if cfg.prompts_per_step % world:
         raise run_dir.UserError(f"grpo: --prompts-per-step {cfg.prompts_per_step} does not split over {world} "
@@ -396,34 +438,30 @@ def stage_grpo(args, run):
     resumed = training.resume_or_start(name, out_dir, cfg.steps, args.device, fresh)
     if resumed is None:
         return
-    net, optimizer_state, state = resumed
-    net.grad_checkpointing = args.grad_checkpointing
-    optimizer = training.make_optimizer(net, cfg.lr, 0.0, optimizer_state)
-    train_net = training.data_parallel(net)
+    guide, optimizer_state, state = resumed
+    guide.grad_checkpointing = args.grad_checkpointing
+    optimizer = training.make_optimizer(guide, cfg.lr, 0.0, optimizer_state)
+    trained = training.data_parallel(guide)   # the guide itself, or wrapped for torchrun; shares its parameters
     ref_model = None
     if cfg.kl_beta > 0:
         ref_model = run_dir.load_guide(run, args.init, args.device)[0].eval().requires_grad_(False)
     order = random.Random(cfg.seed).sample(train, len(train))   # a fixed pass order, so a resume sees the same tasks
 
-    def validate_and_save(step):
-        return training.validate_and_save(run, name, out_dir, net, optimizer, tok, state, step, client, val,
-                                          budget)[0]
-
     if optimizer_state is None and rank == 0:   # a fresh start: the starting guide is step 0, the best so far
-        validate_and_save(0)
+        validate(guide, optimizer, state, 0)
     share = cfg.prompts_per_step // world       # this process's block of each step's tasks
     bar = tqdm(range(state["step"], cfg.steps), desc=name, initial=state["step"], total=cfg.steps,
                disable=rank != 0)
     for step in bar:
         start = step * cfg.prompts_per_step % len(order)
         batch = (order + order)[start:start + cfg.prompts_per_step]
-        metrics = grpo_step(train_net, optimizer, tok, batch[rank * share:(rank + 1) * share], client, alone_stats,
-                            cfg, budget, reward=args.reward, seed=cfg.seed, ref_model=ref_model, step=step)
+        metrics = grpo_step(trained, optimizer, tok, batch[rank * share:(rank + 1) * share], client, alone_stats,
+                            cfg, budget, step, ref_model)
         if rank != 0:                           # one process validates, saves and logs for the run
             continue
         run.log(name, **metrics, **training.peak_memory(args.device))
         bar.set_postfix(reward=metrics["reward"], valid=metrics["validity_rate"], success=metrics["success_rate"])
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            accuracy = validate_and_save(step + 1)
+            accuracy = validate(guide, optimizer, state, step + 1)[0]
             bar.write(f"{name} step {step + 1}: reward {evaluate.fmt(metrics['reward'])}, val accuracy {accuracy:.3f} "
                       f"(best {state['best_accuracy']:.3f})")

@@ -351,7 +351,7 @@ def load_hf(directory, device="cpu", dtype=None):
         raise HFError(f"{directory}: weights missing from the safetensors files: {missing[:3]}")
     handles = {}
     with torch.device("meta"):
-        net = model.Guide(cfg)
+        guide = model.Guide(cfg)
     try:
         for path in sorted(set(files.values())):
             handles[path] = safe_open(path, "pt")
@@ -365,25 +365,25 @@ def load_hf(directory, device="cpu", dtype=None):
                 shapes.append(list(piece.get_shape()))
             shape = [sum(s[0] for s in shapes)] + shapes[0][1:] if all(s and s[1:] == shapes[0][1:]
                                                                        for s in shapes) else None
-            if shape != list(net.state_dict()[ours].shape):
+            if shape != list(guide.state_dict()[ours].shape):
                 raise HFError(f"{config_path}: weights do not fit the config: {hs[0]} {shapes[0]}, expected "
-                              f"{list(net.state_dict()[ours].shape)}")
+                              f"{list(guide.state_dict()[ours].shape)}")
         state = {ours: torch.cat([handles[files[h]].get_tensor(h) for h in hs]) for ours, hs in names.items()}
     except HFError:
         raise
     except Exception as e:                      # safetensors raises its own error type for torn or corrupt files
         raise HFError(f"{directory}: cannot read safetensors weights ({e})") from None
-    net.to_empty(device=device)                 # no random init of billions of weights that are overwritten next
+    guide.to_empty(device=device)                 # no random init of billions of weights that are overwritten next
     if cfg.tie_embeddings:
-        net.lm_head.weight = net.tok_emb.weight  # to_empty gives each module its own tensor: tie them again
-    wrong = [f"{k} {tuple(v.shape)}" for k, v in state.items() if v.shape != net.state_dict()[k].shape]
+        guide.lm_head.weight = guide.tok_emb.weight  # to_empty gives each module its own tensor: tie them again
+    wrong = [f"{k} {tuple(v.shape)}" for k, v in state.items() if v.shape != guide.state_dict()[k].shape]
     if wrong:
         raise HFError(f"{config_path}: weights do not fit the config: {wrong[:3]}")
-    net.to(dtype or state["tok_emb.weight"].dtype)
-    net.load_state_dict(state, strict=False)    # strict=False: a tied lm_head.weight is the embedding
+    guide.to(dtype or state["tok_emb.weight"].dtype)
+    guide.load_state_dict(state, strict=False)    # strict=False: a tied lm_head.weight is the embedding
     # the RoPE tables stay fp32 whatever the weights' precision: bf16 angles would blur far positions
-    net.rope_cos, net.rope_sin = (t.to(device) for t in model.rope_tables(cfg))
-    return net.eval(), tokenizer
+    guide.rope_cos, guide.rope_sin = (t.to(device) for t in model.rope_tables(cfg))
+    return guide.eval(), tokenizer
 
 
 # ---------------------------------------------------------------------------------------------------------- export
@@ -473,8 +473,8 @@ if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: python hf.py DIR   (load a Hugging Face directory and print what it holds)")
     try:
-        net, enc = load_hf(sys.argv[1])
+        guide, enc = load_hf(sys.argv[1])
     except HFError as e:
         sys.exit(f"error: {e}")               # one line, exit status 1: the message names the file
-    print(json.dumps({"config": vars(net.config), "params": sum(p.numel() for p in net.parameters()),
+    print(json.dumps({"config": vars(guide.config), "params": sum(p.numel() for p in guide.parameters()),
                       "tokens": enc.n_vocab, "chat": enc.chat, "roles": enc.roles}))

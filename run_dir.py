@@ -11,6 +11,7 @@
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
 import json
 import os
 import sys
@@ -50,19 +51,20 @@ class Run:
         path = self.file("config.json")
         return (read_json(path) if os.path.exists(path) else {}).get(stage)
 
-    def check_config(self, stage, cfg):
-        """Remember a stage's configuration; refuse to resume a stage that was started with another one. Stages may
-        run at once (train.sh trains the two SFT guides side by side), so the read-modify-write holds a lock."""
+    def check_config(self, stage, cfg, outputs=None):
+        """Remember a stage's configuration; refuse to resume a stage that was started with another one, unless its
+        `outputs` (a path) are gone: then the stage starts anew and records the new one. Stages may run at once
+        (train.sh trains the two SFT guides side by side), so the read-modify-write holds a lock."""
         path = self.file("config.json")
         with open(path + ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             configs = read_json(path) if os.path.exists(path) else {}
             cfg = asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
             old = configs.get(stage)
-            if old is not None and old != cfg:
-                diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in cfg.items() if old.get(k) != v)
-                raise UserError(f"{self.path} was made with another {stage} configuration ({diff}); "
-                                f"use another --run, or delete {path} entries and outputs to redo it")
+            if old is not None and old != cfg and (outputs is None or os.path.exists(outputs)):
+                diff = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes(old, cfg))
+                raise UserError(f"{self.path} was made with another {stage} configuration ({diff}); use another "
+                                f"--run, or delete {outputs or 'its ' + stage + ' entry in ' + path} to redo it")
             configs[stage] = cfg
             write_json(path, configs)
 
@@ -151,12 +153,17 @@ def renamed_id(task_id, n):
     return f"{task_id}~r{n}"
 
 
+def original_id(task_id):
+    """The id of the task a renamed copy (renamed_id) was made from; a task's own id for an original."""
+    return task_id.split("~")[0]
+
+
 def load_renamed_tasks(run, originals):
     """The copies with new numbers of the tasks whose ids are in `originals` that accepted strategies were carried
     over to (sample --renamings); none when the run has no such file."""
     path = run.file(RENAMED_TASKS)
     tasks = _tasks(path, read_jsonl(path, required=("id",))) if os.path.exists(path) else []
-    return [t for t in tasks if t.id.split("~")[0] in originals]
+    return [t for t in tasks if original_id(t.id) in originals]
 
 
 def _tasks(path, rows):
@@ -210,6 +217,26 @@ def load_guide(run, guide, device="cpu"):
         raise UserError(str(e))
 
 
+TRAINING_STATE = {"optimizer.pt", "rng.pt"}   # a checkpoint's files that resume training but are not the guide
+
+
+def guide_fingerprint(run, guide):
+    """A digest of a guide checkpoint's files (names and contents), so an evaluation row can tell that the guide
+    it measured has since been retrained or replaced (the `best` link moved, or the files rewritten)."""
+    path = os.path.realpath(guide_dir(run, guide))
+    if not os.path.isdir(path):
+        raise UserError(f"{guide_dir(run, guide)}: no such guide checkpoint directory")
+    digest = hashlib.sha256()
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(set(files) - TRAINING_STATE):
+            digest.update(os.path.relpath(os.path.join(root, name), path).encode() + b"\0")
+            with open(os.path.join(root, name), "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 def guide_config(run, guide):
     """A guide's GuideConfig without reading its weights."""
     path = guide_dir(run, guide)
@@ -243,10 +270,23 @@ def guide_saver(tok):
     """save_training's save_model for a guide that reads with tok: a guide with a pretrained tokenizer is written as
     a Hugging Face directory (servable as it is), any other as a project checkpoint."""
     if isinstance(tok, hf.HFEncoding):
-        return lambda net, path: hf.save_hf(net, tok, path)
+        return lambda guide, path: hf.save_hf(guide, tok, path)
     return checkpoint.save_checkpoint
 
 
 def slug(name):
     """A system's name as a file name: eval/<slug>.jsonl and its lock."""
     return "".join(c if c.isalnum() else "-" for c in name.lower())
+
+
+def changes(old, new, prefix=""):
+    """(key, old value, new value) for every entry that differs between two recorded configurations, nested ones
+    (grpo's reward weights) by dotted key, so a message names the one weight that changed."""
+    out = []
+    for k in list(new) + [k for k in old if k not in new]:
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += changes(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append((prefix + k, a, b))
+    return out

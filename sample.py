@@ -74,7 +74,8 @@ def stage_sample(args, run):
         print(f"sample: {accepted_path} exists, kept")
         return
     os.makedirs(run.file("sample"), exist_ok=True)
-    teacher, core = execute.client_for(args, "teacher", run), execute.client_for(args, "core", run)
+    endpoints = execute.Endpoints.from_args(args)
+    teacher, core = execute.client_for(endpoints, "teacher", run), execute.client_for(endpoints, "core", run)
     for i in tqdm(todo, desc="sample chunks", disable=len(todo) <= 1):
         rows = sample_chunk(chunks[i], cfg, teacher, core)
         if renamings:                 # written first: a chunk is done when its chunk file exists
@@ -164,7 +165,7 @@ def candidate(task, strategy, **fields):
 def run_acceptance(rows, cfg, core, what):
     """Each valid row's strategy run M times by the cheap core; the rows get their runs, mean dollars and verdict."""
     runs_needed = [(i, m) for i, r in enumerate(rows) if r["valid"] for m in range(cfg.m)]
-    executions, verdicts = execute.execute(core, [rows[i]["_task"] for i, _ in runs_needed],
+    executions, verdicts = execute.run_strategies(core, [rows[i]["_task"] for i, _ in runs_needed],
                                            [rows[i]["strategy"] for i, _ in runs_needed], what,
                                            draws=[m for _, m in runs_needed])
     for (i, _), out, correct in zip(runs_needed, executions, verdicts):

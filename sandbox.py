@@ -548,16 +548,6 @@ def run(source: str, timeout_s: float = 10.0, *, cpu_s: float | None = None, mem
     return Result(status, reason, stdout, stderr, rc, time.monotonic() - start)
 
 
-def run_many(sources: list, timeout_s: float = 10.0, *, workers: int | None = None, desc: str | None = None,
-             **limits) -> list:
-    """run() every program on a pool of `workers` threads (default: the CPU count); results in input order.
-    A tqdm bar is shown when desc is given."""
-    workers = workers or os.cpu_count() or 1
-    with ThreadPoolExecutor(workers) as pool:
-        results = pool.map(lambda source: run(source, timeout_s, **limits), sources)
-        return list(tqdm(results, total=len(sources), desc=desc, disable=desc is None))
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Graders: batches of jobs, each host running a chunk of them one after another
 def _batches(mode: str, spec: dict, jobs: list, frames_of, per_job_s: float, workers: int | None, desc: str | None,

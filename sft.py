@@ -12,7 +12,7 @@ supervised-GCoP baseline (raw strategies).
    fresh guide starts from its seed's draw of weights at half scale (init_scale): at the model's own scale some
    seeds learned to read multi-step problems thousands of steps late.
 4. Every eval_every steps the core's accuracy on val with the guide's greedy strategies picks the checkpoint kept
-   (training.validate_and_save); the val loss on canonical strategies and the exact-plan share are oracle curves.
+   (training.Validation); the val loss on canonical strategies and the exact-plan share are oracle curves.
 """
 import math
 import random
@@ -37,10 +37,12 @@ from config import at_least
 @dataclass
 class SFTConfig:
     stage: ClassVar[str] = "sft"
-    steps: int = 8000                 # with the echoing teacher reading takes longer; on K = 32 teacher draws the
-                                      # guide reads 89% of val plans at 8,000 steps (README, this world's levers)
+    steps: int = 8000                 # with the echoing teacher reading takes longer; on K = 32 teacher draws
+                                      # the guide reads 89% of val plans at 8,000 steps (docs/experiments.md,
+                                      # this world's levers)
     batch_size: int = 16
-    lr: float = 1.5e-3                # 3e-3 left about half the seeds reading late (README, the reading levers)
+    lr: float = 1.5e-3                # 3e-3 left about half the seeds reading late (docs/experiments.md, the
+                                      # reading levers)
     min_lr_ratio: float = 0.1
     warmup: int = 100
     weight_decay: float = 0.1
@@ -48,14 +50,15 @@ class SFTConfig:
     eval_every: int = 500
     prompt_loss_weight: float = 0.5   # weight of the language-modelling loss on the problem text: predicting the
                                       # problem's own phrases teaches the guide to find and copy them, which is
-                                      # what a plan needs (README, the reading levers: 2x fewer steps to a plan)
+                                      # what a plan needs (docs/experiments.md, the reading levers: 2x fewer steps
+                                      # to a plan)
     compile: bool = True              # torch.compile the training forward/backward (1.2x on a 2-core CPU)
     curriculum: bool = False          # the strategies of fewest steps first (curriculum_pool); off: it lifts the
-                                      # slow seed 1 but slows seeds 0 and 3 (README, the reading levers)
+                                      # slow seed 1 but slows seeds 0 and 3 (docs/experiments.md, reading levers)
     seed: int = 0
     init_scale: float = 0.5           # a fresh guide's initial weight matrices times this (the same draw, scaled):
                                       # at 1.0 one seed in four read late (62.5%); at 0.5 all four pass 70%
-                                      # (README, the reading levers)
+                                      # (docs/experiments.md, the reading levers)
     n_layer: int = 4
     n_embd: int = 128
     n_head: int = 4
@@ -77,11 +80,11 @@ class SFTConfig:
             raise ValueError(f"--n-embd / --n-head / --n-kv-head: {e}") from None
 
 
-def scale_initial_weights(net, scale):
+def scale_initial_weights(guide, scale):
     """Multiply a fresh guide's weight matrices (the tied embedding once) by scale: smaller initial logits and
     residual updates, so that an unlucky draw of the weights does not hold the guide back for thousands of steps."""
     with torch.no_grad():
-        for p in net.parameters():
+        for p in guide.parameters():
             if p.dim() == 2:
                 p.mul_(scale)
 
@@ -203,99 +206,130 @@ def lr_at(step, cfg, base_lr):
     return base_lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def stage_sft(args, run):
-    cfg = config.stage_config(SFTConfig, args)
-    data = args.data
-    tok = run_dir.load_guide_tokenizer(run, args.init)
-    if args.init:                               # a pretrained guide: its context must hold the longest example
-        max_len = run_dir.guide_config(run, args.init).max_seq_len
-        if cfg.max_seq_len > max_len:
-            raise run_dir.UserError(f"sft: --max-seq-len {cfg.max_seq_len} is longer than the guide's context "
-                                    f"({max_len})")
-    run.check_config(f"sft-{data}", dict(asdict(cfg), init=args.init) if args.init else cfg)
-    budget = evaluate.strategy_budget(args, run)     # the strategies validation decodes, as evaluation will
-    out_dir = run.file(f"sft-{data}")
-    client = execute.client_for(args, "core", run)   # the best checkpoint: the core's accuracy on val
-    pad = tok.encode_single_token("<|pad|>")
+# a fresh guide's shape and initial scale: a pretrained guide (--init hf:<dir>) brings its own
+FRESH_GUIDE_FIELDS = ("n_layer", "n_embd", "n_head", "n_kv_head", "init_scale")
+
+
+def check_init(args, run, cfg):
+    """A pretrained guide's context must hold the longest example (the flags it ignores: exectune.inert_flag)."""
+    if not args.init:
+        return
+    max_len = run_dir.guide_config(run, args.init).max_seq_len
+    if cfg.max_seq_len > max_len:
+        raise run_dir.UserError(f"sft: --max-seq-len {cfg.max_seq_len} is longer than the guide's context ({max_len})")
+
+
+def recorded_config(cfg, init):
+    """What the run records for this SFT stage: cfg, or for a pretrained guide cfg without the fresh guide's fields
+    (which it ignores) and with the guide it starts from."""
+    if not init:
+        return asdict(cfg)
+    return {k: v for k, v in asdict(cfg).items() if k not in FRESH_GUIDE_FIELDS} | dict(init=init)
+
+
+def sft_data(run, tok, data, cfg):
+    """(training examples, their strategies' step counts, validation examples, val tasks for the core's accuracy).
+    An offline world validates on canonical strategies of val tasks, an oracle that costs no teacher call and
+    measures what matters (can the guide write a clear plan for an unseen problem); a real benchmark has none, so
+    the strategies of every 20th training task are held out instead, and val tasks are the val split's either way."""
     train_tasks, val_tasks = run_dir.load_tasks(run, "train"), run_dir.load_tasks(run, "val")
     canonical = train_tasks and families.family_of(train_tasks[0]).canonical_strategy
     if canonical:
         train, n_steps = sft_examples(run, tok, data, train_tasks, cfg.max_seq_len)
-        # validation: the same kind of strategies would need teacher calls on val; canonical strategies of val
-        # tasks measure what matters (can the guide write a clear plan for an unseen problem) at no cost.
         eos = tok.encode_single_token("<|eos|>")
         val = [(p, c) for p, c in ((families.prompt_tokens(tok, t),
                                      tok.encode(canonical(t), disallowed_special=()) + [eos])
                                     for t in val_tasks) if len(p) + len(c) <= cfg.max_seq_len]
     else:
-        # a real benchmark has no canonical strategies: the teacher strategies of every 20th training task are
-        # held out instead
         train, n_steps = sft_examples(run, tok, data, [t for i, t in enumerate(train_tasks) if i % 20],
                                       cfg.max_seq_len)
         val = sft_examples(run, tok, data, train_tasks[::20], cfg.max_seq_len)[0]
     if not train:
         raise run_dir.UserError(f"{run.file(data + '.jsonl')} holds no usable strategies")
+    return train, n_steps, val, val_tasks
+
+
+def sft_step(trained, guide, optimizer, batch, cfg, step, pad, device):
+    """One optimizer step on the step's whole batch (this process takes its share under torchrun) through `trained`
+    (the guide, or the guide wrapped for torchrun and compiled); returns (the whole batch's loss, the gradient norm,
+    the tokens this process saw)."""
+    rank, world = training.rank_and_world()
+    for g in optimizer.param_groups:
+        g["lr"] = lr_at(step, cfg, cfg.lr)
+    inputs, targets, loss_mask = (x.to(device) for x in sft_batch(batch[rank::world], pad))
+    loss = sft_loss(trained, inputs, targets, loss_mask, cfg.prompt_loss_weight, token_counts(batch))
+    optimizer.zero_grad(set_to_none=True)
+    (loss * world).backward()        # DistributedDataParallel averages over processes; the loss is already a share
+    grad_norm = torch.nn.utils.clip_grad_norm_(guide.parameters(), cfg.grad_clip).item()
+    optimizer.step()
+    return training.sum_over_processes(loss.item(), device), grad_norm, inputs.numel()
+
+
+def stage_sft(args, run):
+    """SFT of a fresh guide (or of a pretrained one, --init hf:<dir>) on accepted or raw strategies, keeping the
+    checkpoint with which the core is most accurate on val (the module docstring)."""
+    cfg = config.stage_config(SFTConfig, args)
+    name = f"sft-{args.data}"
+    tok = run_dir.load_guide_tokenizer(run, args.init)
+    check_init(args, run, cfg)
+    run.check_config(name, recorded_config(cfg, args.init), outputs=run.file(name))
+    train, n_steps, val, val_tasks = sft_data(run, tok, args.data, cfg)
+    client = execute.client_for(execute.Endpoints.from_args(args), "core", run)
+    validate = training.Validation(run, name, run.file(name), client, val_tasks, tok,
+                                   evaluate.strategy_budget(args, run))   # decodes as evaluation will
     rank, world = training.rank_and_world()
     if cfg.batch_size % world:
         raise run_dir.UserError(f"sft: --batch-size {cfg.batch_size} does not split over {world} processes")
-
     training.seed_everything(cfg.seed)          # the fresh guide's weights, and every RNG state a checkpoint saves
 
     def fresh():
-        state = dict(step=0, best_step=None, best_accuracy=None, config=asdict(cfg))
+        state = dict(step=0, best_step=None, best_accuracy=None, config=recorded_config(cfg, args.init))
         if args.init:                           # a pretrained guide (hf:<dir>)
-            return run_dir.load_guide(run, args.init, args.device)[0], dict(state, init=args.init)
-        net = guide_model.Guide(guide_model.GuideConfig(
+            return run_dir.load_guide(run, args.init, args.device)[0], state
+        guide = guide_model.Guide(guide_model.GuideConfig(
             vocab_size=tok.n_vocab, n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_head=cfg.n_head,
             n_kv_head=cfg.n_kv_head, max_seq_len=cfg.max_seq_len)).to(args.device)
-        scale_initial_weights(net, cfg.init_scale)
-        return net, state
-    resumed = training.resume_or_start(f"sft {data}", out_dir, cfg.steps, args.device, fresh)
+        scale_initial_weights(guide, cfg.init_scale)
+        return guide, state
+    resumed = training.resume_or_start(name, validate.out_dir, cfg.steps, args.device, fresh)
     if resumed is None:
         return
-    net, optimizer_state, state = resumed
-    net.grad_checkpointing = args.grad_checkpointing
-    optimizer = training.make_optimizer(net, cfg.lr, cfg.weight_decay, optimizer_state)
-    start_step = state["step"]
-    # the compiled module shares net's parameters: checkpoints, validation and generation use net itself
-    train_net = training.data_parallel(net)
-    train_net = torch.compile(train_net, dynamic=True) if cfg.compile else train_net
-    n_params = sum(p.numel() for p in net.parameters())
+    guide, optimizer_state, state = resumed
+    guide.grad_checkpointing = args.grad_checkpointing
+    optimizer = training.make_optimizer(guide, cfg.lr, cfg.weight_decay, optimizer_state)
+    # the guide itself, or wrapped for torchrun and compiled: it shares the guide's parameters, so checkpoints,
+    # validation and generation use the guide
+    trained = training.data_parallel(guide)
+    trained = torch.compile(trained, dynamic=True) if cfg.compile else trained
     if rank == 0:
-        print(f"sft: {len(train)} {data} examples, {len(val)} val, guide {n_params / 1e6:.2f}M params"
+        print(f"sft: {len(train)} {args.data} examples, {len(val)} val, guide "
+              f"{sum(p.numel() for p in guide.parameters()) / 1e6:.2f}M params"
               + (f", {world} processes" if world > 1 else ""))
-    net.train()
+    pad = tok.encode_single_token("<|pad|>")
+    guide.train()
     t0, tokens, pools = time.time(), 0, {}
-    bar = tqdm(range(start_step, cfg.steps), desc=f"sft {data}", initial=start_step, total=cfg.steps,
-               disable=rank != 0)
+    bar = tqdm(range(state["step"], cfg.steps), desc=name, initial=state["step"], total=cfg.steps, disable=rank != 0)
     for step in bar:
-        for g in optimizer.param_groups:
-            g["lr"] = lr_at(step, cfg, cfg.lr)
-        pool, third = train, min(2, 3 * step // cfg.steps)
+        pool = train
         if cfg.curriculum:
+            third = min(2, 3 * step // cfg.steps)
             if third not in pools:
                 pools[third] = curriculum_pool(train, n_steps, step, cfg.steps)
             pool = pools[third]
-        batch = sft_batch_examples(pool, cfg, step)         # the step's whole batch; this process takes its share
-        inputs, targets, loss_mask = (x.to(args.device) for x in sft_batch(batch[rank::world], pad))
-        loss = sft_loss(train_net, inputs, targets, loss_mask, cfg.prompt_loss_weight, token_counts(batch))
-        optimizer.zero_grad(set_to_none=True)
-        (loss * world).backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip).item()
-        optimizer.step()
-        tokens += inputs.numel()
-        loss_value = training.sum_over_processes(loss.item(), args.device)    # the whole batch's loss
-        bar.set_postfix(loss=f"{loss_value:.3f}")
+        loss, grad_norm, seen = sft_step(trained, guide, optimizer, sft_batch_examples(pool, cfg, step), cfg, step,
+                                         pad, args.device)
+        tokens += seen
+        bar.set_postfix(loss=f"{loss:.3f}")
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             tokens_per_s = training.sum_over_processes(tokens, args.device) / (time.time() - t0)
             if rank != 0:                        # one process validates, saves and logs for the run
                 continue
-            val_loss = sft_val_loss(net, val, pad, 64)
-            accuracy, plan_exact, exact_success = training.validate_and_save(
-                run, f"sft-{data}", out_dir, net, optimizer, tok, state, step + 1, client, val_tasks, budget,
-                loss=round(loss_value, 4), val_loss=round(val_loss, 4), lr=optimizer.param_groups[0]["lr"],
-                grad_norm=round(grad_norm, 3), tokens_per_s=round(tokens_per_s), **training.peak_memory(args.device))
-            net.train()
-            bar.write(f"sft {data} step {step + 1}: train loss {loss_value:.3f}, val loss {val_loss:.3f}, "
+            val_loss = sft_val_loss(guide, val, pad, 64)
+            accuracy, plan_exact, exact_success = validate(
+                guide, optimizer, state, step + 1, loss=round(loss, 4), val_loss=round(val_loss, 4),
+                lr=optimizer.param_groups[0]["lr"], grad_norm=round(grad_norm, 3), tokens_per_s=round(tokens_per_s),
+                **training.peak_memory(args.device))
+            guide.train()
+            bar.write(f"{name} step {step + 1}: train loss {loss:.3f}, val loss {val_loss:.3f}, "
                       f"val accuracy {accuracy:.3f} (best {state['best_accuracy']:.3f}), exact plans "
                       f"{evaluate.fmt(plan_exact, '{:.1%}')}, mean exact success {evaluate.fmt(exact_success)}")

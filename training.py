@@ -12,12 +12,14 @@ chooses the checkpoint kept.
 import datetime
 import os
 import random
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 import checkpoint
+import core_client
 import evaluate
 import execute
 import hf
@@ -49,13 +51,14 @@ def start_distributed(device):
     return device
 
 
-def data_parallel(net):
-    """The module a training step runs: net itself, or net in DistributedDataParallel, which averages the gradients
+def data_parallel(guide):
+    """The module a training step runs: guide itself, or guide in DistributedDataParallel, which averages the gradients
     of all processes in the backward pass (each process's loss is scaled by the number of processes, so the average
     is the gradient of the whole step's loss)."""
     if rank_and_world()[1] == 1:
-        return net
-    return DistributedDataParallel(net, device_ids=[net.tok_emb.weight.device] if net.tok_emb.weight.is_cuda else None)
+        return guide
+    device = guide.tok_emb.weight.device
+    return DistributedDataParallel(guide, device_ids=[device] if device.type == "cuda" else None)
 
 
 def peak_memory(device):
@@ -102,7 +105,7 @@ def sum_over_processes(value, device):
 
 
 def resume_or_start(what, out_dir, steps, device, fresh):
-    """What SFT and GRPO train from: (net, optimizer state or None, state) of the newest complete checkpoint in
+    """What SFT and GRPO train from: (guide, optimizer state or None, state) of the newest complete checkpoint in
     out_dir (checkpoint.resume_training), else fresh() with no optimizer state; None when that checkpoint already
     reached `steps`, so the stage is done."""
     try:
@@ -111,8 +114,8 @@ def resume_or_start(what, out_dir, steps, device, fresh):
     except (checkpoint.CheckpointError, hf.HFError) as e:
         raise run_dir.UserError(str(e))
     if resumed is None:
-        net, state = fresh()
-        return net, None, state
+        guide, state = fresh()
+        return guide, None, state
     step = resumed[2]["step"]
     if step >= steps:
         print(f"{what}: {out_dir} finished ({step} steps), kept")
@@ -121,11 +124,11 @@ def resume_or_start(what, out_dir, steps, device, fresh):
     return resumed
 
 
-def make_optimizer(net, lr, weight_decay, state=None):
+def make_optimizer(guide, lr, weight_decay, state=None):
     """AdamW with betas (0.9, 0.95); no weight decay on norms and biases (1-D parameters); `state`: a resumed
     optimizer's."""
-    decay = [p for p in net.parameters() if p.dim() >= 2]
-    no_decay = [p for p in net.parameters() if p.dim() < 2]
+    decay = [p for p in guide.parameters() if p.dim() >= 2]
+    no_decay = [p for p in guide.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([dict(params=decay, weight_decay=weight_decay),
                                    dict(params=no_decay, weight_decay=0.0)], lr=lr, betas=(0.9, 0.95))
     if state:
@@ -133,26 +136,37 @@ def make_optimizer(net, lr, weight_decay, state=None):
     return optimizer
 
 
-def val_accuracy(client, net, tok, val_tasks, max_new_tokens):
+def val_accuracy(client, guide, tok, val_tasks, max_new_tokens):
     """(accuracy of the core with the guide's greedy strategies on val tasks, the strategies)."""
-    texts, _ = evaluate.guide_strategies(net, tok, val_tasks, max_new_tokens, 64, desc="val")
-    _, verdicts = execute.execute(client, val_tasks, texts, "val core")
+    texts, _ = evaluate.guide_strategies(guide, tok, val_tasks, max_new_tokens, 64, desc="val")
+    _, verdicts = execute.run_strategies(client, val_tasks, texts, "val core")
     ok = [v for v in verdicts if v is not None]
     return sum(ok) / max(1, len(ok)), texts
 
 
-def validate_and_save(run, name, out_dir, net, optimizer, tok, state, step, client, val_tasks, max_new_tokens,
-                      **logged):
-    """Score the guide at `step` (the module docstring, 3), save its checkpoint, log one metrics line with `logged`;
-    returns (val accuracy, exact-plan share, mean exact success), the last two None without an oracle."""
-    accuracy, texts = val_accuracy(client, net, tok, val_tasks, max_new_tokens)
-    plan_exact, exact_success = evaluate.plan_scores(val_tasks, texts)
-    state["step"] = step
-    if state["best_accuracy"] is None or accuracy > state["best_accuracy"]:
-        state.update(best_step=step, best_accuracy=accuracy)
-    checkpoint.save_training(out_dir, net, optimizer, state, save_model=run_dir.guide_saver(tok))
-    run.log(name, step=step, **logged, val_accuracy=round(accuracy, 4),
-            best_val_accuracy=round(state["best_accuracy"], 4), val_plan_exact=run_dir.rounded(plan_exact),
-            val_exact_success=run_dir.rounded(exact_success),
-            val_executability=run_dir.rounded(evaluate.executability(val_tasks, texts)))   # an oracle
-    return accuracy, plan_exact, exact_success
+@dataclass
+class Validation:
+    """How a stage chooses the checkpoint it keeps (the module docstring, 3): the run and the stage's name and
+    directory, the core and the val tasks it answers, the guide's tokenizer and the run's strategy budget."""
+    run: run_dir.Run
+    name: str
+    out_dir: str
+    client: core_client.CoreClient
+    val_tasks: list
+    tok: object                 # tiktoken.Encoding, or hf.HFTokenizer for a pretrained guide
+    max_new_tokens: int
+
+    def __call__(self, guide, optimizer, state, step, **logged):
+        """Score the guide at `step`, save its checkpoint, log one metrics line with `logged`; returns (val
+        accuracy, exact-plan share, mean exact success), the last two None without an oracle."""
+        accuracy, texts = val_accuracy(self.client, guide, self.tok, self.val_tasks, self.max_new_tokens)
+        plan_exact, exact_success = evaluate.plan_scores(self.val_tasks, texts)
+        state["step"] = step
+        if state["best_accuracy"] is None or accuracy > state["best_accuracy"]:
+            state.update(best_step=step, best_accuracy=accuracy)
+        checkpoint.save_training(self.out_dir, guide, optimizer, state, save_model=run_dir.guide_saver(self.tok))
+        self.run.log(self.name, step=step, **logged, val_accuracy=round(accuracy, 4),
+                     best_val_accuracy=round(state["best_accuracy"], 4), val_plan_exact=run_dir.rounded(plan_exact),
+                     val_exact_success=run_dir.rounded(exact_success),
+                     val_executability=run_dir.rounded(evaluate.executability(self.val_tasks, texts)))   # an oracle
+        return accuracy, plan_exact, exact_success

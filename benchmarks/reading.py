@@ -172,7 +172,8 @@ def main():
     alone = sum(families.family_of(t).exact_success(t, None) for t in val_tasks) / len(val_tasks)
     print(json.dumps(dict(args=vars(a), oracle=a.data in ("canonical", "handles"), examples=len(examples),
                           tasks=len({t.id for t, _ in pairs}),
-                          renamed=sum("~" in t.id for t, _ in pairs), params=sum(p.numel() for p in net.parameters()),
+                          renamed=sum(run_dir.original_id(t.id) != t.id for t, _ in pairs),
+                          params=sum(p.numel() for p in net.parameters()),
                           core_alone_exact_success=round(alone, 4))), flush=True)
     pools = {}
     t0, useful = time.time(), 0

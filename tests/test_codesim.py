@@ -1,5 +1,6 @@
 """codesim: the generator and its reader, hidden tests, splits, the strategy parser, and the simulated programmer."""
 import random
+import re
 
 import pytest
 import requests
@@ -12,6 +13,20 @@ import grpo
 import sim_code as sc
 import sim_core
 from sim_math import CHEAP, LARGE, TEACHER
+
+
+def uses_held_out(problem: str) -> bool:
+    """Whether a codesim problem contains a phrasing or function name that only the `ood` split uses."""
+    held = [h for _, (_, hs) in cs.PHRASES.items() for h in hs]
+    if any(re.search(cs._phrase_regex(h), problem) for h in held):
+        return True
+    texts = sum((forms[1] for forms in (cs.CONNECTIVES, cs.FIRST_CONNECTIVES)), [])
+    if any(c.strip() and c.strip() in problem for c in texts):
+        return True
+    fixed = sum((forms[1] for forms in (cs.INTROS, cs.ENDINGS, cs.DISTRACTORS)), [])
+    if any(re.search(re.escape(f.split("{")[0]), problem) for f in fixed):
+        return True
+    return any(re.search(rf"\b{name}\(", problem) for name in cs.FUNCTION_NAMES[1])
 
 
 def _as_read(task):
@@ -46,9 +61,9 @@ def test_generator_is_seeded_and_shaped():
 
 def test_ood_holds_out_phrasings_that_other_splits_never_show():
     for split in ("train", "val", "test"):
-        assert not any(cs.uses_held_out(t.problem) for t in cs.generate_codesim(300, 1, split))
+        assert not any(uses_held_out(t.problem) for t in cs.generate_codesim(300, 1, split))
     ood = cs.generate_codesim(300, 1, "ood")
-    assert sum(cs.uses_held_out(t.problem) for t in ood) / len(ood) > 0.9
+    assert sum(uses_held_out(t.problem) for t in ood) / len(ood) > 0.9
 
 
 def test_reader_refuses_what_it_cannot_read():
@@ -215,8 +230,8 @@ def test_codesim_rewards_are_graded_by_running_the_core_code():
         strategies[1] = strategies[1].replace("</strategy>", "```python\nx = 1\n```\n</strategy>")   # leaks code
         alone = {t.id: {"alone_majority_correct": False, "alone_dollars": 1e-4} for t in task_list}
         rewards = grpo.compute_rewards(task_list, strategies, client, alone)
-        assert (rewards[0].valid, rewards[0].validity, rewards[0].correct) == (False, -1.0, False)
-        assert rewards[1].leaked and rewards[1].leakage == -0.5
+        assert (rewards[0].valid, rewards[0].parts["validity"], rewards[0].correct) == (False, -1.0, False)
+        assert rewards[1].leaked and rewards[1].parts["leakage"] == -0.5
         # correct is what the sandbox says about the code the core wrote, and nothing else
         replies = [client.chat(cb.code_core_messages(t.problem, s), draw=i) for i, (t, s) in
                    enumerate(zip(task_list, strategies)) if i > 0]

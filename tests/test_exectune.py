@@ -217,6 +217,28 @@ def test_sft_grpo_eval(tiny_run, core_url, capsys):
     capsys.readouterr()
     assert cli(tiny_run, core_url, "eval", "--guide", "teacher", "--name", "teacher") == 0
     assert "already in" in capsys.readouterr().out
+    # a changed reward weight on the finished stage stops with one line naming that weight, never "kept"
+    assert cli(tiny_run, core_url, "grpo", "--init", "sft-accepted/best", "--reward", "structure", "--steps", "2",
+               "--prompts-per-step", "2", "--group-size", "3", "--eval-every", "1", "--n-val-eval", "4",
+               "--weights", "harm=-1.0") == 1
+    out, err = capsys.readouterr()
+    assert "kept" not in out and err.count("\n") == 1 and "(weights.harm: -0.5 -> -1.0)" in err
+    # a guide whose files changed since its row was written is evaluated again, never kept
+    best = tiny_run / "grpo-structure" / "best"
+    retrained = checkpoint.load_checkpoint(best)
+    with torch.no_grad():
+        retrained.tok_emb.weight.add_(0.01)
+    checkpoint.save_checkpoint(retrained, best)
+    assert cli(tiny_run, core_url, "eval", "--guide", "grpo-structure/best", "--name", "tiny") == 0
+    assert "already in" not in capsys.readouterr().out
+    assert cli(tiny_run, core_url, "eval", "--guide", "grpo-structure/best", "--name", "tiny") == 0
+    assert "already in" in capsys.readouterr().out
+    # with the stage's outputs deleted, the new weights train anew and are recorded
+    shutil.rmtree(tiny_run / "grpo-structure")
+    assert cli(tiny_run, core_url, "grpo", "--init", "sft-accepted/best", "--reward", "structure", "--steps", "1",
+               "--prompts-per-step", "2", "--group-size", "3", "--eval-every", "1", "--n-val-eval", "4",
+               "--weights", "harm=-1.0") == 0
+    assert json.load(open(tiny_run / "config.json"))["grpo-structure"]["weights"]["harm"] == -1.0
     # the table: results.md, then one JSON summary line with every row
     assert cli(tiny_run, core_url, "table", "--wall-s", "7") == 0
     lines = capsys.readouterr().out.strip().splitlines()
@@ -344,7 +366,11 @@ def test_a_failed_teacher_call_fails_its_task_not_runs_it_without_a_strategy(tin
     (["sft", "--min-lr-ratio", "2"], "--min-lr-ratio"), (["grpo", "--init", "x", "--group-size", "1"], "--group-size"),
     (["baselines", "--alone-runs", "0"], "--alone-runs"), (["tokenizer", "--vocab-size", "100"], "--vocab-size"),
     (["eval", "--guide", "none", "--batch-size", "0"], "--batch-size"), (["data", "--concurrency", "0"], "--concurrency"),
-    (["data", "--n-val", "many"], "--n-val")])
+    (["data", "--n-val", "many"], "--n-val"),
+    # a flag that would change nothing with the others given
+    (["sample", "--select", "handles"], "--select"), (["sft", "--init", "hf:/x", "--init-scale", "1"], "--init-scale"),
+    (["grpo", "--init", "x", "--reward", "outcome", "--weights", "harm=-1"], "--weights harm"),
+    (["grpo", "--init", "x", "--weights", "vibes=1"], "--weights")])
 def test_a_bad_flag_is_one_line_exit_2_and_leaves_the_run_untouched(tiny_run, capsys, argv, flag):
     before = {p: open(os.path.join(tiny_run, p), "rb").read() for p in ("config.json", "metrics.jsonl")}
     with pytest.raises(SystemExit) as info:
@@ -363,6 +389,8 @@ def test_help_says_what_each_stage_does(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert info.value.code == 0
     assert all(f"{name} {' '.join(what.split())}" in out for name, (_, _, what) in exectune.STAGES.items())
+    description = out.split("positional arguments")[0].split("...")[-1].strip()
+    assert description.endswith("."), description     # a whole sentence, not the docstring's first line cut short
 
 
 def test_one_writer_per_output_of_a_run(tmp_path):

@@ -27,6 +27,12 @@ LN2 = math.log(2.0)
 # ----------------------------------------------------------------------------------------------- the loss
 
 
+
+
+def part(reward, name):
+    """A reward's weighted term by name; 0 where compute_rewards left it out (an invalid strategy never runs)."""
+    return reward.parts.get(name, 0.0)
+
 def test_loss_by_hand_clips_both_sides_and_averages_over_step_tokens():
     # Row 0: A = +1, ratios 1.5 (clipped to 1.2) and 0.5 (not clipped: min picks 0.5). Third token is padding
     # whose log-probs are -inf, which must not leak into the loss or the gradient.
@@ -230,14 +236,17 @@ def test_each_reward_component_on_crafted_strategies(task):
     assert all(strategy_format.parse_core_request(m)[1] != invalid for m in core.requests)
 
     cost = -0.1 * 2.8e-4 / 5.6e-4                     # -0.05: half the dollars of solving alone
-    assert (r[0].execution, r[0].cost, r[0].total) == (1.0, pytest.approx(cost), pytest.approx(1 + cost))
+    assert (part(r[0], "execution"), part(r[0], "cost"), r[0].total) == (1.0, pytest.approx(cost),
+                                                                         pytest.approx(1 + cost))
     assert r[0].valid and r[0].correct and not (r[0].leaked or r[0].harmed)
-    assert (r[1].validity, r[1].total, r[1].core_dollars) == (-1.0, -1.0, None) and not r[1].valid
+    assert (part(r[1], "validity"), r[1].total, r[1].core_dollars) == (-1.0, -1.0, None) and not r[1].valid
     # Leak: a cache hit still prices the request by its tokens.
-    assert (r[2].leakage, r[2].cost, r[2].total) == (-0.5, pytest.approx(cost), pytest.approx(0.5 + cost))
+    assert (part(r[2], "leakage"), part(r[2], "cost"), r[2].total) == (-0.5, pytest.approx(cost),
+                                                                       pytest.approx(0.5 + cost))
     assert r[2].core_dollars == pytest.approx(2.8e-4) and r[2].leaked
     # Harm: the core alone usually gets it right, the strategy made it fail.
-    assert (r[3].execution, r[3].harm, r[3].total) == (0.0, -0.5, pytest.approx(-0.5 + cost)) and r[3].harmed
+    assert (part(r[3], "execution"), part(r[3], "harm"), r[3].total) == (0.0, -0.5, pytest.approx(-0.5 + cost))
+    assert r[3].harmed
     # Core failure: no reward at all.
     assert r[4].failed and math.isnan(r[4].total) and r[4].core_dollars is None
 
@@ -261,8 +270,9 @@ def test_structure_defer_prices_an_invalid_strategy_as_the_core_alone(task):
                              reward="structure-defer")
     assert len(core.requests) == 3                     # the invalid ones go to the core, which solves alone
     cost = -0.1 * 2.8e-4 / 5.6e-4
-    assert (r[0].validity, r[0].execution, r[0].total) == (0.0, 1.0, pytest.approx(1 + cost)) and r[0].deferred
-    assert (r[1].harm, r[1].total) == (-0.5, pytest.approx(-0.5 + cost)) and r[1].harmed   # alone failed: harm
+    assert (part(r[0], "validity"), part(r[0], "execution"), r[0].total) == (0.0, 1.0, pytest.approx(1 + cost))
+    assert r[0].deferred
+    assert (part(r[1], "harm"), r[1].total) == (-0.5, pytest.approx(-0.5 + cost)) and r[1].harmed   # alone failed: harm
     assert r[2].total == pytest.approx(1 + cost) and not r[2].deferred
 
 
@@ -290,7 +300,7 @@ def test_rewards_through_the_local_core():
         assert r[0].total == -1.0
         assert sum(x.correct for x in r[1:]) >= 8       # canonical strategies: about 0.94 each
         # The core writes a longer chain of thought alone, so a clear strategy costs less than solving alone.
-        assert all(-0.1 < x.cost < 0 for x in r[1:])
+        assert all(-0.1 < part(x, "cost") < 0 for x in r[1:])
         broken = core_client.CoreClient(flaky_url + "/v1", "sim-core", max_retries=0)
         r = grpo.compute_rewards(task_list[:3], strategies[:3], broken, alone)
         assert r[0].total == -1.0 and all(x.failed and math.isnan(x.total) for x in r[1:])
@@ -313,14 +323,42 @@ def test_a_step_whose_core_calls_all_fail_scores_nothing_and_leaves_the_guide_al
     net = tiny_guide(vocab_size=tok.n_vocab)
     before = [p.detach().clone() for p in net.parameters()]
     failure = core_client.CoreError(None, "connection refused", "is the server running?")
-    cfg = grpo.GRPOConfig(prompts_per_step=2, group_size=4)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-2, weight_decay=0.0)
     # An untrained guide writes no valid strategy, so the outcome reward (which sends everything) is used.
-    metrics = grpo.grpo_step(net, optimizer, tok, [task, task], FakeCore([failure] * 8), {}, cfg, 8,
-                             reward="outcome", seed=0, step=3)
+    cfg = grpo.GRPOConfig(prompts_per_step=2, group_size=4, reward="outcome")
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-2, weight_decay=0.0)
+    metrics = grpo.grpo_step(net, optimizer, tok, [task, task], FakeCore([failure] * 8), {}, cfg, 8, step=3)
     assert metrics["core_failures"] == 8 and metrics["reward"] is None and metrics["zero_std_groups"] == 1.0
     assert metrics["truncation_rate"] == 1.0 and metrics["completion_tokens"] == 8
     assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))   # all advantages 0: no update
+
+
+def test_a_sixth_reward_part_is_optimised_once_it_is_a_weighted_part(task, one_thread, monkeypatch):
+    """A fork adds a term as the README says: a RewardWeights field and one line that puts weight * value into
+    Reward.parts. Every core reply here is wrong, so the five parts are equal within each group and teach nothing;
+    the sixth (shorter strategies score higher) alone moves the guide, and at weight 0 it does not."""
+    Weights = dataclasses.make_dataclass("Weights", [("brevity", float, 0.0)], bases=(grpo.RewardWeights,))
+    compute_rewards = grpo.compute_rewards
+
+    def with_brevity(task_list, strategies, client, alone_stats, weights, *args, **kwargs):
+        rewards = compute_rewards(task_list, strategies, client, alone_stats, weights, *args, **kwargs)
+        for r, strategy in zip(rewards, strategies):
+            r.parts["brevity"] = weights.brevity * -len(strategy) / 100
+        return rewards
+    monkeypatch.setattr(grpo, "compute_rewards", with_brevity)
+    tok = tokenizer_for([strategy_format.guide_prompt(task.problem)], 600)
+
+    def moved(brevity):
+        net = tiny_guide(vocab_size=tok.n_vocab)
+        before = [p.detach().clone() for p in net.parameters()]
+        cfg = grpo.GRPOConfig(prompts_per_step=2, group_size=4, reward="outcome", weights=Weights(brevity=brevity))
+        optimizer = torch.optim.AdamW(net.parameters(), lr=1e-2, weight_decay=0.0)
+        metrics = grpo.grpo_step(net, optimizer, tok, [task, task], FakeCore([reply(-1)] * 8), {}, cfg, 24, step=0)
+        return any(not torch.equal(a, b) for a, b in zip(before, net.parameters())), metrics
+
+    changed, metrics = moved(0.5)
+    assert changed and metrics["reward_execution"] == 0.0 and metrics["reward_brevity"] < 0
+    assert metrics["reward"] == pytest.approx(metrics["reward_execution"] + metrics["reward_brevity"])
+    assert moved(0.0)[0] is False
 
 
 # ----------------------------------------------------------------------------------------------- a short run
@@ -383,7 +421,7 @@ def test_short_grpo_run_raises_the_reward_of_a_weak_guide(one_thread):
         cfg = grpo.GRPOConfig(prompts_per_step=4, group_size=8, lr=3e-4, micro_batch_size=16)
         optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0)
         for step in range(10):
-            metrics = grpo.grpo_step(net, optimizer, tok, task_list, client, alone, cfg, 48, seed=0, step=step)
+            metrics = grpo.grpo_step(net, optimizer, tok, task_list, client, alone, cfg, 48, step)
         after, valid_after = mean_reward()
     finally:
         server.shutdown()

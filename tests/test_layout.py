@@ -1,5 +1,5 @@
-"""The layout a reader relies on: the project's modules import one another one way (no cycle), only at the top of a
-file, and importing them changes nothing process-wide."""
+"""The layout a reader relies on: the project's modules import one another one way (no cycle, and never a file of a
+higher layer: the README's rule), only at the top of a file, and importing them changes nothing process-wide."""
 import ast
 import os
 import subprocess
@@ -8,6 +8,12 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULES = sorted(f[:-3] for f in os.listdir(ROOT) if f.endswith(".py"))
 SHIMS = {"pytest_shim"}   # read as text and run inside the sandbox ahead of a task's tests, never imported
+# The README's layers, lowest first (The order to read the code): a file imports only its own layer or lower ones.
+LAYERS = [{"model", "generate", "tokenizer", "checkpoint", "hf"},                          # the guide
+          {"core_client"},                                                                 # the client
+          {"strategy_format", "mathsim", "gsm8k", "sandbox", "sandbox_host", "code_bench", "codesim"},   # task worlds
+          {"sim_math", "sim_code", "families", "sim_core"},                   # the simulated models, families
+          {"grpo", "sample", "sft", "training", "execute", "evaluate", "exectune", "config", "run_dir"}]   # recipe
 
 
 def project_imports(tree):
@@ -35,6 +41,14 @@ def graph():
 
 def test_the_project_has_modules_to_check():
     assert {"exectune", "model", "grpo", "core_client"} <= set(MODULES)
+
+
+def test_every_module_has_a_layer_and_imports_none_above_it():
+    layer = {name: i for i, names in enumerate(LAYERS) for name in names}
+    assert set(MODULES) - SHIMS == set(layer), "a module missing from LAYERS, or a stale name there"
+    upward = [(name, dep) for name, deps in graph().items() if name in layer
+              for dep, _ in deps if layer[dep] > layer[name]]
+    assert upward == [], f"imports of a higher layer: {upward}"
 
 
 def test_project_imports_are_at_the_top_of_each_file():

@@ -112,7 +112,8 @@ def test_a_hundred_processes_all_die_with_the_program():
 
 
 def test_killing_the_host_fails_that_program_alone():
-    results = sandbox.run_many([UNGUARD + "posix.kill(posix.getppid(), 9)\n", "x = 1\n"], timeout_s=20)
+    killer = UNGUARD + "posix.kill(posix.getppid(), 9)\n"
+    results = [sandbox.run(source, timeout_s=20) for source in (killer, "x = 1\n")]
     if BWRAP:       # the host is the pid namespace's init: a SIGKILL from inside does not reach it
         assert results[0].status == "passed", results[0]
     else:
@@ -216,16 +217,6 @@ def test_the_environment_holds_no_secrets(monkeypatch):
     assert spy.status == "crashed" and "sk-test" not in spy.stdout, spy
 
 
-def test_run_many_keeps_input_order_and_bounds_the_pool():
-    sources = [f"import time\ntime.sleep(0.3)\nprint({i})\n" for i in range(4)] + ["assert False\n"]
-    t0 = time.monotonic()
-    results = sandbox.run_many(sources, timeout_s=60, workers=2)
-    elapsed = time.monotonic() - t0
-    assert [r.stdout for r in results[:4]] == [f"{i}\n" for i in range(4)]
-    assert [r.status for r in results] == ["passed"] * 4 + ["failed"]
-    assert elapsed >= 0.6                       # two workers: the four sleeps take at least two rounds
-
-
 def test_bad_arguments():
     with pytest.raises(ValueError, match="timeout_s"):
         sandbox.run("pass", timeout_s=0)
@@ -236,7 +227,7 @@ def test_a_malformed_status_report_fails_that_program_alone(status):
     # every inherited descriptor above stderr: the status pipe keeps the parent's number, which may be large
     forge = ("import os\nfor fd in sorted(map(int, os.listdir('/proc/self/fd'))):\n    if fd > 2:\n        try:\n"
              "            os.write(fd, %r)\n        except OSError:\n            pass\nos._exit(0)\n" % status)
-    results = sandbox.run_many([forge, "x = 1\n"], timeout_s=10)
+    results = [sandbox.run(source, timeout_s=10) for source in (forge, "x = 1\n")]
     assert results[0].status == "crashed" and "malformed status" in results[0].reason
     assert results[1].status == "passed"
 
