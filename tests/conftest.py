@@ -4,6 +4,7 @@ thread."""
 import json
 import os
 import sys
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,6 +16,30 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import exectune  # noqa: E402  (from the root just put on the path)
 import sim_core  # noqa: E402
+
+
+def processes_with(marker: str) -> list:
+    """Pids of processes on this machine whose command line holds `marker` (the sandbox tests' survivors)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if marker.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+@pytest.fixture
+def sandbox_tmp(tmp_path, monkeypatch):
+    """Sandbox directories (the fallback's) go under tmp_path/base, checked empty after the test: every test of
+    the sandbox files also checks that nothing is left behind."""
+    base = tmp_path / "base"
+    base.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(base))
+    yield base
+    assert list(base.iterdir()) == [], "a sandbox directory was left behind"
 
 
 def pytest_configure(config):

@@ -7,16 +7,10 @@ import time
 import pytest
 
 import sandbox
+from conftest import processes_with
 
 
-@pytest.fixture(autouse=True)
-def private_tmp(tmp_path, monkeypatch):
-    """Sandbox directories go under tmp_path/base, so each test can check that they were removed."""
-    base = tmp_path / "base"
-    base.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(base))
-    yield base
-    assert list(base.iterdir()) == [], "a sandbox directory was left behind"
+pytestmark = pytest.mark.usefixtures("sandbox_tmp")   # conftest: nothing left behind
 
 
 def test_ordinary_outcomes():
@@ -59,19 +53,6 @@ needs_bwrap = pytest.mark.skipif(not BWRAP and os.environ.get("EXECTUNE_REQUIRE_
                                  reason="bubblewrap is not usable here: the fallback does not promise this")
 
 
-def _running(marker: str) -> list:
-    """Pids of processes on this machine whose command line holds `marker`."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if marker.encode() in f.read():
-                    found.append(int(pid))
-        except OSError:
-            pass
-    return found
-
-
 def _escapee(marker: str, body: str = "") -> str:
     """A child that leaves the program's session and becomes `sleep MARKER` (after running `body`)."""
     return (f"pid = posix.fork()\nif pid == 0:\n    posix.setsid()\n{body}"
@@ -83,7 +64,7 @@ def test_children_that_escape_the_guards_and_the_session_die_with_the_program():
     result = sandbox.run(UNGUARD + _escapee(marker) + "import time\ntime.sleep(0.3)\nprint('done')\n",
                          timeout_s=30)
     assert result.status == "passed" and result.stdout == "done\n", result
-    assert _running(marker) == [], "a child outlived run()"
+    assert processes_with(marker) == [], "a child outlived run()"
 
 
 def test_a_setsid_child_holding_stdout_does_not_turn_a_clean_exit_into_a_timeout():
@@ -91,7 +72,7 @@ def test_a_setsid_child_holding_stdout_does_not_turn_a_clean_exit_into_a_timeout
     t0 = time.monotonic()
     result = sandbox.run(UNGUARD + _escapee(marker) + "print('done')\n", timeout_s=20)
     assert (result.status, result.stdout) == ("passed", "done\n"), result
-    assert time.monotonic() - t0 < 10 and _running(marker) == []
+    assert time.monotonic() - t0 < 10 and processes_with(marker) == []
 
 
 def test_a_setsid_child_creating_files_is_killed_and_the_directory_removed():
@@ -108,7 +89,7 @@ def test_a_hundred_processes_all_die_with_the_program():
     result = sandbox.run(UNGUARD + "for _ in range(100):\n    " + _escapee(marker).replace("\n", "\n    ")
                          + "\nprint('started')\n", timeout_s=30, max_procs=200)
     assert result.status == "passed", result
-    assert _running(marker) == [], "children outlived run()"
+    assert processes_with(marker) == [], "children outlived run()"
 
 
 def test_killing_the_host_fails_that_program_alone():

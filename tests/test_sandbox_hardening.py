@@ -5,7 +5,6 @@ whole. Every hostile program here runs inside the sandbox; a probe of a machine-
 import json
 import os
 import socket
-import tempfile
 import threading
 import time
 
@@ -14,6 +13,7 @@ import pytest
 import code_bench as cb
 import codesim as cs
 import sandbox
+from conftest import processes_with
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BWRAP = sandbox.isolation()[0] == "bwrap"
@@ -28,32 +28,13 @@ KOD = {"question": "Sum xs, each clipped at hi.", "entry_point": "clip_sum",
 KOD_RIGHT = "def clip_sum(xs, hi):\n    return sum(min(x, hi) for x in xs)\n"
 
 
-@pytest.fixture(autouse=True)
-def private_tmp(tmp_path, monkeypatch):
-    """Sandbox directories (the fallback's) go under tmp_path/base, checked empty after each test."""
-    base = tmp_path / "base"
-    base.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(base))
-    yield base
-    assert list(base.iterdir()) == [], "a sandbox directory was left behind"
+pytestmark = pytest.mark.usefixtures("sandbox_tmp")   # conftest: nothing left behind
 
 
 def _kodcode(tmp_path, records):
     path = tmp_path / "k.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
     return cb.load_kodcode(str(path))
-
-
-def _processes_with(marker: str) -> list:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if marker.encode() in f.read():
-                    found.append(int(pid))
-        except OSError:
-            pass
-    return found
 
 
 def _status(pid: int) -> dict:
@@ -74,7 +55,7 @@ def test_1_graded_and_test_code_run_unprivileged_as_the_machine_sees_them(tmp_pa
     members, deadline = [], time.monotonic() + 25
     while time.monotonic() < deadline and len(members) < 4:       # the host, C, T and the sleep
         time.sleep(0.1)
-        for pid in _processes_with(marker)[:1]:
+        for pid in processes_with(marker)[:1]:
             try:
                 ns = os.readlink(f"/proc/{pid}/ns/pid")
                 members = [int(p) for p in filter(str.isdigit, os.listdir("/proc"))
@@ -217,7 +198,7 @@ def test_5_a_chain_of_processes_deeper_than_any_round_count_is_swept(tmp_path):
     results = sandbox.check_many([cb.job(task, s) for s in (chain, watcher, watcher)], 60, workers=1,
                                  max_procs=3100)
     assert [r.status for r in results] == ["passed"] * 3, [(r.status, r.reason) for r in results]
-    assert _processes_with(marker) == [], "a process of the chain outlived the grading"
+    assert processes_with(marker) == [], "a process of the chain outlived the grading"
 
 
 # 6. One program loses a batch ---------------------------------------------------------------------------------
@@ -248,7 +229,7 @@ def test_7_processes_are_bounded_for_the_job_as_a_whole():
     result = sandbox.run(bomb, timeout_s=30, max_procs=32)
     assert result.status == "passed", result
     assert int(result.stdout) <= 32, result.stdout
-    assert _processes_with(marker) == []
+    assert processes_with(marker) == []
 
 
 @needs_bwrap
