@@ -70,7 +70,7 @@ from run_dir import UserError
 
 # ----------------------------------------------------------------------------------------------------------------
 # the first three stages' configurations (each later stage's is beside its code: sample.py, sft.py, grpo.py,
-# evaluate.py; config.py says how a preset and the flags resize them)
+# evaluate.py; config.py says how a preset and the flags change them)
 
 @dataclass
 class DataConfig:

@@ -269,13 +269,13 @@ def _mean(values):
     return sum(values) / len(values) if values else None
 
 
-def accumulate_gradients(model, prompts, tokens, old_logprobs, mask, advantages, cfg, ref_model=None, n_vocab=None):
-    """Backpropagate the step's loss into model's .grad, cfg.micro_batch_size rows at a time.
+def accumulate_gradients(trained, prompts, tokens, old_logprobs, mask, advantages, cfg, ref_model=None, n_vocab=None):
+    """Backpropagate the step's loss through `trained` into the guide's .grad, cfg.micro_batch_size rows at a time.
 
     prompts: B token lists; tokens, old_logprobs, mask: (B, T); advantages: (B,); ref_model: frozen or None;
     n_vocab: the tokenizer's size (generate samples among its tokens only).
     Every micro-batch divides by the step's total token count (over every process under torchrun), so the gradient
-    does not depend on the split. model may be DistributedDataParallel: it averages the processes' gradients in the
+    does not depend on the split. trained may be DistributedDataParallel: it averages the processes' gradients in the
     last micro-batch's backward, so each process's loss is scaled by their number. Returns the loss stats of each
     micro-batch.
     """
@@ -290,8 +290,8 @@ def accumulate_gradients(model, prompts, tokens, old_logprobs, mask, advantages,
         last = s == starts[-1]
         # DistributedDataParallel decides in the forward pass whether the backward all-reduces: both go inside
         # no_sync, so only the last micro-batch syncs
-        with contextlib.nullcontext() if last or world == 1 else model.no_sync():
-            new = generate.completion_logprobs(model, prompts[sl], tokens[sl, :width], cfg.temperature, n_vocab)
+        with contextlib.nullcontext() if last or world == 1 else trained.no_sync():
+            new = generate.completion_logprobs(trained, prompts[sl], tokens[sl, :width], cfg.temperature, n_vocab)
             ref = None
             if ref_model is not None:
                 with torch.no_grad():
@@ -317,14 +317,14 @@ def first_draw(step, first, n_tasks, group_size):
     return (step * world * n_tasks + first) * group_size
 
 
-def grpo_step(model, optimizer, tokenizer, tasks, client, alone_stats, cfg, max_new_tokens, step, ref_model=None):
+def grpo_step(trained, optimizer, tokenizer, tasks, client, alone_stats, cfg, max_new_tokens, step, ref_model=None):
     """One GRPO step on `tasks` (the module docstring's steps 1-5); returns the step's metrics as one flat dict.
 
-    model: the guide, or the guide in DistributedDataParallel under torchrun, where `tasks` is this process's block
+    trained: the guide, or the guide in DistributedDataParallel under torchrun, where `tasks` is this process's block
     of the step's tasks and the metrics cover every process's. max_new_tokens: the run's strategy budget
     (evaluate.strategy_budget). ref_model: the frozen reference of the KL term (cfg.kl_beta > 0), else None.
     """
-    guide = getattr(model, "module", model)           # DistributedDataParallel's module, for the rollouts
+    guide = getattr(trained, "module", trained)           # DistributedDataParallel's module, for the rollouts
     first = training.rank_and_world()[0] * len(tasks)  # the step's index of this process's first task
     G, clock = cfg.group_size, [time.perf_counter()]
 
@@ -352,7 +352,7 @@ def grpo_step(model, optimizer, tokenizer, tasks, client, alone_stats, cfg, max_
     loss_stats = []
     for _ in range(cfg.update_passes):
         optimizer.zero_grad(set_to_none=True)
-        loss_stats += accumulate_gradients(model, prompts, rollout.tokens, rollout.logprobs, rollout.mask, advantages,
+        loss_stats += accumulate_gradients(trained, prompts, rollout.tokens, rollout.logprobs, rollout.mask, advantages,
                                            cfg, ref_model, tokenizer.n_vocab)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(guide.parameters(), cfg.grad_clip))
         optimizer.step()
