@@ -261,8 +261,6 @@ class GRPOConfig:
             raise ValueError(f"--std-scale must be one of {', '.join(STD_SCALES)}, got {self.std_scale!r}")
         if self.reward not in REWARDS:
             raise ValueError(f"--reward must be one of {', '.join(REWARDS)}, got {self.reward!r}")
-        if isinstance(self.weights, dict):       # read back from a run's recorded configuration
-            self.weights = RewardWeights(**self.weights)
 
 
 def _mean(values):
