@@ -369,6 +369,21 @@ _DISTRACTOR_RES = _forms_regexes(DISTRACTORS, "vp", "(?P<vp>.+)")
 
 
 @lru_cache(maxsize=8192)
+def shows_held_out(problem: str) -> bool:
+    """Does a problem show a phrasing or function name that only the `ood` split uses? An oracle for reporting
+    (what a guide declines on held-out phrasings), never a feature of the recipe."""
+    held = [h for _, (_, hs) in PHRASES.items() for h in hs]
+    if any(re.search(_phrase_regex(h), problem) for h in held):
+        return True
+    texts = sum((forms[1] for forms in (CONNECTIVES, FIRST_CONNECTIVES)), [])
+    if any(c.strip() and c.strip() in problem for c in texts):
+        return True
+    fixed = sum((forms[1] for forms in (INTROS, ENDINGS, DISTRACTORS)), [])
+    if any(re.search(re.escape(f.split("{")[0]), problem) for f in fixed):
+        return True
+    return any(re.search(rf"\b{name}\(", problem) for name in FUNCTION_NAMES[1])
+
+
 def read_codesim(problem: str) -> CodesimTask:
     """The inverse of the generator: the task (id and split empty) from the problem text alone (cached: the
     simulated core reads the same problems again and again)."""

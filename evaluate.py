@@ -8,6 +8,9 @@ same core executes it with the same seeds, and each task is graded. One row of r
                           of every column (counted in `failures` in results.json), never scored as wrong.
   accuracy on held-out    the same on the `ood` split: phrasings (sentence templates, names, scenes) that training
   phrasings               never shows. "—" for a real benchmark (gsm8k), which has no such split.
+  declined                share of test tasks the guide declined (strategy_format.DECLINE, written by the guide or
+                          by the decline gate, --decline-gate): the core alone was asked. A decline is not a
+                          strategy: the next columns count strategies only.
   valid                   share of strategies that parse (docs/world.md §3); "—" for a system without strategies.
   deferred                share of strategies that left the work to the core: invalid, or abandoned by the core
                           at an unclear step (the simulated core says so in its reply; with a real core only
@@ -23,6 +26,13 @@ same core executes it with the same seeds, and each task is graded. One row of r
                           prices; "n/a" when a price is unknown (never counted as $0).
   guide tok               mean tokens the guide wrote per task (a small local model: not priced).
   cost vs large           $ / 1k tasks divided by that of the large core alone; "n/a" when either is unknown.
+
+The decline gate (`--decline-gate`, ExecTune's row in train.sh): the guide declines a problem it finds more
+surprising than every val problem, its mean cross-entropy per problem-text token (`problem_surprise`; the guide
+learnt that text as SFT's language-modelling term) above the val maximum. A problem phrased as none it was trained
+on is one it cannot be trusted to plan; the check needs only the problem text and the guide, no core and no oracle.
+results.json also holds, per system, the share declined on the held-out-phrasing split and on its tasks that show a
+held-out phrasing against those that show none (an oracle of the offline worlds, for the table only).
 
 Each task is prompted and graded by its own family's rules (families.py). The functions here are pure (tasks,
 texts and replies in; rows and text out) but for the two stages at the end, which read and write the run
@@ -62,6 +72,32 @@ def guide_strategies(guide, tok, task_list, max_new_tokens, batch_size, desc="gu
         texts.extend(out.texts)
         lengths.extend(out.mask.sum(1).tolist())
     return texts, lengths
+
+
+@torch.no_grad()
+def problem_surprise(guide, tok, task_list, batch_size):
+    """The guide's mean cross-entropy (nats) per token of each task's prompt: how unlike the problems it learnt to
+    read this one is. One forward pass per batch; prompts right-padded, padding outside the mean."""
+    guide.eval()
+    device = next(guide.parameters()).device
+    out = []
+    for i in range(0, len(task_list), batch_size):
+        prompts = [families.prompt_tokens(tok, t) for t in task_list[i:i + batch_size]]
+        width = max(map(len, prompts))
+        ids = torch.tensor([p + [0] * (width - len(p)) for p in prompts], device=device)          # (B, T)
+        real = torch.tensor([[1.0] * (len(p) - 1) + [0.0] * (width - len(p)) for p in prompts], device=device)
+        logits = guide(ids[:, :-1]).float()                                                      # (B, T-1, V)
+        ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")  # (B, T-1)
+        out.extend(((ce * real).sum(1) / real.sum(1).clamp(min=1)).tolist())
+    return out
+
+
+def decline_gate(guide, tok, val_tasks, task_list, strategies, batch_size):
+    """The gate's verdict on each strategy: the guide's own, or DECLINE where the problem surprises the guide more
+    than every val problem does. Returns (strategies, surprise per task, the val limit)."""
+    limit = max(problem_surprise(guide, tok, val_tasks, batch_size))
+    surprise = problem_surprise(guide, tok, task_list, batch_size)
+    return [strategy_format.DECLINE if x > limit else s for s, x in zip(strategies, surprise)], surprise, limit
 
 
 def plan_scores(val_tasks, texts):
@@ -111,6 +147,8 @@ def task_rows(task_list, strategies, replies, correct, client, guide_tokens, tea
             row.update(failed=False, correct=correct[i], dollars=client.dollars(r),
                        input_tokens=r.input_tokens, output_tokens=r.output_tokens)
         if s is not None:
+            row.update(declined=strategy_format.declines(s))
+        if s is not None and not row["declined"]:
             valid = family.parse_strategy(s).valid
             row.update(valid=valid, leaks=family.leaks(s, t),
                        deferred=strategy_format.deferred(valid, None if isinstance(r, CoreError) else r.text))
@@ -134,7 +172,7 @@ def summarize(per_task, core_model, guide, alone_rows=None):
     done = [r for r in per_task if not r["failed"]]
     n = len(done)
     k = sum(r["correct"] for r in done)
-    with_strategy = [r for r in done if "valid" in r]
+    with_strategy = [r for r in done if "valid" in r]           # a decline is no strategy
     valid = [r for r in with_strategy if r["valid"]]
     harm = None
     if alone_rows is not None and guide != "none":
@@ -144,6 +182,7 @@ def summarize(per_task, core_model, guide, alone_rows=None):
     return dict(
         core=core_model, guide=guide, n=n, failures=len(per_task) - n,   # teacher or core, after retries
         accuracy=k / max(1, n), accuracy_ci=wilson(k, n),
+        declined_rate=declined_share(done) if guide != "none" else None,
         validity=len(valid) / len(with_strategy) if with_strategy else None,
         # strategies that left the work to the core (invalid, or abandoned at an unclear step): a guide that defers
         # is the core alone in disguise
@@ -158,6 +197,10 @@ def summarize(per_task, core_model, guide, alone_rows=None):
         teacher_dollars_per_1k=None if teacher_dollars is None else 1000 * teacher_dollars,
         guide_tokens=sum(r["guide_tokens"] for r in done) / max(1, n),
     )
+
+
+def declined_share(rows):
+    return sum(r.get("declined", False) for r in rows) / len(rows) if rows else None
 
 
 def mean_or_unknown(values, n):
@@ -179,16 +222,17 @@ def table(results):
     """results.md's text: one row per system (see the module docstring), cost relative to the large core alone."""
     large = next((r for r in results if r["spec"]["core_role"] == "large" and r["guide"] == "none"), None)
     large_cost = large and dollars_per_1k(large)
-    lines = ["| system | accuracy (95% CI) | accuracy on held-out phrasings | valid | deferred | success given valid | "
-             "leak | harm | executability (oracle) | core in tok | core out tok | $ / 1k tasks | guide tok | "
-             "cost vs large |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| system | accuracy (95% CI) | accuracy on held-out phrasings | declined | valid | deferred | "
+             "success given valid | leak | harm | executability (oracle) | core in tok | core out tok | $ / 1k tasks | "
+             "guide tok | cost vs large |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         total = dollars_per_1k(r)
         rel = None if not (total is not None and large_cost) else total / large_cost
         lo, hi = r["accuracy_ci"]
         ood = "—" if r["accuracy_ood"] is None else "{:.3f} ({:.3f}–{:.3f})".format(r["accuracy_ood"],
                                                                                    *r["accuracy_ood_ci"])
-        lines.append(f"| {r['name']} | {r['accuracy']:.3f} ({lo:.3f}–{hi:.3f}) | {ood} | {fmt(r['validity'])} | "
+        lines.append(f"| {r['name']} | {r['accuracy']:.3f} ({lo:.3f}–{hi:.3f}) | {ood} | "
+                     f"{fmt(r.get('declined_rate'))} | {fmt(r['validity'])} | "
                      f"{fmt(r.get('deferred_rate'))} | "
                      f"{fmt(r['success_given_valid'])} | {fmt(r['leak_rate'])} | {fmt(r['harm_rate'])} | "
                      f"{fmt(r.get('executability'))} | "
@@ -250,6 +294,7 @@ def plot_curves(rows, out):
 class EvalConfig:
     stage: ClassVar[str] = "eval"
     batch_size: int = 64
+    decline_gate: bool = False   # a guide declines problems more surprising to it than every val problem
 
     def __post_init__(self):
         at_least(self, 1, "batch_size")
@@ -312,12 +357,18 @@ def eval_system(run, endpoints, cfg, name, guide, role="core", budget=None, devi
     else:
         guide_net, tok = run_dir.load_guide(run, guide, device)
         strategies, guide_tokens = guide_strategies(guide_net, tok, test, budget, cfg.batch_size)
+        if cfg.decline_gate:
+            strategies, surprise, limit = decline_gate(guide_net, tok, run_dir.load_tasks(run, "val"), test,
+                                                       strategies, cfg.batch_size)
     todo = [i for i in range(len(test)) if i not in failed]
     core_replies, verdicts = execute.run_strategies(client, [test[i] for i in todo], [strategies[i] for i in todo],
                                              f"{name}: core")
     replies, correct = failed | dict(zip(todo, core_replies)), dict(zip(todo, verdicts))
     per_task = task_rows(test, strategies, [replies[i] for i in range(len(test))],
                          [correct.get(i) for i in range(len(test))], client, guide_tokens, teacher_dollars)
+    if cfg.decline_gate:
+        for row, x in zip(per_task, surprise):
+            row["surprise"] = round(x, 4)
     os.makedirs(run.file("eval"), exist_ok=True)
     run_dir.write_jsonl(run.file("eval", f"{run_dir.slug(name)}.jsonl"), per_task)
     alone_path = run.file("eval", "core-alone.jsonl")
@@ -329,6 +380,14 @@ def eval_system(run, endpoints, cfg, name, guide, role="core", budget=None, devi
     k_ood = sum(r["correct"] for r in ood)
     summary.update(n_ood=len(ood), accuracy_ood=k_ood / max(1, len(ood)) if has_ood else None,
                    accuracy_ood_ci=wilson(k_ood, len(ood)) if has_ood else None)
+    if guide != "none" and has_ood:
+        shows = families.family_of(test[0]).shows_held_out          # an oracle of the offline worlds
+        held_out = {t.id: shows(t.problem) for t in test if t.split == "ood"} if shows else {}
+        summary.update(declined_rate_ood=declined_share(ood),
+                       declined_rate_ood_held_out=declined_share([r for r in ood if held_out.get(r["id"])]),
+                       declined_rate_ood_none=declined_share([r for r in ood if held_out.get(r["id"]) is False]))
+    if cfg.decline_gate and guide not in ("none", "teacher"):
+        summary["decline_limit"] = round(limit, 4)
     with run.writer("results"):          # another system's eval may have added its row since we read the file
         results = run_dir.read_json(results_path) if os.path.exists(results_path) else []
         results = [r for r in results if r["name"] != name] + [dict(name=name, spec=spec, **summary)]

@@ -344,6 +344,10 @@ def inert_flag(args):
         shaped = [name for name in sft.FRESH_GUIDE_FIELDS if given(name)]
         if shaped:
             return f"--{shaped[0].replace('_', '-')} shapes a fresh guide; --init {args.init} brings its own"
+    if args.stage == "sft" and given("decline_targets") and args.decline_targets and args.data != "accepted":
+        return "--decline-targets teaches declines beside accepted strategies (--data accepted); raw ones stay as drawn"
+    if args.stage == "eval" and args.decline_gate and args.guide in ("none", "teacher"):
+        return f"--decline-gate gates a trained guide by its own surprise; --guide {args.guide} is none"
     if args.stage == "grpo" and given("weights"):
         cfg, default = config.stage_config(grpo.GRPOConfig, args), grpo.RewardWeights()
         unused = [k for k, v in asdict(cfg.weights).items() if v != getattr(default, k) and k != "execution"]

@@ -91,10 +91,12 @@ def run_requests(client, messages, what, draws=None):
 
 
 def run_strategies(client, task_list, strategies, what, draws=None, strict=True):
-    """The core's reply to each task with its strategy (None: the core alone), graded by the task's family:
-    (replies, verdicts), with a CoreError in place of a reply whose call failed for good and None as its verdict.
-    strict: with run_requests' failure accounting; the GRPO reward tolerates failures instead (a NaN reward)."""
-    messages = [families.family_of(t).core_messages(t.problem, s) for t, s in zip(task_list, strategies)]
+    """The core's reply to each task with its strategy (None, or the guide's decline: the core alone), graded by the
+    task's family: (replies, verdicts), with a CoreError in place of a reply whose call failed for good and None as
+    its verdict. strict: with run_requests' failure accounting; the GRPO reward tolerates failures instead (a NaN
+    reward)."""
+    messages = [families.family_of(t).core_messages(t.problem, None if strategy_format.declines(s) else s)
+                for t, s in zip(task_list, strategies)]
     if strict:
         replies = run_requests(client, messages, what, draws)
     else:

@@ -52,6 +52,8 @@ class Family:
     exact_success: Callable[[Task, str | None], float] | None = None
     # strategy -> the cheap core's comprehension of each step's verb (None: invalid), mathsim's executability oracle
     verb_comprehension: Callable[[str], list[float] | None] | None = None
+    # problem -> does it show a phrasing only the held-out split uses (what the table reports declines against)
+    shows_held_out: Callable[[str], bool] | None = None
     # (task, rng, new id) -> (the problem with new numbers, strategy -> strategy renamed alike or None) or None: the
     # augmentation of acceptance sampling (sample --renamings); None where a family has none
     renamed: Callable[[Task, random.Random, str], tuple[str, Callable[[str], str | None]] | None] | None = None
@@ -124,7 +126,7 @@ FAMILIES = {f.name: f for f in [
            tokenizer_text=lambda task: (strategy_format.guide_prompt(task.problem), strategy_format.grammar_text()),
            generate=mathsim.generate_tasks, canonical_strategy=mathsim.canonical_strategy,
            plan_matches=mathsim.plan_matches, exact_success=_math_exact_success, renamed=mathsim.renamed,
-           verb_comprehension=_math_verb_comprehension),
+           verb_comprehension=_math_verb_comprehension, shows_held_out=mathsim.shows_held_out),
     Family("gsm8k", task_from_json=gsm8k.GSM8KTask.from_json, guide_prompt=gsm8k.guide_prompt,
            guide_messages=gsm8k.guide_messages, core_messages=gsm8k.core_messages,
            teacher_messages=gsm8k.teacher_messages, parse_strategy=gsm8k.parse_strategy,
@@ -140,7 +142,7 @@ FAMILIES = {f.name: f for f in [
            tokenizer_text=lambda task: (strategy_format.guide_prompt(task.problem), code_bench.CODE_TEACHER_SYSTEM),
            generate=lambda n, seed, split, level: codesim.generate_codesim(n, seed, split),       # one level
            canonical_strategy=codesim.canonical_code_strategy, plan_matches=_code_plan_matches,
-           exact_success=_code_exact_success),
+           exact_success=_code_exact_success, shows_held_out=codesim.shows_held_out),
     _code_benchmark("kodcode"),
     _code_benchmark("humaneval"),
 ]}

@@ -65,6 +65,8 @@ class RewardWeights:
     leakage: float = -0.5      # the strategy states the answer
     harm: float = -0.5         # the core alone usually solves this task but fails with the strategy
     cost_lambda: float = 0.1   # cost = -cost_lambda * (core dollars with the strategy / core dollars alone)
+    decline: float = 1.0       # a decline (the core alone is asked) earns decline * the core alone's success rate on
+                               # the task, its expected outcome, instead of a run of the core
 
     @classmethod
     def parse(cls, text):
@@ -98,6 +100,7 @@ class Reward:
     leaked: bool = False
     harmed: bool = False
     deferred: bool = False              # invalid, or abandoned at an unclear step (strategy_format.deferred)
+    declined: bool = False              # the guide declined (strategy_format.declines): the core alone is asked
     core_dollars: float | None = None   # None: not run, failed, or the core's price is unknown
     failed: bool = False
 
@@ -113,11 +116,13 @@ def compute_rewards(task_list, strategies, client, alone_stats=None, weights=Non
     """Score strategies[i] for task_list[i] with the core behind `client`; returns one Reward each.
 
     reward="structure": the ExecTune reward (docs/world.md §8). An invalid strategy scores `weights.invalid` and is
-      never sent to the core. alone_stats[task.id] = {"alone_majority_correct": bool, "alone_dollars": float | None},
+      never sent to the core. A decline is priced at what it buys, the core alone: `weights.decline` times the core
+      alone's success rate on the task, and the cost of the core alone (ratio 1), without a call.
+      alone_stats[task.id] = {"alone_majority_correct": bool, "alone_rate": float, "alone_dollars": float | None},
       from the core-alone runs of the baselines stage. The cost term is left at 0 when either dollar figure is
       unknown (a core with no known price) or the alone cost is 0.
     reward="outcome": the advisor-style baseline, `weights.execution` when the core's answer is correct, else 0.
-      Every strategy goes to the core; the core ignores an invalid one and solves alone.
+      Every strategy goes to the core; the core ignores an invalid one and solves alone (a decline: the same).
     reward="structure-defer": the structure reward with an invalid strategy priced as the deferral it is at inference
       (the core ignores it and solves alone): it goes to the core and scores execution, harm and cost like any
       strategy, with no validity penalty. A lever (docs/experiments.md, GRPO levers), not the recipe's reward.
@@ -140,7 +145,9 @@ def compute_rewards(task_list, strategies, client, alone_stats=None, weights=Non
 
     family = [families.family_of(t) for t in task_list]
     valid = [f.parse_strategy(s).valid for f, s in zip(family, strategies)]
-    to_run = [i for i in range(len(strategies)) if valid[i] or runs_invalid]
+    declined = [strategy_format.declines(s) for s in strategies]
+    priced = [declined[i] and structured for i in range(len(strategies))]    # a decline scored without a call
+    to_run = [i for i in range(len(strategies)) if not priced[i] and (valid[i] or runs_invalid or declined[i])]
     replies, verdicts = execute.run_strategies(client, [task_list[i] for i in to_run], [strategies[i] for i in to_run],
                                         "reward", draws=[draw + i for i in to_run], strict=False)
     reply_of = dict(zip(to_run, replies))
@@ -149,11 +156,16 @@ def compute_rewards(task_list, strategies, client, alone_stats=None, weights=Non
     rewards = []
     for i, (task, strategy) in enumerate(zip(task_list, strategies)):
         alone = alone_stats.get(task.id, {})
-        r = Reward(valid=valid[i], leaked=family[i].leaks(strategy, task))
+        r = Reward(valid=valid[i], leaked=family[i].leaks(strategy, task), declined=declined[i])
         reply = reply_of.get(i)
         text = reply.text if reply is not None and not isinstance(reply, Exception) else None
-        r.deferred = strategy_format.deferred(valid[i], text)
-        if reply is None:                       # invalid, structure reward: scored without the core
+        r.deferred = not declined[i] and strategy_format.deferred(valid[i], text)
+        if priced[i] and alone.get("alone_rate") is None:   # no core-alone run returned: no price, as a failure
+            r.failed = True
+        elif priced[i]:                         # a decline, structure rewards: the core alone's expected outcome
+            r.parts["decline"] = weights.decline * alone["alone_rate"]
+            r.parts["cost"] = -weights.cost_lambda if alone.get("alone_dollars") else 0.0
+        elif reply is None:                     # invalid, structure reward: scored without the core
             r.parts["validity"] = weights.invalid
         elif isinstance(reply, Exception):      # chat_many puts a CoreError where a call failed for good
             r.failed = True
@@ -388,6 +400,7 @@ def step_metrics(step, rollout, rewards, advantages, loss_stats, grad_norm, clie
         "success_rate": _mean([r.correct for r in done]),
         "leak_rate": _mean([r.leaked for r in rewards]),
         "deferred_rate": _mean([r.deferred for r in rewards]),
+        "declined_rate": _mean([r.declined for r in rewards]),
         "harm_rate": _mean([r.harmed for r in done]),
         "zero_std_groups": _mean(zero_std),
         "completion_tokens": _mean(lengths),
@@ -419,7 +432,8 @@ def stage_grpo(args, run):
     budget = evaluate.strategy_budget(args, run)
     tok = run_dir.load_guide_tokenizer(run, args.init)
     train = run_dir.load_tasks(run, "train")
-    alone_stats = {i: dict(alone_majority_correct=r["majority_correct"], alone_dollars=r["dollars"])
+    alone_stats = {i: dict(alone_majority_correct=r["majority_correct"], alone_dollars=r["dollars"],
+                           alone_rate=r["correct"] / r["runs"] if r["runs"] else None)
                    for i, r in run_dir.load_alone_stats(run).items()}
     client = execute.client_for(execute.Endpoints.from_args(args), "core", run)
     validate = training.Validation(run, name, out_dir, client, run_dir.load_tasks(run, "val")[:cfg.n_val_eval],

@@ -399,6 +399,16 @@ def _match_sentences(problem: str) -> list:
     return out
 
 
+def shows_held_out(problem: str) -> bool:
+    """Does a problem show a phrasing only the `ood` split uses (a held-out template, name or scene)? An oracle for
+    reporting (what a guide declines on held-out phrasings), never a feature of the recipe."""
+    sentences = re.split(r"(?<=[.?!])\s+", problem.strip())
+    if any(_template_regex(t.text).fullmatch(x) for t in TEMPLATES if t.ood_only for x in sentences):
+        return True
+    words = set(re.findall(r"[A-Za-z]+", problem))
+    return bool(words & (set(OOD_NAMES) | {w for scene in OOD_SCENES for w in scene}))
+
+
 def read_problem(problem: str) -> MathTask:
     """The inverse of the generator: the task (id and split empty) from the problem text alone."""
     return _read(problem)[0]

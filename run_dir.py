@@ -51,16 +51,21 @@ class Run:
         path = self.file("config.json")
         return (read_json(path) if os.path.exists(path) else {}).get(stage)
 
-    def check_config(self, stage, cfg, outputs=None):
+    def check_config(self, stage, cfg, outputs=None, defaults=None):
         """Remember a stage's configuration; refuse to resume a stage that was started with another one, unless its
-        `outputs` (a path) are gone: then the stage starts anew and records the new one. Stages may run at once
-        (train.sh trains the two SFT guides side by side), so the read-modify-write holds a lock."""
+        `outputs` (a path) are gone: then the stage starts anew and records the new one. `defaults` (a dataclass
+        instance at its defaults): a setting the code gained after the stage ran counts as recorded at its default,
+        the behaviour the stage had. Stages may run at once (train.sh trains the two SFT guides side by side), so the
+        read-modify-write holds a lock."""
         path = self.file("config.json")
         with open(path + ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             configs = read_json(path) if os.path.exists(path) else {}
             cfg = asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
             old = configs.get(stage)
+            if old is not None and defaults is not None:
+                added = {k: v for k, v in asdict(defaults).items() if k in cfg and k not in old}
+                old = added | old
             if old is not None and old != cfg and (outputs is None or os.path.exists(outputs)):
                 diff = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes(old, cfg))
                 raise UserError(f"{self.path} was made with another {stage} configuration ({diff}); use another "
@@ -186,7 +191,7 @@ def alone_stats_path(run):
 
 
 def load_alone_stats(run):
-    rows = read_jsonl(alone_stats_path(run), required=("id", "majority_correct", "dollars"))
+    rows = read_jsonl(alone_stats_path(run), required=("id", "runs", "correct", "majority_correct", "dollars"))
     return {r["id"]: r for r in rows}
 
 

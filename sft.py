@@ -15,6 +15,7 @@ supervised-GCoP baseline (raw strategies).
    (training.Validation); the val loss on canonical strategies and the exact-plan share are oracle curves.
 """
 import math
+import os
 import random
 import sys
 import time
@@ -30,6 +31,7 @@ import execute
 import families
 import model as guide_model
 import run_dir
+import strategy_format
 import training
 from config import at_least
 
@@ -55,6 +57,9 @@ class SFTConfig:
     compile: bool = True              # torch.compile the training forward/backward (1.2x on a 2-core CPU)
     curriculum: bool = False          # the strategies of fewest steps first (curriculum_pool); off: it lifts the
                                       # slow seed 1 but slows seeds 0 and 3 (docs/experiments.md, reading levers)
+    decline_targets: bool = False     # with --data accepted: also teach the decline (strategy_format.DECLINE) on
+                                      # training tasks with no accepted strategy that the core alone solves by
+                                      # majority (baselines); mathsim's default run has none such (docs/experiments.md)
     seed: int = 0
     init_scale: float = 0.5           # a fresh guide's initial weight matrices times this (the same draw, scaled):
                                       # at 1.0 one seed in four read late (62.5%); at 0.5 all four pass 70%
@@ -235,18 +240,38 @@ def sft_data(run, tok, data, cfg):
     train_tasks, val_tasks = run_dir.load_tasks(run, "train"), run_dir.load_tasks(run, "val")
     canonical = train_tasks and families.family_of(train_tasks[0]).canonical_strategy
     if canonical:
+        taught = train_tasks
         train, n_steps = sft_examples(run, tok, data, train_tasks, cfg.max_seq_len)
         eos = tok.encode_single_token("<|eos|>")
         val = [(p, c) for p, c in ((families.prompt_tokens(tok, t),
                                      tok.encode(canonical(t), disallowed_special=()) + [eos])
                                     for t in val_tasks) if len(p) + len(c) <= cfg.max_seq_len]
     else:
-        train, n_steps = sft_examples(run, tok, data, [t for i, t in enumerate(train_tasks) if i % 20],
-                                      cfg.max_seq_len)
+        taught = [t for i, t in enumerate(train_tasks) if i % 20]
+        train, n_steps = sft_examples(run, tok, data, taught, cfg.max_seq_len)
         val = sft_examples(run, tok, data, train_tasks[::20], cfg.max_seq_len)[0]
     if not train:
         raise run_dir.UserError(f"{run.file(data + '.jsonl')} holds no usable strategies")
+    if cfg.decline_targets and data == "accepted":   # raw strategies (supervised GCoP) are taught as they came
+        declines = decline_examples(run, tok, taught, cfg.max_seq_len)
+        print(f"sft: {len(declines)} training tasks taught to decline (no accepted strategy; the core alone solves "
+              f"them by majority)", file=sys.stderr)
+        train, n_steps = train + declines, n_steps + [0] * len(declines)
     return train, n_steps, val, val_tasks
+
+
+def decline_examples(run, tok, train_tasks, max_len):
+    """(prompt, DECLINE + EOS) for each training task where the core alone is right more often than the task's
+    accepted strategies: none was accepted (so none was right in all M runs) and the core alone was right in most of
+    its baselines runs. Both facts are executions on the core, no oracle."""
+    has_accepted = {r["task_id"] for r in run_dir.read_jsonl(run.file("accepted.jsonl"), required=("task_id",))}
+    if not os.path.exists(run_dir.alone_stats_path(run)):
+        raise run_dir.UserError("sft: --decline-targets needs the baselines stage's core-alone runs; run it first")
+    alone = run_dir.load_alone_stats(run)
+    completion = tok.encode(strategy_format.DECLINE, disallowed_special=()) + [tok.encode_single_token("<|eos|>")]
+    prompts = (families.prompt_tokens(tok, t) for t in train_tasks
+               if t.id not in has_accepted and alone.get(t.id, {}).get("majority_correct"))
+    return [(p, completion) for p in prompts if len(p) + len(completion) <= max_len]
 
 
 def sft_step(trained, guide, optimizer, batch, cfg, step, pad, device):
@@ -272,7 +297,7 @@ def stage_sft(args, run):
     name = f"sft-{args.data}"
     tok = run_dir.load_guide_tokenizer(run, args.init)
     check_init(args, run, cfg)
-    run.check_config(name, recorded_config(cfg, args.init), outputs=run.file(name))
+    run.check_config(name, recorded_config(cfg, args.init), outputs=run.file(name), defaults=SFTConfig())
     train, n_steps, val, val_tasks = sft_data(run, tok, args.data, cfg)
     client = execute.client_for(execute.Endpoints.from_args(args), "core", run)
     validate = training.Validation(run, name, run.file(name), client, val_tasks, tok,

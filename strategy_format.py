@@ -10,7 +10,9 @@
 4. What a math strategy or reply says: `leaks` (the answer stated as a number the problem does not contain; mathsim
    and gsm8k), `extract_answer` (the number after '####'), `numbers_named`, and `deferred` with `UNCLEAR_NOTE` (the
    strategy left the work to the core).
-5. The request shape of every family: the guide's plain prompt (`guide_prompt`); "Problem: ..." then "Strategy: ..."
+5. Declining (`DECLINE`, `declines`): a guide that cannot help writes the envelope around `DECLINE_TEXT` instead of
+   steps, and the recipe then sends the core-alone request (execute.run_strategies), which any core already answers.
+6. The request shape of every family: the guide's plain prompt (`guide_prompt`); "Problem: ..." then "Strategy: ..."
    in a core's or a teacher's user message (`chat_messages`), read back by `parse_core_request` and
    `parse_teacher_request`; and the teacher's naming instruction `NAME_QUANTITIES`.
 """
@@ -247,6 +249,17 @@ def extract_answer(reply: str) -> int | None:
         return None
     value = Fraction(found[-1].replace(",", ""))
     return int(value) if value.denominator == 1 else None
+
+
+# A guide's way to say it has no strategy worth following: the recipe sends the core-alone request instead.
+DECLINE_TEXT = "No strategy: solve it alone."
+DECLINE = f"<strategy>\n{DECLINE_TEXT}\n</strategy>"
+
+
+def declines(strategy: str | None) -> bool:
+    """Is this the guide's decline (the envelope around DECLINE_TEXT, nothing else inside), not a strategy?"""
+    block = extract_strategy(strategy or "")
+    return block is not None and " ".join(block[len("<strategy>"):-len(STOP)].split()) == DECLINE_TEXT
 
 
 # What the simulated core writes when it abandons a strategy at an unclear step and solves the rest alone.
