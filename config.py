@@ -44,8 +44,9 @@ PRESETS["level2"] = {        # LEVEL=2 on a CPU in under an hour: longer problem
     "grpo": dict(_EARLIER_GRPO, steps=20),
 }
 PRESETS["codesim"] = {       # TASK=codesim: a clear wrong plan costs more than a right one gains, so the guide must be
-    "sample": _EARLIER_SAMPLE,
-    "sft": dict(_EARLIER_SFT, steps=5000),  # nearly always right: SFT runs longer (docs/experiments.md: codesim)
+    "sample": _EARLIER_SAMPLE,  # nearly always right: SFT runs longer (docs/experiments.md: codesim); it learns the
+    # problem text, which the decline gate reads, and to decline where no teacher strategy beat the core alone
+    "sft": dict(_EARLIER_SFT, steps=5000, prompt_loss_weight=0.5, decline_targets=True),
     "grpo": _EARLIER_GRPO,
 }
 PRESETS["cuda"] = {          # DEVICE=cuda: level 2, a larger guide and more steps for one modern GPU
