@@ -370,7 +370,9 @@ def test_a_failed_teacher_call_fails_its_task_not_runs_it_without_a_strategy(tin
     # a flag that would change nothing with the others given
     (["sample", "--select", "handles"], "--select"), (["sft", "--init", "hf:/x", "--init-scale", "1"], "--init-scale"),
     (["grpo", "--init", "x", "--reward", "outcome", "--weights", "harm=-1"], "--weights harm"),
-    (["grpo", "--init", "x", "--weights", "vibes=1"], "--weights")])
+    (["grpo", "--init", "x", "--weights", "vibes=1"], "--weights"),
+    (["eval", "--guide", "none", "--decline-gate"], "--decline-gate"),
+    (["sft", "--data", "raw", "--decline-targets"], "--decline-targets")])
 def test_a_bad_flag_is_one_line_exit_2_and_leaves_the_run_untouched(tiny_run, capsys, argv, flag):
     before = {p: open(os.path.join(tiny_run, p), "rb").read() for p in ("config.json", "metrics.jsonl")}
     with pytest.raises(SystemExit) as info:
