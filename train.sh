@@ -125,7 +125,7 @@ $X eval --guide teacher --name "teacher strategies (reference)"
 $X eval --guide sft-raw/best --name "supervised GCoP" $GEN_FLAGS
 $X eval --guide grpo-outcome/best --name "advisor-style GCoP" $GEN_FLAGS
 $X eval --guide sft-accepted/best --name "ExecTune w/o RL" $GEN_FLAGS
-$X eval --guide grpo-structure/best --name "ExecTune, never declining" $GEN_FLAGS
+$X eval --guide grpo-structure/best --name "ExecTune without the gate" $GEN_FLAGS
 $X eval --guide grpo-structure/best --name "ExecTune" --decline-gate $GEN_FLAGS
 
 echo

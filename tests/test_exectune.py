@@ -336,8 +336,9 @@ def test_train_sh_quick(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert list(summary["accuracy"]) == ["core alone", "large core alone", "teacher strategies (reference)",
-                                         "supervised GCoP", "advisor-style GCoP", "ExecTune w/o RL", "ExecTune"]
-    assert "| ExecTune |" in out.stdout
+                                         "supervised GCoP", "advisor-style GCoP", "ExecTune w/o RL",
+                                         "ExecTune without the gate", "ExecTune"]
+    assert "| ExecTune |" in out.stdout and "| ExecTune without the gate |" in out.stdout
 
 
 def test_a_failed_teacher_call_fails_its_task_not_runs_it_without_a_strategy(tiny_run, core_url, fake, capsys):
