@@ -10,6 +10,8 @@ that knows when not to guide").
      surprise > val q          above the val q-quantile (--quantiles), a looser limit
      log-prob < val min        the guide's log-probability of its own greedy strategy (re-encoded) below every val
                                strategy's: how sure it is of the plan, rather than of the problem
+     operand not in problem    a step of the strategy names an operand (neither a step's result nor a number) that
+                               the problem text does not contain: a check of the strategy against the problem alone
 3. Prints a markdown table: declined shares (test; ood with a held-out phrasing and without, an oracle of the
    offline world used for reporting only), accuracy on test and ood, and test's paired difference to no gate. A task the
    guide itself declines (its strategy is strategy_format.DECLINE) counts as declined under every gate.
@@ -19,6 +21,7 @@ Example: python benchmarks/decline_levers.py --run runs/default --guide grpo-str
 """
 import argparse
 import os
+import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -27,6 +30,7 @@ import torch
 import evaluate
 import families
 import run_dir
+import strategy_format
 
 
 @torch.no_grad()
@@ -41,6 +45,16 @@ def strategy_logprob(guide, tok, task_list, strategies):
         picked = logp.gather(1, ids[0, 1:, None])[:, 0]
         out.append(picked[len(prompt) - 1:].sum().item())
     return out
+
+
+def names_an_absent_operand(strategy, problem):
+    """Does a valid strategy operate on something the problem never mentions ("the apples at the shop" where the
+    problem has no such words)? Step results, pronouns and numbers (strategy_format's closed operands) pass."""
+    parsed = strategy_format.parse_strategy(strategy)
+    text = problem.lower()
+    return parsed.valid and any(
+        not strategy_format._CLOSED.fullmatch(operand) and re.sub(r"^the (number of )?", "", operand.lower()) not in text
+        for step in parsed.steps for operand in step.operands)
 
 
 def main(argv=None):
@@ -72,6 +86,7 @@ def main(argv=None):
         limit = sorted_val[min(len(val) - 1, int(q * len(val)))]
         gates[f"surprise > val {q:g} quantile"] = [x > limit for x in surprise]
     gates["strategy log-prob < val min"] = [x < min(logprob_val) for x in logprob]
+    gates["operand not in problem"] = [names_an_absent_operand(rows[t.id]["strategy"] or "", t.problem) for t in tasks]
 
     shows = families.family_of(tasks[0]).shows_held_out
     held_out = {t.id: bool(shows and shows(t.problem)) for t in tasks}
