@@ -1,6 +1,10 @@
 """Declining: the guide's DECLINE, what the recipe sends for it, its reward, its SFT targets and the decline gate."""
+import contextlib
+import io
 import json
 import math
+import os
+import sys
 
 import pytest
 import tiktoken
@@ -18,6 +22,9 @@ import strategy_format
 import tokenizer
 from conftest import cli
 from test_grpo import FakeCore, part, reply
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+import decline_levers  # noqa: E402
 
 DECLINE = strategy_format.DECLINE
 
@@ -159,6 +166,34 @@ def test_eval_with_the_gate_reports_declines_on_held_out_phrasings(tiny_run, cor
     rows = [json.loads(line) for line in open(tiny_run / "eval" / "gated.jsonl")]
     assert all((r["surprise"] > row["decline_limit"]) == r["declined"] for r in rows)
     assert all(r["strategy"] == DECLINE for r in rows if r["declined"])
+
+    # benchmarks/decline_levers.py replays the gates on the ungated rows: its "surprise > val max" row is the eval's gate
+    assert cli(tiny_run, core_url, "eval", "--guide", "sft-accepted/best", "--name", "plain",
+               "--max-new-tokens", "24") == 0
+    levers = {r["name"]: r for r in json.load(open(tiny_run / "results.json"))}
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        decline_levers.main(["--run", str(tiny_run), "--guide", "sft-accepted/best", "--system", "plain",
+                             "--max-new-tokens", "24"])
+    table = {line.split(" | ")[0][2:]: line.strip(" |").split(" | ")[1:]
+             for line in out.getvalue().splitlines() if line.startswith("| ") and not line.startswith("| gate")}
+    assert list(table)[:2] == ["no gate", "surprise > val max"] and len(table) == 6
+    assert float(table["no gate"][3]) == pytest.approx(levers["plain"]["accuracy"], abs=5e-4)
+    declined, _, _, test_acc, _, ood_acc = table["surprise > val max"]      # an empty share prints "—"
+    assert float(declined) == pytest.approx(row["declined_rate"], abs=5e-4)
+    test_acc, ood_acc = float(test_acc), float(ood_acc)
+    assert (test_acc, ood_acc) == pytest.approx((row["accuracy"], row["accuracy_ood"]), abs=5e-4)
+
+
+def test_the_operand_check_flags_a_quantity_the_problem_never_mentions():
+    problem = "Ann has 3 apples at home. Ann buys 4 apples at the shop. How many apples does Ann have?"
+    grounded = "<strategy>\n1. Add the apples at home to the apples at the shop.\n</strategy>"
+    absent = "<strategy>\n1. Add the apples at home to the pears in the box.\n</strategy>"
+    steps = "<strategy>\n1. Add the apples at home to 4.\n2. Times the result of step 1 by 2.\n</strategy>"
+    assert not decline_levers.names_an_absent_operand(grounded, problem)
+    assert decline_levers.names_an_absent_operand(absent, problem)
+    assert not decline_levers.names_an_absent_operand(steps, problem)
+    assert not decline_levers.names_an_absent_operand("no strategy", problem)       # invalid: nothing to check
 
 
 def test_check_config_counts_a_setting_added_since_at_its_default(tmp_path):
