@@ -19,7 +19,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass, asdict, replace
 from typing import ClassVar
 
 import torch
@@ -252,7 +252,7 @@ def sft_data(run, tok, data, cfg):
         val = sft_examples(run, tok, data, train_tasks[::20], cfg.max_seq_len)[0]
     if not train:
         raise run_dir.UserError(f"{run.file(data + '.jsonl')} holds no usable strategies")
-    if cfg.decline_targets and data == "accepted":   # raw strategies (supervised GCoP) are taught as they came
+    if cfg.decline_targets:
         declines = decline_examples(run, tok, taught, cfg.max_seq_len)
         print(f"sft: {len(declines)} training tasks taught to decline (no accepted strategy; the core alone solves "
               f"them by majority)", file=sys.stderr)
@@ -290,10 +290,17 @@ def sft_step(trained, guide, optimizer, batch, cfg, step, pad, device):
     return training.sum_over_processes(loss.item(), device), grad_norm, inputs.numel()
 
 
+def sft_config(args):
+    """The stage's configuration (config.stage_config). A preset's decline targets apply to accepted data alone: raw
+    strategies (supervised GCoP) are taught as drawn, and the run records so."""
+    cfg = config.stage_config(SFTConfig, args)
+    return cfg if args.data == "accepted" else replace(cfg, decline_targets=False)
+
+
 def stage_sft(args, run):
     """SFT of a fresh guide (or of a pretrained one, --init hf:<dir>) on accepted or raw strategies, keeping the
     checkpoint with which the core is most accurate on val (the module docstring)."""
-    cfg = config.stage_config(SFTConfig, args)
+    cfg = sft_config(args)
     name = f"sft-{args.data}"
     tok = run_dir.load_guide_tokenizer(run, args.init)
     check_init(args, run, cfg)

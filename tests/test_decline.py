@@ -196,6 +196,14 @@ def test_the_operand_check_flags_a_quantity_the_problem_never_mentions():
     assert not decline_levers.names_an_absent_operand("no strategy", problem)       # invalid: nothing to check
 
 
+def test_a_presets_decline_targets_teach_accepted_data_alone(tmp_path):
+    import exectune
+    args = {data: exectune.build_parser().parse_args(["sft", "--run", str(tmp_path), "--data", data,
+                                                      "--preset", "codesim"]) for data in ("accepted", "raw")}
+    assert sft.sft_config(args["accepted"]).decline_targets is True
+    assert sft.sft_config(args["raw"]).decline_targets is False
+
+
 def test_check_config_counts_a_setting_added_since_at_its_default(tmp_path):
     run = run_dir.Run(str(tmp_path))
     before = {k: v for k, v in sft.recorded_config(sft.SFTConfig(), None).items() if k != "decline_targets"}
