@@ -29,21 +29,24 @@ import torch
 
 import evaluate
 import families
+import generate
 import run_dir
 import strategy_format
 
 
 @torch.no_grad()
-def strategy_logprob(guide, tok, task_list, strategies):
+def strategy_logprob(guide, tok, task_list, strategies, batch_size=64):
     """Sum of the guide's log-probabilities of each strategy's tokens (and its EOS) after the task's prompt."""
     eos = tok.encode_single_token("<|eos|>")
     out = []
-    for task, text in zip(task_list, strategies):
-        prompt = families.prompt_tokens(tok, task)
-        ids = torch.tensor([prompt + tok.encode(text, disallowed_special=()) + [eos]])       # (1, T)
-        logp = torch.log_softmax(guide(ids[:, :-1]).float(), dim=-1)[0]                     # (T-1, V)
-        picked = logp.gather(1, ids[0, 1:, None])[:, 0]
-        out.append(picked[len(prompt) - 1:].sum().item())
+    for i in range(0, len(task_list), batch_size):
+        prompts = [families.prompt_tokens(tok, t) for t in task_list[i:i + batch_size]]
+        completions = [tok.encode(text, disallowed_special=()) + [eos] for text in strategies[i:i + batch_size]]
+        width = max(map(len, completions))
+        padded = torch.tensor([c + [eos] * (width - len(c)) for c in completions])                   # (B, T)
+        real = torch.arange(width)[None] < torch.tensor([len(c) for c in completions])[:, None]      # (B, T)
+        logp = generate.completion_logprobs(guide, prompts, padded).cpu()                             # (B, T)
+        out.extend((logp * real).sum(1).tolist())
     return out
 
 
@@ -97,15 +100,15 @@ def main(argv=None):
     def correct(task, declined):
         return bool((alone if declined else rows)[task.id].get("correct"))
 
-    base = {t.id: correct(t, False) for t in tasks if t.split == "test"}
+    test = [t for t in tasks if t.split == "test"]
+    ood = [t for t in tasks if t.split == "ood"]
+    base = {t.id: correct(t, False) for t in test}
     print(f"run {args.run}, guide {args.guide}, rows {rows_path}")
     print("| gate | declined: test | ood, held-out phrasing | ood, none | test accuracy | paired Δ test | "
           "ood accuracy |")
     print("|---|---|---|---|---|---|---|")
     for name, declined in gates.items():
         by = {t.id: gated or bool(rows[t.id].get("declined")) for t, gated in zip(tasks, declined)}
-        test = [t for t in tasks if t.split == "test"]
-        ood = [t for t in tasks if t.split == "ood"]
         acc_test = sum(correct(t, by[t.id]) for t in test) / len(test)
         delta = sum(correct(t, by[t.id]) - base[t.id] for t in test) / len(test)
         acc_ood = sum(correct(t, by[t.id]) for t in ood) / max(1, len(ood))
